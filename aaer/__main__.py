@@ -1,0 +1,4 @@
+"""`python -m aaer ...` (also what `torchrun -m aaer` runs)."""
+from aaer.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need into .venv, then runs the whole suite.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bash "$ROOT/scripts/setup.sh"
+cd "$ROOT"
+exec "${AAER_VENV:-$ROOT/.venv}/bin/python" -m pytest "$@"
