@@ -1,0 +1,314 @@
+"""Command line: `aaer train | eval | methods | models | datasets`.
+
+`aaer train` accepts the seed script's flags (--epsilon, --alpha, --delta-init, --clamp,
+--lamda1/2/3, --epoch[s], ...) with the seed's meaning, so `python3 AAER.py ...` at the
+repository root is `aaer train` with the data set inferred from the out-dir's name.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+
+EXIT_USAGE = 2
+
+# Data-set defaults that differ from CIFAR's (SPEC §3).
+DATASET_DEFAULTS = {
+    "svhn": {"epochs": 15, "lr_max": 0.05, "lr_peak": 0.4, "warmup_epochs": 5.0},
+}
+SEED_DEFAULTS = {"alpha": 1.0, "delta_init": "random", "clamp": 0,
+                 "lamda1": 1.0, "lamda2": 4.0, "lamda3": 1.5}
+MODEL_ALIASES = {"PreActResNet18": "preactresnet18", "WideResNet": "wrn-34-10"}
+OUT_DIR_DATASETS = [(r"cifar-?100", "cifar100"), (r"cifar-?10", "cifar10"), (r"svhn", "svhn"),
+                    (r"tiny", "tinyimagenet"), (r"imagenet", "imagefolder"),
+                    (r"fashion", "fashion-mnist"), (r"mnist", "mnist")]
+
+
+class UsageError(ValueError):
+    """A bad setting: reported with exit code 2 before any work starts."""
+
+
+def _fmt():
+    return argparse.ArgumentDefaultsHelpFormatter
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default=None,
+                   help="cifar10, cifar100, svhn, tinyimagenet, imagefolder, mnist, "
+                        "fashion-mnist (default: cifar10; AAER.py infers it from --out-dir)")
+    g.add_argument("--data-dir", default=None, help="where the data set lives (directory, "
+                   "archive or .zip); default: ./data, or Debian's path for fashion-mnist")
+    g.add_argument("--download", action="store_true", help="download the official archive "
+                   "(checksum-verified) if it is not in --data-dir")
+    g.add_argument("--n-train", type=int, default=None, help="use only the first N training images")
+    g = p.add_argument_group("model and method")
+    g.add_argument("--model", default="preactresnet18", help="model name (see `aaer models`)")
+    g.add_argument("--method", default=None, help="training method (see `aaer methods`); "
+                   "default: rs-aaer if --clamp 1 else n-aaer, with the seed script's defaults")
+    g.add_argument("--epsilon", type=float, default=8.0, help="L-inf radius in 1/255 units")
+    g.add_argument("--alpha", type=float, default=None, help="attack step as a multiple of eps")
+    g.add_argument("--delta-init", choices=["zero", "random"], default=None,
+                   help="initial perturbation of single-step methods")
+    g.add_argument("--clamp", type=int, choices=[0, 1], default=None,
+                   help="1: RS variant (noise U(-eps,eps), projection); 0: N variant "
+                        "(noise U(-2eps,2eps), no projection)")
+    g.add_argument("--lamda1", type=float, default=None, help="AAER: overall weight")
+    g.add_argument("--lamda2", type=float, default=None, help="AAER: CE-variation weight")
+    g.add_argument("--lamda3", type=float, default=None, help="AAER: logit-variation weight")
+    g.add_argument("--aaer-mode", choices=["reference", "paper"], default=None,
+                   help="AAER: reference = the published code (CE term without gradient); "
+                        "paper = CE term with gradient through l1")
+    g.add_argument("--warmup-epochs", type=float, default=None,
+                   help="linear warm-up of the attack step over N epochs (SVHN: 5; else 0)")
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other method hyper-parameter, e.g. --set lamda2=3.0")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", "--epoch", dest="epochs", type=int, default=None,
+                   help="training epochs (30; SVHN 15)")
+    g.add_argument("--batch-size", type=int, default=128)
+    g.add_argument("--lr-schedule", choices=["cyclic", "multistep"], default="cyclic")
+    g.add_argument("--lr-min", type=float, default=0.0)
+    g.add_argument("--lr-max", type=float, default=None, help="peak learning rate (0.2; SVHN 0.05)")
+    g.add_argument("--lr-peak", type=float, default=None,
+                   help="cyclic: where the peak is, as a fraction of training (0.5; SVHN 0.4)")
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--weight-decay", type=float, default=5e-4)
+    g.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("run")
+    g.add_argument("--out-dir", default="train_aaer_output", help="the run directory")
+    g.add_argument("--overwrite", action="store_true", help="replace a finished run in --out-dir")
+    g.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N")
+    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    g.add_argument("--eval-protocol", default="lineage",
+                   help="evaluation after training (see `aaer eval --help`); none to skip")
+    g.add_argument("--n-eval", type=int, default=None, help="evaluate on the first N test points")
+    g.add_argument("--eval-batch-size", type=int, default=256)
+    g.add_argument("--probe-n", type=int, default=0,
+                   help="per-epoch clean/FGSM/PGD probe on the first N test points (0: off)")
+    g.add_argument("--probe-steps", type=int, default=10, help="PGD steps of the probe")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _parse_set(items):
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip().replace("-", "_")] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip().replace("-", "_")] = v
+    return out
+
+
+def infer_dataset(out_dir: str) -> str | None:
+    name = os.path.basename(os.path.normpath(out_dir)).lower()
+    for pattern, ds in OUT_DIR_DATASETS:
+        if re.search(pattern, name):
+            return ds
+    return None
+
+
+def config_from_args(args, *, seed_script: bool = False):
+    """Resolve flags to a TrainConfig, applying data-set and method defaults."""
+    from aaer.methods import METHODS
+    from aaer.train import TrainConfig
+
+    notes = []
+    dataset = args.dataset
+    if dataset is None and seed_script:
+        dataset = infer_dataset(args.out_dir)
+        if dataset:
+            notes.append(f"dataset {dataset!r} inferred from --out-dir {args.out_dir!r} "
+                         "(pass --dataset to override)")
+    dataset = dataset or "cifar10"
+    ds_defaults = DATASET_DEFAULTS.get(dataset, {})
+
+    method = args.method
+    hp = {"alpha": args.alpha, "delta_init": args.delta_init, "clamp": args.clamp,
+          "lamda1": args.lamda1, "lamda2": args.lamda2, "lamda3": args.lamda3,
+          "mode": args.aaer_mode, "warmup_epochs": args.warmup_epochs}
+    hp.update(_parse_set(args.set))
+    if method is None:
+        # the seed script: --clamp picks the variant, unset flags take its defaults
+        for k, v in SEED_DEFAULTS.items():
+            if hp.get(k) is None:
+                hp[k] = v
+        method = "rs-aaer" if hp["clamp"] == 1 else "n-aaer"
+    elif method in ("rs-aaer", "n-aaer") and hp["lamda2"] is None and hp["lamda3"] is None:
+        (l2, l3), how = METHODS[method].published(dataset, args.epsilon)
+        hp["lamda2"], hp["lamda3"] = l2, l3
+        notes.append(f"{method} lamda2={l2}, lamda3={l3}: {how}")
+    if method not in METHODS:
+        raise UsageError(f"unknown --method {method!r}; valid: {', '.join(METHODS)}")
+    if hp.get("warmup_epochs") is None and "warmup_epochs" in ds_defaults:
+        hp["warmup_epochs"] = ds_defaults["warmup_epochs"]
+        notes.append(f"{dataset}: linear warm-up of the attack over "
+                     f"{ds_defaults['warmup_epochs']:g} epochs (--warmup-epochs 0 turns it off)")
+    import inspect
+    accepted = set(inspect.signature(METHODS[method].__init__).parameters)
+    explicit = {k for k in ("alpha", "delta_init", "clamp", "lamda1", "lamda2", "lamda3",
+                            "mode") if getattr(args, "aaer_mode" if k == "mode" else k) is not None}
+    ignored = sorted(k for k in explicit if k not in accepted)
+    if ignored:
+        raise UsageError(f"--method {method} does not take {', '.join(ignored)}")
+    hp = {k: v for k, v in hp.items() if v is not None and k in accepted}
+    unknown = sorted(set(_parse_set(args.set)) - accepted)
+    if unknown:
+        raise UsageError(f"--set {', '.join(unknown)}: not a hyper-parameter of {method}; "
+                         f"valid: {', '.join(sorted(accepted - {'self', 'eps'}))}")
+
+    protocol = None if str(args.eval_protocol).lower() == "none" else args.eval_protocol
+    return TrainConfig(
+        out_dir=args.out_dir, dataset=dataset, data_dir=args.data_dir, download=args.download,
+        n_train=args.n_train, model=MODEL_ALIASES.get(args.model, args.model), method=method,
+        method_hparams=hp, epsilon=args.epsilon,
+        epochs=args.epochs if args.epochs is not None else ds_defaults.get("epochs", 30),
+        batch_size=args.batch_size, lr_schedule=args.lr_schedule, lr_min=args.lr_min,
+        lr_max=args.lr_max if args.lr_max is not None else ds_defaults.get("lr_max", 0.2),
+        lr_peak=args.lr_peak if args.lr_peak is not None else ds_defaults.get("lr_peak", 0.5),
+        momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed,
+        device=args.device, precision=args.precision, eval_protocol=protocol,
+        n_eval=args.n_eval, eval_batch_size=args.eval_batch_size, probe_n=args.probe_n,
+        probe_steps=args.probe_steps, progress=not args.no_progress, overwrite=args.overwrite,
+        notes=notes)
+
+
+def cmd_train(args, seed_script: bool = False) -> int:
+    from aaer.train import train
+    cfg = config_from_args(args, seed_script=seed_script)
+    cfg.validate()
+    results = train(cfg)
+    print(json.dumps({"out_dir": cfg.out_dir, **{k: v for k, v in results.items()
+                                                   if k != "evaluation"}}, indent=None)[:2000])
+    return 0
+
+
+def add_eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="a run directory, its model.pt, or a "
+                   "published lineage state dict (model.pth)")
+    p.add_argument("--dataset", default=None, help="default: the run's config.json, else cifar10")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--download", action="store_true")
+    p.add_argument("--model", default=None, help="default: the run's config.json, else preactresnet18")
+    p.add_argument("--epsilon", type=float, default=None, help="in 1/255 (default: the run's, else 8)")
+    p.add_argument("--protocol", default="lineage", help="lineage, wong, gradalign-1k, quick")
+    p.add_argument("--n-eval", type=int, default=None, help="first N test points (overrides protocol)")
+    p.add_argument("--pgd-steps", type=int, default=None)
+    p.add_argument("--pgd-restarts", type=int, default=None)
+    p.add_argument("--pgd-step", type=float, default=None, help="PGD step in 1/255 (default eps/4)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="results JSON (default: <run dir>/"
+                   "eval_<protocol>.json, or eval_<protocol>.json here)")
+
+
+def _run_config(checkpoint: str):
+    d = checkpoint if os.path.isdir(checkpoint) else os.path.dirname(os.path.abspath(checkpoint))
+    path = os.path.join(d, "config.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return d, json.load(f)
+    return (d if os.path.isdir(checkpoint) else None), None
+
+
+def cmd_eval(args) -> int:
+    import torch
+
+    from aaer.data import load_dataset
+    from aaer.evaluate import evaluate, format_table, get_protocol
+    from aaer.io import atomic_write_json
+    from aaer.models import build, load_state_dict_into
+    from aaer.train import resolve_device
+
+    run_dir, cfg = _run_config(args.checkpoint)
+    ckpt = os.path.join(args.checkpoint, "model.pt") if os.path.isdir(args.checkpoint) \
+        else args.checkpoint
+    if not os.path.isfile(ckpt):
+        raise UsageError(f"--checkpoint {args.checkpoint!r}: no such file (expected a run "
+                         "directory with model.pt, or a .pt/.pth state dict)")
+    cfg = cfg or {}
+    dataset = args.dataset or cfg.get("dataset") or "cifar10"
+    model_name = MODEL_ALIASES.get(args.model, args.model) if args.model else \
+        cfg.get("model", "preactresnet18")
+    epsilon = args.epsilon if args.epsilon is not None else cfg.get("epsilon", 8.0)
+    if not (0 < epsilon <= 255):
+        raise UsageError(f"invalid --epsilon {epsilon!r}: must be in (0, 255] (1/255 units)")
+    protocol = get_protocol(args.protocol, n_eval=args.n_eval, pgd_steps=args.pgd_steps,
+                            pgd_restarts=args.pgd_restarts, pgd_step255=args.pgd_step)
+    device = resolve_device(args.device)
+    data = load_dataset(dataset, args.data_dir or cfg.get("data_dir"), download=args.download)
+    model = build(model_name, data.num_classes, data.in_channels, data.image_size,
+                  data.mean, data.std)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]                      # a training checkpoint
+    load_state_dict_into(model.net, state)
+    model.to(device).eval()
+    report = evaluate(model, data.test_x, data.test_y, epsilon / 255, protocol,
+                      batch_size=args.batch_size, device=device, seed=args.seed)
+    report["checkpoint"] = os.path.abspath(ckpt)
+    report["model"] = model_name
+    report["dataset"] = dataset
+    print(format_table(report))
+    out = args.out or os.path.join(run_dir or ".", f"eval_{protocol.name}.json")
+    atomic_write_json(out, report)
+    print(f"results written to {out}")
+    return 0
+
+
+def cmd_list(what: str) -> int:
+    if what == "methods":
+        from aaer.methods import METHODS
+        for name, cls in METHODS.items():
+            m = cls(8 / 255)
+            c = m.cost()
+            print(f"{name:<10} fwd {c.forward} bwd {c.backward}"
+                  f"{' double-backprop' if c.double_backprop else ''}  {cls.description} "
+                  f"[{cls.source}]")
+    elif what == "models":
+        from aaer.models import list_models
+        print("\n".join(list_models()))
+    elif what == "datasets":
+        from aaer.data import DATASETS
+        print("\n".join(DATASETS))
+    return 0
+
+
+def build_parser(prog: str = "aaer") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, formatter_class=_fmt(), description=(
+        "Fast adversarial training without catastrophic overfitting (AAER and baselines)."))
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a model", formatter_class=_fmt())
+    add_train_args(t)
+    e = sub.add_parser("eval", help="evaluate a checkpoint", formatter_class=_fmt())
+    add_eval_args(e)
+    for what in ("methods", "models", "datasets"):
+        sub.add_parser(what, help=f"list registered {what}")
+    return p
+
+
+def main(argv=None, prog: str = "aaer", seed_script: bool = False) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(prog)
+    if seed_script:
+        argv = ["train"] + argv
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "train":
+            return cmd_train(args, seed_script=seed_script)
+        if args.command == "eval":
+            return cmd_eval(args)
+        return cmd_list(args.command)
+    except (UsageError, ValueError, FileNotFoundError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,164 @@
+"""AAER: Abnormal Adversarial Examples Regularization (Lin, Yu, Liu, NeurIPS 2023).
+
+The single-step attack of RS-/N-FGSM plus a regulariser on abnormal adversarial
+examples (AAEs, the examples whose loss the attack step *lowered*, l0 > l1):
+
+    loss = mean(l1) + lamda1 * (m/B) * (lamda2 * CEvar + lamda3 * max(AV - NV, 0))
+    applied only when 0 < m < B                                           (SPEC §2, step 6)
+
+Two modes:
+- ``reference`` (default): exactly the published code. z0 and NV are constants and both
+  l0 and l1 inside CEvar are detached, so the lamda2 term changes the loss *value* only;
+  the hinge on AV carries the gradient (through z1).
+- ``paper``: CEvar = mean over AAEs of (l0 - l1) with gradient through l1, as the
+  paper's equation reads.
+
+``aaer_regularizer`` is usable on its own in any training loop: give it the logits and
+per-example losses of the two forward passes of a single-step attack.
+"""
+from __future__ import annotations
+
+import torch
+
+from aaer.methods.base import StepContext, StepOutput, aae_statistics
+from aaer.methods.fgsm import SingleStepAttack
+
+MODES = ("reference", "paper")
+
+# Published hyper-parameters (SPEC §4): (dataset, eps in 1/255) -> (lamda2, lamda3); lamda1 = 1.
+RS_LAMBDAS = {
+    ("cifar10", 8): (2.5, 1.5), ("cifar10", 12): (5.0, 2.75),
+    ("cifar10", 16): (7.0, 3.25), ("cifar10", 32): (5.75, 1.5),
+    ("cifar100", 8): (3.5, 1.5), ("cifar100", 12): (3.5, 2.75),
+    ("cifar100", 16): (6.0, 2.25), ("cifar100", 32): (5.0, 0.75),
+}
+N_LAMBDAS = {
+    ("cifar10", 8): (1.5, 0.15), ("cifar10", 12): (5.0, 0.55),
+    ("cifar10", 16): (8.5, 1.5), ("cifar10", 32): (2.75, 0.75),
+    ("cifar100", 8): (1.5, 0.15), ("cifar100", 12): (3.5, 0.3),
+    ("cifar100", 16): (6.0, 0.5), ("cifar100", 32): (3.5, 0.5),
+}
+
+
+def aaer_regularizer(z0, z1, l0, l1, lamda1: float, lamda2: float, lamda3: float,
+                     mode: str = "reference"):
+    """The AAER term of one batch, without host synchronisation.
+
+    z0, l0: logits and per-example CE at the attack's start x+eta (treated as constants);
+    z1, l1: the same at the adversarial example (z1 carries gradient; l1 too in paper mode).
+    Returns (reg, parts) where reg is a 0-dim tensor (0 unless 0 < m < B) and parts holds
+    the batch's m, CEvar, AV, NV and whether the term was active, as tensors.
+    """
+    if mode not in MODES:
+        raise ValueError(f"AAER mode must be one of {MODES}, got {mode!r}")
+    z0 = z0.detach().float()
+    z1 = z1.float()
+    l0 = l0.detach().float()
+    l1_live = l1.float()
+    l1_const = l1_live.detach()
+
+    B = l0.shape[0]
+    aae_mask = l0 > l1_const
+    aae = aae_mask.float()
+    m = aae.sum()
+    active = (m > 0) & (m < B)
+    m_safe = m.clamp(min=1.0)
+    nae_safe = (B - m).clamp(min=1.0)
+
+    l1_ce = l1_live if mode == "paper" else l1_const
+    ce_var = (aae * (l0 - l1_ce)).sum() / m_safe              # CEvar over AAEs
+    var = (z1 - z0).pow(2).sum(dim=1)                         # ||z1 - z0||^2
+    av = (aae * var).sum() / m_safe                           # AV over AAEs
+    nv = ((1.0 - aae) * var.detach()).sum() / nae_safe        # NV over NAEs: a constant
+    reg = lamda1 * (m / B) * (lamda2 * ce_var + lamda3 * torch.relu(av - nv))
+    reg = torch.where(active, reg, torch.zeros_like(reg))
+    return reg, {"m": m, "ce_var": ce_var.detach(), "av": av.detach(), "nv": nv,
+                 "active": active}
+
+
+class AAER(SingleStepAttack):
+    """RS-AAER (clamp=1, alpha 1.25) or N-AAER (clamp=0, alpha 1.0)."""
+
+    name = "aaer"
+    description = "single-step AT + regulariser on abnormal adversarial examples"
+    source = "Lin, Yu, Liu, NeurIPS 2023"
+
+    def __init__(self, eps, alpha=1.0, delta_init="random", clamp=0, warmup_epochs=0.0,
+                 lamda1=1.0, lamda2=4.0, lamda3=1.5, mode="reference"):
+        super().__init__(eps, alpha, delta_init, clamp, warmup_epochs)
+        for k, v in (("lamda1", lamda1), ("lamda2", lamda2), ("lamda3", lamda3)):
+            if v < 0:
+                raise ValueError(f"{k} must be >= 0, got {v!r}")
+        if mode not in MODES:
+            raise ValueError(f"AAER mode must be one of {MODES}, got {mode!r}")
+        self.lamda1, self.lamda2, self.lamda3 = float(lamda1), float(lamda2), float(lamda3)
+        self.mode = mode
+
+    def hparams(self):
+        return {**super().hparams(), "lamda1": self.lamda1, "lamda2": self.lamda2,
+                "lamda3": self.lamda3, "mode": self.mode}
+
+    def step(self, model, x, y, ctx: StepContext) -> StepOutput:
+        z0, l0, z1, l1, _ = self.attack(model, x, y, ctx)
+        reg, parts = aaer_regularizer(z0, z1, l0, l1, self.lamda1, self.lamda2,
+                                      self.lamda3, self.mode)
+        stats = aae_statistics(z0, z1.detach(), l0, l1.detach())
+        # the reference's per-epoch log: CEvar and AV - NV, weighted by m, when active
+        on = parts["active"].float() * parts["m"]
+        stats["aaer_ce_var_sum"] = on * parts["ce_var"]
+        stats["aaer_var_gap_sum"] = on * (parts["av"] - parts["nv"])
+        stats["aaer_reg_sum"] = reg.detach() * l1.shape[0]
+        return StepOutput(loss=l1.mean() + reg, logits=z1.detach(), stats=stats)
+
+    def summarize(self, sums, n):
+        out = super().summarize(sums, n)
+        m = sums.get("aae_count", 0.0)
+        # the reference divides by the epoch's AAE count (+1e-10)
+        out["aaer_ce_var"] = sums.get("aaer_ce_var_sum", 0.0) / (m + 1e-10)
+        out["aaer_var_gap"] = sums.get("aaer_var_gap_sum", 0.0) / (m + 1e-10)
+        out["aaer_reg"] = sums.get("aaer_reg_sum", 0.0) / n if n else 0.0
+        return out
+
+
+class RSAAER(AAER):
+    name = "rs-aaer"
+    description = "RS-AAER: RS-FGSM attack (U(-eps,eps), step 1.25 eps, projected) + AAER"
+
+    def __init__(self, eps, alpha=1.25, delta_init="random", clamp=1, warmup_epochs=0.0,
+                 lamda1=1.0, lamda2=2.5, lamda3=1.5, mode="reference"):
+        super().__init__(eps, alpha, delta_init, clamp, warmup_epochs, lamda1, lamda2,
+                         lamda3, mode)
+
+    @staticmethod
+    def published(dataset: str, eps255: float):
+        return _published(RS_LAMBDAS, dataset, eps255)
+
+
+class NAAER(AAER):
+    name = "n-aaer"
+    description = "N-AAER: N-FGSM attack (U(-2eps,2eps), step eps, no projection) + AAER"
+
+    def __init__(self, eps, alpha=1.0, delta_init="random", clamp=0, warmup_epochs=0.0,
+                 lamda1=1.0, lamda2=1.5, lamda3=0.15, mode="reference"):
+        super().__init__(eps, alpha, delta_init, clamp, warmup_epochs, lamda1, lamda2,
+                         lamda3, mode)
+
+    @staticmethod
+    def published(dataset: str, eps255: float):
+        return _published(N_LAMBDAS, dataset, eps255)
+
+
+def _published(table, dataset: str, eps255: float):
+    """Published (lamda2, lamda3) for a data set and eps, and a note on how they were chosen.
+
+    Outside the table (other data sets or radii) the CIFAR-10 entry at the nearest eps
+    (in log scale) is used, and the note says so.
+    """
+    import math
+    ds = dataset if dataset in ("cifar10", "cifar100") else "cifar10"
+    radii = sorted({e for (d, e) in table if d == ds})
+    nearest = min(radii, key=lambda e: abs(math.log(e) - math.log(max(eps255, 1e-6))))
+    exact = ds == dataset and abs(nearest - eps255) < 1e-9
+    note = ("published for %s eps %g" % (dataset, nearest) if exact else
+            "no published value for %s eps %.4g: using %s eps %g" % (dataset, eps255, ds, nearest))
+    return table[(ds, nearest)], note

@@ -1,0 +1,157 @@
+"""What every training method shares: the step interface and the single-step primitives.
+
+A method turns one clean batch into a loss to minimise. It knows nothing about data
+loading, logging, devices or schedules; the training loop knows nothing about any one
+method. The loop calls ``method.step(model, x, y, ctx)`` ``method.replays`` times per
+minibatch, each call followed by one optimiser step.
+
+Statistics are returned as 0-dim tensors that are *sums over the batch* and stay on the
+device; the loop adds them up over an epoch and calls ``method.summarize`` once, so no
+step ever synchronises with the host.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class StepContext:
+    """What the loop tells a method about where training stands."""
+
+    epoch: int = 0
+    iteration: int = 0          # index of the batch within the epoch
+    iters_per_epoch: int = 1
+    total_epochs: int = 1
+
+    @property
+    def progress(self) -> float:
+        """Epochs completed, fractional: epoch + i / len(loader) (SPEC §2 warm-up)."""
+        return self.epoch + self.iteration / max(self.iters_per_epoch, 1)
+
+
+@dataclass
+class StepOutput:
+    loss: Tensor                 # scalar to minimise
+    logits: Tensor               # the logits train accuracy is measured on (adversarial z1)
+    stats: dict[str, Tensor] = field(default_factory=dict)  # batch sums, on device
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Work per training step, in units of one forward / one backward pass of the model."""
+
+    forward: int
+    backward: int
+    double_backprop: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"forward": self.forward, "backward": self.backward,
+                "double_backprop": self.double_backprop}
+
+
+class Method:
+    """Base class: one subclass per training method, registered by name."""
+
+    name: str = ""
+    description: str = ""
+    source: str = ""
+    single_step: bool = False    # makes a single-step attack: AAE statistics are logged
+    replays: int = 1             # optimiser steps per minibatch (Free-AT: m)
+    presets: dict[str, dict[str, Any]] = {}
+
+    def __init__(self, eps: float):
+        if not (eps > 0):
+            raise ValueError(f"eps must be > 0 (pixel units, e.g. 8/255), got {eps!r}")
+        self.eps = float(eps)
+
+    # -- the interface -------------------------------------------------------------
+    def step(self, model, x: Tensor, y: Tensor, ctx: StepContext) -> StepOutput:
+        raise NotImplementedError
+
+    def cost(self) -> Cost:
+        raise NotImplementedError
+
+    def hparams(self) -> dict[str, Any]:
+        """Every setting that defines this method's behaviour (goes to config.json)."""
+        return {"eps": self.eps}
+
+    def summarize(self, sums: dict[str, float], n: int) -> dict[str, float]:
+        """Turn an epoch's summed statistics into the logged per-epoch values."""
+        out = summarize_aae(sums, n) if self.single_step else {}
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """Method state that must survive a resume (e.g. an adaptive lambda)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+# -- single-step primitives ------------------------------------------------------------
+
+def clip_to_box(x: Tensor, delta: Tensor) -> Tensor:
+    """Clip delta so that x + delta stays in [0, 1]."""
+    return torch.clamp(x + delta, 0.0, 1.0) - x
+
+
+def uniform_noise(x: Tensor, radius: float) -> Tensor:
+    return torch.empty_like(x).uniform_(-radius, radius)
+
+
+def forward_with_input_grad(model, x_in: Tensor, y: Tensor):
+    """Forward at x_in, per-example CE, and the gradient of mean CE w.r.t. the input only.
+
+    ``torch.autograd.grad`` with the input as the only target skips the weight-gradient
+    kernels that ``loss.backward()`` would run and then throw away (SPEC §2).
+    Returns (logits, per-example loss, grad); logits and loss are detached.
+    """
+    x_in = x_in.detach().requires_grad_(True)
+    z = model(x_in)
+    l = F.cross_entropy(z.float(), y, reduction="none")
+    (grad,) = torch.autograd.grad(l.mean(), x_in)
+    return z.detach(), l.detach(), grad.detach()
+
+
+def aae_statistics(z0: Tensor, z1: Tensor, l0: Tensor, l1: Tensor) -> dict[str, Tensor]:
+    """Abnormal-adversarial-example statistics of one batch, as device-resident sums.
+
+    AAE: the attack step lowered the loss, l0 > l1 (l0 at the noisy start x+eta).
+    """
+    with torch.no_grad():
+        z0, z1, l0, l1 = z0.float(), z1.float(), l0.float(), l1.float()
+        aae_mask = l0 > l1
+        aae = aae_mask.float()
+        var = (z1 - z0).pow(2).sum(dim=1)           # ||z1 - z0||^2 per example
+        return {
+            "aae_count": aae.sum(),
+            "aae_ce_drop_sum": (aae * (l0 - l1)).sum(),
+            "aae_var_sum": (aae * var).sum(),
+            "nae_var_sum": ((1 - aae) * var).sum(),
+        }
+
+
+def summarize_aae(sums: dict[str, float], n: int) -> dict[str, float]:
+    m = sums.get("aae_count", 0.0)
+    out = {
+        "aae_count": int(round(m)),
+        "aae_fraction": m / n if n else 0.0,
+        "aae_ce_drop": sums.get("aae_ce_drop_sum", 0.0) / m if m else 0.0,
+        "aae_logit_var": sums.get("aae_var_sum", 0.0) / m if m else 0.0,
+        "nae_logit_var": sums.get("nae_var_sum", 0.0) / (n - m) if n - m else 0.0,
+    }
+    return out
+
+
+def log_linear(eps255: float, points: dict[float, float]) -> float:
+    """Interpolate a hyper-parameter log-linearly in eps between two published points."""
+    (e0, v0), (e1, v1) = sorted(points.items())
+    t = (math.log(eps255) - math.log(e0)) / (math.log(e1) - math.log(e0))
+    return math.exp(math.log(v0) + t * (math.log(v1) - math.log(v0)))

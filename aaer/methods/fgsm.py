@@ -1,0 +1,107 @@
+"""Single-step FGSM adversarial training: FGSM (zero start), RS-FGSM and N-FGSM.
+
+The three differ only in the initial perturbation eta, the step alpha and whether the
+result is projected back to the eps-ball (SPEC §2 steps 1-4, §6):
+
+    FGSM     eta = 0,               alpha = eps,      projected       (Goodfellow et al.)
+    RS-FGSM  eta ~ U(-eps, eps),    alpha = 1.25 eps, projected       (Wong et al. 2020)
+    N-FGSM   eta ~ U(-2eps, 2eps),  alpha = eps,      not projected   (de Jorge et al. 2022)
+
+``clamp`` follows the seed script's ``--clamp``: 1 = RS variant (noise radius eps,
+projection), 0 = N variant (noise radius 2 eps, no projection).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from aaer.methods.base import (Cost, Method, StepContext, StepOutput, aae_statistics,
+                               clip_to_box, forward_with_input_grad, uniform_noise)
+
+DELTA_INITS = ("zero", "random")
+
+
+class SingleStepAttack(Method):
+    """x_adv = clip_[0,1](x + Proj(eta + alpha * w * sign(grad_x l(x + eta))))."""
+
+    single_step = True
+
+    def __init__(self, eps: float, alpha: float = 1.25, delta_init: str = "random",
+                 clamp: int = 1, warmup_epochs: float = 0.0):
+        super().__init__(eps)
+        if delta_init not in DELTA_INITS:
+            raise ValueError(f"delta_init must be one of {DELTA_INITS}, got {delta_init!r}")
+        if not (alpha > 0):
+            raise ValueError(f"alpha (step as a multiple of eps) must be > 0, got {alpha!r}")
+        if clamp not in (0, 1, True, False):
+            raise ValueError(f"clamp must be 0 (N variant) or 1 (RS variant), got {clamp!r}")
+        if warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs!r}")
+        self.alpha = float(alpha)
+        self.delta_init = delta_init
+        self.clamp = int(clamp)
+        self.warmup_epochs = float(warmup_epochs)
+
+    def hparams(self):
+        return {"eps": self.eps, "alpha": self.alpha, "delta_init": self.delta_init,
+                "clamp": self.clamp, "warmup_epochs": self.warmup_epochs}
+
+    def cost(self) -> Cost:
+        return Cost(forward=2, backward=2)
+
+    def warmup(self, ctx: StepContext) -> float:
+        """SVHN's linear warm-up w = min(progress / warmup_epochs, 1); 1 when off."""
+        if self.warmup_epochs <= 0:
+            return 1.0
+        return min(ctx.progress / self.warmup_epochs, 1.0)
+
+    def initial_noise(self, x):
+        if self.delta_init == "zero":
+            return torch.zeros_like(x)
+        radius = self.eps if self.clamp else 2 * self.eps
+        return uniform_noise(x, radius)
+
+    def attack(self, model, x, y, ctx: StepContext):
+        """Steps 1-4 of SPEC §2. Returns (z0, l0, z1, l1, x_adv); z1/l1 carry gradient."""
+        eps, w = self.eps, self.warmup(ctx)
+        eta = clip_to_box(x, self.initial_noise(x))
+        z0, l0, grad = forward_with_input_grad(model, x + eta, y)
+        delta = eta + self.alpha * eps * w * grad.sign()
+        if self.clamp:
+            delta = delta.clamp(-eps * w, eps * w)
+        x_adv = (x + delta).clamp(0.0, 1.0)
+        z1 = model(x_adv)
+        l1 = F.cross_entropy(z1.float(), y, reduction="none")
+        return z0, l0, z1, l1, x_adv
+
+    def step(self, model, x, y, ctx: StepContext) -> StepOutput:
+        z0, l0, z1, l1, _ = self.attack(model, x, y, ctx)
+        return StepOutput(loss=l1.mean(), logits=z1.detach(),
+                          stats=aae_statistics(z0, z1.detach(), l0, l1.detach()))
+
+
+class FGSM(SingleStepAttack):
+    name = "fgsm"
+    description = "FGSM-AT: zero start, step eps, projected"
+    source = "Goodfellow et al. 2015; Wong et al. 2020"
+
+    def __init__(self, eps, alpha=1.0, delta_init="zero", clamp=1, warmup_epochs=0.0):
+        super().__init__(eps, alpha, delta_init, clamp, warmup_epochs)
+
+
+class RSFGSM(SingleStepAttack):
+    name = "rs-fgsm"
+    description = "RS-FGSM: U(-eps,eps) start, step 1.25 eps, projected"
+    source = "Wong, Rice, Kolter, ICLR 2020"
+
+    def __init__(self, eps, alpha=1.25, delta_init="random", clamp=1, warmup_epochs=0.0):
+        super().__init__(eps, alpha, delta_init, clamp, warmup_epochs)
+
+
+class NFGSM(SingleStepAttack):
+    name = "n-fgsm"
+    description = "N-FGSM: U(-2eps,2eps) start, step eps, no projection"
+    source = "de Jorge et al., NeurIPS 2022"
+
+    def __init__(self, eps, alpha=1.0, delta_init="random", clamp=0, warmup_epochs=0.0):
+        super().__init__(eps, alpha, delta_init, clamp, warmup_epochs)

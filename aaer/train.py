@@ -1,0 +1,328 @@
+"""The one training loop: schedule, seeds, per-epoch metrics, run directory.
+
+It knows nothing about any one method: it asks ``method.step`` for a loss
+``method.replays`` times per minibatch, steps SGD and the scheduler after each, and
+accumulates the method's device-resident statistics, reading them once per epoch.
+
+A run directory holds config.json, metrics.jsonl (one line per epoch), train.log,
+checkpoint.pt (after every epoch), model.pt (final weights of the bare network, the
+lineage's state-dict format) and results.json.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from aaer import __version__
+from aaer.io import append_jsonl, atomic_torch_save, atomic_write_json
+from aaer.methods import Method, StepContext, create_method
+
+LR_SCHEDULES = ("cyclic", "multistep")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs/aaer"
+    dataset: str = "cifar10"
+    data_dir: str | None = None
+    download: bool = False
+    n_train: int | None = None            # use the first N training images (None: all)
+    model: str = "preactresnet18"
+    method: str = "n-aaer"
+    method_hparams: dict[str, Any] = field(default_factory=dict)
+    epsilon: float = 8.0                  # in 1/255 units
+    epochs: int = 30
+    batch_size: int = 128
+    lr_schedule: str = "cyclic"
+    lr_min: float = 0.0
+    lr_max: float = 0.2
+    lr_peak: float = 0.5                  # cyclic: fraction of training at the peak
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "fp32"
+    eval_protocol: str | None = "lineage"  # evaluation after training; None: skip
+    n_eval: int | None = None
+    eval_batch_size: int = 256
+    probe_n: int = 0                       # per-epoch clean/PGD probe on N held-out points
+    probe_steps: int = 10
+    progress: bool = True
+    overwrite: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def eps(self) -> float:
+        return self.epsilon / 255.0
+
+    def validate(self) -> None:
+        def bad(name, value, valid):
+            raise ValueError(f"invalid {name} {value!r}: {valid}")
+        if not (0 < self.epsilon <= 255):
+            bad("--epsilon", self.epsilon, "must be in (0, 255] (units of 1/255)")
+        if self.epochs < 1:
+            bad("--epochs", self.epochs, "must be >= 1")
+        if self.batch_size < 1:
+            bad("--batch-size", self.batch_size, "must be >= 1")
+        if self.lr_schedule not in LR_SCHEDULES:
+            bad("--lr-schedule", self.lr_schedule, f"valid: {', '.join(LR_SCHEDULES)}")
+        if self.lr_min < 0 or self.lr_max <= 0 or self.lr_max < self.lr_min:
+            bad("--lr-max/--lr-min", (self.lr_max, self.lr_min),
+                "need lr-max > 0 and 0 <= lr-min <= lr-max")
+        if not (0 < self.lr_peak < 1):
+            bad("--lr-peak", self.lr_peak, "must be in (0, 1)")
+        if self.momentum < 0 or self.momentum >= 1:
+            bad("--momentum", self.momentum, "must be in [0, 1)")
+        if self.weight_decay < 0:
+            bad("--weight-decay", self.weight_decay, "must be >= 0")
+        if self.precision not in PRECISIONS:
+            bad("--precision", self.precision, f"valid: {', '.join(PRECISIONS)}")
+        if self.n_train is not None and self.n_train < 1:
+            bad("--n-train", self.n_train, "must be >= 1")
+        if self.n_eval is not None and self.n_eval < 1:
+            bad("--n-eval", self.n_eval, "must be >= 1")
+        if self.probe_n < 0:
+            bad("--probe-n", self.probe_n, "must be >= 0")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"invalid --device {name!r}: use auto, cpu, cuda or cuda:N ({e})")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name!r} asked for CUDA, but no CUDA device is available; "
+                         "use --device cpu or auto")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def make_scheduler(opt, cfg: TrainConfig, total_steps: int):
+    """Per-iteration schedule with PyTorch's CyclicLR semantics (momentum cycling included)."""
+    if cfg.lr_schedule == "cyclic":
+        up = total_steps * cfg.lr_peak
+        return torch.optim.lr_scheduler.CyclicLR(
+            opt, base_lr=cfg.lr_min, max_lr=cfg.lr_max, step_size_up=up,
+            step_size_down=total_steps - up)
+    return torch.optim.lr_scheduler.MultiStepLR(
+        opt, milestones=[total_steps * 0.5, total_steps * 0.75], gamma=0.1)
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    env = {"aaer": __version__, "torch": torch.__version__, "numpy": np.__version__,
+           "python": platform.python_version(), "platform": platform.platform(),
+           "device": str(device)}
+    if device.type == "cuda":
+        env["device_name"] = torch.cuda.get_device_name(device)
+    env["threads"] = torch.get_num_threads()
+    return env
+
+
+def make_logger(out_dir: str) -> logging.Logger:
+    log = logging.getLogger(f"aaer.run.{os.path.abspath(out_dir)}")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    for h in list(log.handlers):
+        log.removeHandler(h)
+    fmt = logging.Formatter("[%(asctime)s] %(message)s", "%Y/%m/%d %H:%M:%S")
+    fh = logging.FileHandler(os.path.join(out_dir, "train.log"))
+    fh.setFormatter(fmt)
+    sh = logging.StreamHandler(sys.stderr)
+    sh.setFormatter(fmt)
+    log.addHandler(fh)
+    log.addHandler(sh)
+    return log
+
+
+def close_logger(log: logging.Logger) -> None:
+    for h in list(log.handlers):
+        h.close()
+        log.removeHandler(h)
+
+
+class Probe:
+    """Clean and PGD-k accuracy on a fixed held-out batch, once per epoch."""
+
+    def __init__(self, x, y, eps: float, steps: int, seed: int):
+        self.x, self.y, self.eps, self.steps, self.seed = x, y, eps, steps, seed
+
+    def __call__(self, model) -> dict[str, float]:
+        from aaer.evaluate import Protocol, evaluate
+        p = Protocol("probe", pgd_steps=self.steps, pgd_restarts=1,
+                     attacks=("clean", "fgsm", "pgd"))
+        rep = evaluate(model, self.x, self.y, self.eps, p, seed=self.seed)["results"]
+        return {"probe_clean_acc": rep["clean"]["acc"], "probe_fgsm_acc": rep["fgsm"]["acc"],
+                "probe_pgd_acc": rep["pgd"]["acc"]}
+
+
+def _progress_bar(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
+
+
+LOG_HEADER = ("Epoch \t Seconds \t LR \t Train Loss \t Train Acc \t Ab NUM \t Ab CE Loss \t "
+              "Ab L2 Loss")
+
+
+def train(cfg: TrainConfig, dataset=None) -> dict[str, Any]:
+    """Train as configured; returns the results dict (also written to results.json)."""
+    from aaer.data import BatchLoader, augmentation_for, load_dataset
+    from aaer.models import build
+
+    cfg.validate()
+    out = cfg.out_dir
+    if os.path.exists(os.path.join(out, "results.json")) and not cfg.overwrite:
+        raise ValueError(f"out-dir {out!r} holds a finished run (results.json); "
+                         "pass --overwrite to replace it or choose another --out-dir")
+    device = resolve_device(cfg.device)
+    method = create_method(cfg.method, cfg.eps, **cfg.method_hparams)
+    if dataset is None:
+        dataset = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download)
+    os.makedirs(out, exist_ok=True)
+    for stale in ("metrics.jsonl",):
+        p = os.path.join(out, stale)
+        if os.path.exists(p):
+            os.remove(p)
+    log = make_logger(out)
+    try:
+        return _train(cfg, dataset, method, device, log, BatchLoader, augmentation_for, build)
+    finally:
+        close_logger(log)
+
+
+def _train(cfg, dataset, method: Method, device, log, BatchLoader, augmentation_for, build):
+    out = cfg.out_dir
+    seed_everything(cfg.seed)
+    train_x, train_y = dataset.train_x, dataset.train_y
+    if cfg.n_train is not None:
+        train_x, train_y = train_x[:cfg.n_train], train_y[:cfg.n_train]
+    model = build(cfg.model, dataset.num_classes, dataset.in_channels, dataset.image_size,
+                  dataset.mean, dataset.std).to(device)
+    pad, flip = augmentation_for(dataset)
+    loader = BatchLoader(train_x, train_y, cfg.batch_size, shuffle=True, pad=pad, flip=flip,
+                         device=device, seed=cfg.seed)
+    replays = method.replays
+    total_steps = cfg.epochs * len(loader) * replays
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr_max, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay)
+    sched = make_scheduler(opt, cfg, total_steps)
+    probe = None
+    if cfg.probe_n:
+        probe = Probe(dataset.test_x[:cfg.probe_n], dataset.test_y[:cfg.probe_n], cfg.eps,
+                      cfg.probe_steps, cfg.seed)
+
+    n_params = sum(p.numel() for p in model.parameters())
+    config = {
+        **asdict(cfg), "eps": cfg.eps,
+        "method_resolved": {"name": method.name, **method.hparams(),
+                            "cost_per_step": method.cost().as_dict(), "replays": replays},
+        "data": {"name": dataset.name, "source": getattr(dataset, "source", None),
+                 "n_train": int(train_x.shape[0]), "n_test": int(dataset.test_x.shape[0]),
+                 "shape": list(train_x.shape[1:]), "num_classes": dataset.num_classes,
+                 "mean": list(dataset.mean), "std": list(dataset.std),
+                 "augmentation": {"crop_pad": pad, "hflip": flip}},
+        "model_params": n_params,
+        "iters_per_epoch": len(loader), "total_steps": total_steps,
+        "environment": environment(device),
+    }
+    atomic_write_json(os.path.join(out, "config.json"), config)
+    for note in cfg.notes:
+        log.info(note)
+    log.info("method %s %s | model %s (%d params) | data %s: %d train, %d test | device %s",
+             method.name, method.hparams(), cfg.model, n_params, dataset.name,
+             train_x.shape[0], dataset.test_x.shape[0], device)
+    log.info(LOG_HEADER)
+
+    metrics_path = os.path.join(out, "metrics.jsonl")
+    history = []
+    t_train = time.time()
+    for epoch in range(cfg.epochs):
+        model.train()
+        loader.set_epoch(epoch)
+        t0 = time.time()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        stat_sums: dict[str, torch.Tensor] = {}
+        n_seen = 0
+        bar = _progress_bar(len(loader), f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress)
+        for i, (x, y) in enumerate(loader):
+            ctx = StepContext(epoch, i, len(loader), cfg.epochs)
+            for _ in range(replays):
+                out_step = method.step(model, x, y, ctx)
+                opt.zero_grad(set_to_none=True)
+                out_step.loss.backward()
+                opt.step()
+                sched.step()
+            b = y.shape[0]
+            n_seen += b
+            loss_sum += out_step.loss.detach().float() * b
+            correct += (out_step.logits.argmax(1) == y).sum()
+            for k, v in out_step.stats.items():
+                stat_sums[k] = stat_sums[k] + v if k in stat_sums else v.detach().clone()
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        seconds = time.time() - t0
+        sums = {k: float(v) for k, v in stat_sums.items()}
+        row = {"epoch": epoch, "seconds": round(seconds, 3), "lr": sched.get_last_lr()[0],
+               "train_loss": float(loss_sum) / n_seen, "train_acc": float(correct) / n_seen,
+               "n": n_seen, **method.summarize(sums, n_seen)}
+        if not np.isfinite(row["train_loss"]):
+            log.error("non-finite training loss in epoch %d: stopping (weights of the "
+                      "previous epoch are in checkpoint.pt)", epoch)
+            raise FloatingPointError(f"training loss became {row['train_loss']} in epoch "
+                                     f"{epoch}; lower --lr-max or the regulariser weights")
+        if probe is not None:
+            row.update(probe(model))
+        history.append(row)
+        append_jsonl(metrics_path, row)
+        log.info("%d \t %.1f \t %.4f \t %.4f \t %.4f \t %d \t %.4f \t %.4f%s", epoch, seconds,
+                 row["lr"], row["train_loss"], row["train_acc"], row.get("aae_count", 0),
+                 row.get("aaer_ce_var", 0.0), row.get("aaer_var_gap", 0.0),
+                 "".join(f" | {k} {row[k]:.4f}" for k in row if k.startswith("probe_")))
+        atomic_torch_save(os.path.join(out, "checkpoint.pt"), {
+            "epoch": epoch, "model": model.net.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "method": method.state_dict(),
+            "loader": loader.state_dict()})
+    train_seconds = time.time() - t_train
+    atomic_torch_save(os.path.join(out, "model.pt"), model.net.state_dict())
+    log.info("Total train time: %.4f minutes", train_seconds / 60)
+
+    results: dict[str, Any] = {"train_seconds": round(train_seconds, 3),
+                               "seconds_per_epoch": round(train_seconds / cfg.epochs, 3),
+                               "epochs": cfg.epochs, "final_epoch": history[-1]}
+    if cfg.eval_protocol:
+        from aaer.evaluate import evaluate, format_table, get_protocol
+        protocol = get_protocol(cfg.eval_protocol, n_eval=cfg.n_eval)
+        report = evaluate(model, dataset.test_x, dataset.test_y, cfg.eps, protocol,
+                          batch_size=cfg.eval_batch_size, device=device, seed=cfg.seed)
+        results["evaluation"] = report
+        for line in format_table(report).splitlines():
+            log.info(line)
+    atomic_write_json(os.path.join(out, "results.json"), results)
+    return results
