@@ -22,6 +22,7 @@ class Protocol:
     pgd_step255: float | None = None      # step in 1/255 units; None = eps/4
     n_eval: int | None = None             # first N test points; None = full test set
     attacks: tuple = ("clean", "fgsm", "pgd")
+    selection: str = "worst"              # how restarts combine: see aaer.attacks.pgd
     description: str = ""
 
     def pgd_alpha(self, eps: float) -> float:
@@ -36,6 +37,9 @@ class Protocol:
 PROTOCOLS = {
     "lineage": Protocol("lineage", description="the AAER/fast-AT reference evaluation: clean, "
                         "FGSM, PGD-50-10 step eps/4, full test set"),
+    "lineage-exact": Protocol("lineage-exact", selection="max-loss", description="as lineage, "
+                              "with the reference's max-loss restart rule and no skipping of "
+                              "broken points (slower; for digit-for-digit comparison)"),
     "wong": Protocol("wong", pgd_step255=2.0, description="PGD-50-10 with a fixed step 2/255, "
                      "full test set"),
     "gradalign-1k": Protocol("gradalign-1k", n_eval=1000, description="PGD-50-10 step eps/4 "
@@ -85,7 +89,7 @@ def evaluate(model, x, y, eps: float, protocol: Protocol | str = "lineage", *,
         "clean": {},
         "fgsm": {"eps": eps, "step": eps, "start": "zero"},
         "pgd": {"eps": eps, "steps": protocol.pgd_steps, "restarts": protocol.pgd_restarts,
-                "alpha": alpha, "start": "uniform"},
+                "alpha": alpha, "start": "uniform", "selection": protocol.selection},
     }
     totals = {a: [0, 0.0, 0.0] for a in protocol.attacks}   # correct, loss sum, seconds
     for xb, yb in _batches(x, y, batch_size, device):
@@ -97,7 +101,7 @@ def evaluate(model, x, y, eps: float, protocol: Protocol | str = "lineage", *,
                 xa = fgsm(model, xb, yb, eps)
             elif attack == "pgd":
                 xa = pgd(model, xb, yb, eps, alpha, protocol.pgd_steps, protocol.pgd_restarts,
-                         generator=gen)
+                         generator=gen, selection=protocol.selection)
             else:
                 raise ValueError(f"unknown attack {attack!r}; valid: clean, fgsm, pgd")
             with torch.no_grad():

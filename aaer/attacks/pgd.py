@@ -5,11 +5,14 @@ PGD-k-r: r restarts, each from a uniform random point of the eps-ball (clipped t
 only examples still classified correctly are moved, so a broken example stays broken.
 Per example the restart with the largest loss is kept.
 
-``skip_broken=True`` (default) runs each restart only on the examples no earlier restart
-has broken; the examples it skips are already counted as broken, so the robust accuracy
-is the same for less work. (The lineage's max-loss rule can, rarely, prefer a later
-restart whose higher-loss point is classified correctly again; we count an example
-robust only if *no* restart broke it, which is never weaker.)
+How restarts combine (``selection``):
+- ``"worst"`` (default): an example counts as broken if *any* restart broke it; among
+  breaking restarts (or, if none broke it, among all) the largest loss is kept. With
+  ``skip_broken=True`` each restart runs only on examples no earlier restart has broken:
+  the same robust accuracy as running every restart on every example, for less work.
+- ``"max-loss"``: the lineage's exact rule, the largest-loss restart wins even when a
+  lower-loss restart had broken the example (so it can, rarely, report an example as
+  robust that one restart broke). Every restart runs on every example.
 """
 from __future__ import annotations
 
@@ -42,17 +45,26 @@ def pgd_restart(model, x: Tensor, y: Tensor, eps: float, alpha: float, steps: in
     return delta.detach()
 
 
+SELECTIONS = ("worst", "max-loss")
+
+
 def pgd(model, x: Tensor, y: Tensor, eps: float, alpha: float, steps: int = 50,
         restarts: int = 10, skip_broken: bool = True, random_start: bool = True,
-        generator: torch.Generator | None = None) -> Tensor:
-    """Worst-case perturbation over ``restarts`` PGD runs; returns x_adv.
+        generator: torch.Generator | None = None, selection: str = "worst") -> Tensor:
+    """Perturbation chosen over ``restarts`` PGD runs (see ``selection``); returns x_adv.
 
     The random start of every restart is drawn for the whole batch, whatever
-    ``skip_broken`` skips, so both settings see the same noise for each example.
+    ``skip_broken`` skips, so every setting sees the same noise for each example.
     """
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+    if selection == "max-loss":
+        skip_broken = False
+    n = x.shape[0]
     best_delta = torch.zeros_like(x)
-    best_loss = torch.full((x.shape[0],), -float("inf"), device=x.device)
-    broken = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    best_loss = torch.full((n,), -float("inf"), device=x.device)
+    broken = torch.zeros(n, dtype=torch.bool, device=x.device)
+    everyone = torch.arange(n, device=x.device)
     for _ in range(restarts):
         if random_start:
             gen_device = x.device if generator is None else generator.device
@@ -61,7 +73,7 @@ def pgd(model, x: Tensor, y: Tensor, eps: float, alpha: float, steps: int = 50,
             start = (2 * noise - 1) * eps
         else:
             start = torch.zeros_like(x)
-        idx = (~broken).nonzero().squeeze(1) if skip_broken else torch.arange(x.shape[0], device=x.device)
+        idx = (~broken).nonzero().squeeze(1) if skip_broken else everyone
         if idx.numel() == 0:
             break
         d = pgd_restart(model, x[idx], y[idx], eps, alpha, steps, start[idx])
@@ -69,12 +81,15 @@ def pgd(model, x: Tensor, y: Tensor, eps: float, alpha: float, steps: int = 50,
             z = model(x[idx] + d)
             loss = F.cross_entropy(z.float(), y[idx], reduction="none")
             wrong = z.argmax(1) != y[idx]
-        better = loss >= best_loss[idx]
-        if skip_broken:
-            better = better | wrong          # the breaking restart wins
+        more_loss = loss >= best_loss[idx]
+        if selection == "max-loss":
+            better = more_loss
+        else:
+            was = broken[idx]
+            better = (wrong & ~was) | ((wrong == was) & more_loss)
         sel = idx[better]
         best_delta[sel] = d[better]
-        best_loss[idx] = torch.maximum(best_loss[idx], loss)
+        best_loss[sel] = loss[better]
         broken[idx] |= wrong
     return (x + best_delta).clamp(0, 1).detach()
 
