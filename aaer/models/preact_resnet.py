@@ -1,0 +1,98 @@
+"""PreActResNet-18 of the fast-adversarial-training lineage (Wong et al. 2020, AAER).
+
+State-dict keys match the lineage's checkpoints exactly: conv1, layer1.0.bn1, ...,
+layerK.0.shortcut.0 (1x1 projection), bn, linear. Weights use PyTorch's default init,
+as the reference does.
+
+The AAER repository has two block variants with identical keys but different forward
+passes: its CIFAR-10/100 and SVHN code applies the 1x1 projection shortcut to the block's
+raw input x, its Tiny-ImageNet code (like Wong et al.'s original) to relu(bn1(x)).
+`shortcut_from` selects between them: 'preactresnet18' builds the first,
+'preactresnet18-preact-shortcut' the second (use it for AAER's Tiny-ImageNet checkpoints).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .registry import register_model
+
+_SHORTCUT_SOURCES = ("input", "preact")
+
+
+class PreActBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut_from: str = "input"):
+        super().__init__()
+        self.shortcut_from = shortcut_from
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride, bias=False))
+        else:
+            self.shortcut = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = F.relu(self.bn1(x))
+        if self.shortcut is None:
+            skip = x
+        else:
+            skip = self.shortcut(x if self.shortcut_from == "input" else a)
+        out = self.conv2(F.relu(self.bn2(self.conv1(a))))
+        return out + skip
+
+
+def _conv3x3_out(size: int, stride: int) -> int:
+    return (size - 1) // stride + 1
+
+
+class PreActResNet18(nn.Module):
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, image_size: int = 32,
+                 shortcut_from: str = "input"):
+        super().__init__()
+        if shortcut_from not in _SHORTCUT_SOURCES:
+            raise ValueError(f"shortcut_from must be one of {_SHORTCUT_SOURCES}, got {shortcut_from!r}")
+        side = image_size
+        for _ in range(3):  # layer2..layer4 halve the side
+            side = _conv3x3_out(side, 2)
+        pooled = side // 4  # the lineage's fixed avg_pool2d(4)
+        if pooled < 1:
+            raise ValueError(
+                f"image_size {image_size} is too small for preactresnet18: the final feature map is "
+                f"{side}x{side}, smaller than its 4x4 average pool; use image_size >= 25"
+            )
+        self.in_planes = 64
+        self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        self.layer1 = self._make_layer(64, stride=1, shortcut_from=shortcut_from)
+        self.layer2 = self._make_layer(128, stride=2, shortcut_from=shortcut_from)
+        self.layer3 = self._make_layer(256, stride=2, shortcut_from=shortcut_from)
+        self.layer4 = self._make_layer(512, stride=2, shortcut_from=shortcut_from)
+        self.bn = nn.BatchNorm2d(512)
+        # 512 for 32x32 inputs, 512*4 for Tiny-ImageNet's 64x64, as in the reference files
+        self.linear = nn.Linear(512 * pooled * pooled, num_classes)
+
+    def _make_layer(self, planes: int, stride: int, shortcut_from: str) -> nn.Sequential:
+        blocks = []
+        for s in (stride, 1):
+            blocks.append(PreActBlock(self.in_planes, planes, s, shortcut_from))
+            self.in_planes = planes
+        return nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(x)
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        out = F.relu(self.bn(out))
+        out = F.avg_pool2d(out, 4)
+        return self.linear(out.flatten(1))
+
+
+@register_model("preactresnet18")
+def preactresnet18(num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> PreActResNet18:
+    return PreActResNet18(num_classes, in_channels, image_size)
+
+
+@register_model("preactresnet18-preact-shortcut")
+def preactresnet18_preact_shortcut(num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> PreActResNet18:
+    return PreActResNet18(num_classes, in_channels, image_size, shortcut_from="preact")
