@@ -190,139 +190,191 @@ LOG_HEADER = ("Epoch \t Seconds \t LR \t Train Loss \t Train Acc \t Ab NUM \t Ab
 
 def train(cfg: TrainConfig, dataset=None) -> dict[str, Any]:
     """Train as configured; returns the results dict (also written to results.json)."""
-    from aaer.data import BatchLoader, augmentation_for, load_dataset
-    from aaer.models import build
-
     cfg.validate()
     out = cfg.out_dir
     if os.path.exists(os.path.join(out, "results.json")) and not cfg.overwrite:
         raise ValueError(f"out-dir {out!r} holds a finished run (results.json); "
                          "pass --overwrite to replace it or choose another --out-dir")
-    device = resolve_device(cfg.device)
-    method = create_method(cfg.method, cfg.eps, **cfg.method_hparams)
-    if dataset is None:
-        dataset = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download)
-    os.makedirs(out, exist_ok=True)
-    for stale in ("metrics.jsonl",):
-        p = os.path.join(out, stale)
-        if os.path.exists(p):
-            os.remove(p)
-    log = make_logger(out)
-    try:
-        return _train(cfg, dataset, method, device, log, BatchLoader, augmentation_for, build)
-    finally:
-        close_logger(log)
+    trainer = Trainer(cfg, dataset)
+    return trainer.fit()
 
 
-def _train(cfg, dataset, method: Method, device, log, BatchLoader, augmentation_for, build):
-    out = cfg.out_dir
-    seed_everything(cfg.seed)
-    train_x, train_y = dataset.train_x, dataset.train_y
-    if cfg.n_train is not None:
-        train_x, train_y = train_x[:cfg.n_train], train_y[:cfg.n_train]
-    model = build(cfg.model, dataset.num_classes, dataset.in_channels, dataset.image_size,
-                  dataset.mean, dataset.std).to(device)
-    pad, flip = augmentation_for(dataset)
-    loader = BatchLoader(train_x, train_y, cfg.batch_size, shuffle=True, pad=pad, flip=flip,
-                         device=device, seed=cfg.seed)
-    replays = method.replays
-    total_steps = cfg.epochs * len(loader) * replays
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr_max, momentum=cfg.momentum,
-                          weight_decay=cfg.weight_decay)
-    sched = make_scheduler(opt, cfg, total_steps)
-    probe = None
-    if cfg.probe_n:
-        probe = Probe(dataset.test_x[:cfg.probe_n], dataset.test_y[:cfg.probe_n], cfg.eps,
-                      cfg.probe_steps, cfg.seed)
+class Trainer:
+    """One run: builds data, model, method, optimiser and schedule, then ``fit()``.
 
-    n_params = sum(p.numel() for p in model.parameters())
-    config = {
-        **asdict(cfg), "eps": cfg.eps,
-        "method_resolved": {"name": method.name, **method.hparams(),
-                            "cost_per_step": method.cost().as_dict(), "replays": replays},
-        "data": {"name": dataset.name, "source": getattr(dataset, "source", None),
-                 "n_train": int(train_x.shape[0]), "n_test": int(dataset.test_x.shape[0]),
-                 "shape": list(train_x.shape[1:]), "num_classes": dataset.num_classes,
-                 "mean": list(dataset.mean), "std": list(dataset.std),
-                 "augmentation": {"crop_pad": pad, "hflip": flip}},
-        "model_params": n_params,
-        "iters_per_epoch": len(loader), "total_steps": total_steps,
-        "environment": environment(device),
-    }
-    atomic_write_json(os.path.join(out, "config.json"), config)
-    for note in cfg.notes:
-        log.info(note)
-    log.info("method %s %s | model %s (%d params) | data %s: %d train, %d test | device %s",
-             method.name, method.hparams(), cfg.model, n_params, dataset.name,
-             train_x.shape[0], dataset.test_x.shape[0], device)
-    log.info(LOG_HEADER)
+    The parts are separate methods so that a resume, a monitor or a distributed
+    wrapper changes one of them: ``train_step`` (one minibatch), ``run_epoch``,
+    ``end_epoch`` (metrics, probe, checkpoint) and ``evaluate_final``.
+    """
 
-    metrics_path = os.path.join(out, "metrics.jsonl")
-    history = []
-    t_train = time.time()
-    for epoch in range(cfg.epochs):
-        model.train()
-        loader.set_epoch(epoch)
+    def __init__(self, cfg: TrainConfig, dataset=None):
+        from aaer.data import BatchLoader, augmentation_for, load_dataset
+        from aaer.models import build
+
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.method: Method = create_method(cfg.method, cfg.eps, **cfg.method_hparams)
+        self.dataset = dataset if dataset is not None else \
+            load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download)
+        ds = self.dataset
+        seed_everything(cfg.seed)
+        self.train_x, self.train_y = ds.train_x, ds.train_y
+        if cfg.n_train is not None:
+            self.train_x, self.train_y = ds.train_x[:cfg.n_train], ds.train_y[:cfg.n_train]
+        self.model = build(cfg.model, ds.num_classes, ds.in_channels, ds.image_size,
+                           ds.mean, ds.std).to(self.device)
+        self.pad, self.flip = augmentation_for(ds)
+        self.loader = BatchLoader(self.train_x, self.train_y, cfg.batch_size, shuffle=True,
+                                  pad=self.pad, flip=self.flip, device=self.device,
+                                  seed=cfg.seed)
+        self.total_steps = cfg.epochs * len(self.loader) * self.method.replays
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg.lr_max,
+                                   momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        self.sched = make_scheduler(self.opt, cfg, self.total_steps)
+        self.probe = None
+        if cfg.probe_n:
+            self.probe = Probe(ds.test_x[:cfg.probe_n], ds.test_y[:cfg.probe_n], cfg.eps,
+                               cfg.probe_steps, cfg.seed)
+        self.history: list[dict[str, Any]] = []
+        self.start_epoch = 0
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        self.log = make_logger(cfg.out_dir)
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.cfg.out_dir, name)
+
+    # -- set-up ---------------------------------------------------------------------
+    def config_dict(self) -> dict[str, Any]:
+        cfg, ds, method = self.cfg, self.dataset, self.method
+        return {
+            **asdict(cfg), "eps": cfg.eps,
+            "method_resolved": {"name": method.name, **method.hparams(),
+                                "cost_per_step": method.cost().as_dict(),
+                                "replays": method.replays},
+            "data": {"name": ds.name, "source": getattr(ds, "source", None),
+                     "n_train": int(self.train_x.shape[0]), "n_test": int(ds.test_x.shape[0]),
+                     "shape": list(self.train_x.shape[1:]), "num_classes": ds.num_classes,
+                     "mean": list(ds.mean), "std": list(ds.std),
+                     "augmentation": {"crop_pad": self.pad, "hflip": self.flip}},
+            "model_params": sum(p.numel() for p in self.model.parameters()),
+            "iters_per_epoch": len(self.loader), "total_steps": self.total_steps,
+            "environment": environment(self.device),
+        }
+
+    def start(self) -> None:
+        """A fresh run: clear stale metrics, write config.json, log the set-up."""
+        if os.path.exists(self.path("metrics.jsonl")):
+            os.remove(self.path("metrics.jsonl"))
+        config = self.config_dict()
+        atomic_write_json(self.path("config.json"), config)
+        for note in self.cfg.notes:
+            self.log.info(note)
+        self.log.info("method %s %s | model %s (%d params) | data %s: %d train, %d test | "
+                      "device %s", self.method.name, self.method.hparams(), self.cfg.model,
+                      config["model_params"], self.dataset.name, self.train_x.shape[0],
+                      self.dataset.test_x.shape[0], self.device)
+        self.log.info(LOG_HEADER)
+
+    # -- training -------------------------------------------------------------------
+    def train_step(self, x, y, ctx: StepContext):
+        """One minibatch: ``replays`` method steps, each followed by SGD and the schedule."""
+        for _ in range(self.method.replays):
+            out = self.method.step(self.model, x, y, ctx)
+            self.opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            self.opt.step()
+            self.sched.step()
+        return out
+
+    def run_epoch(self, epoch: int) -> dict[str, Any]:
+        cfg, device = self.cfg, self.device
+        self.model.train()
+        self.loader.set_epoch(epoch)
         t0 = time.time()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
         stat_sums: dict[str, torch.Tensor] = {}
         n_seen = 0
-        bar = _progress_bar(len(loader), f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress)
-        for i, (x, y) in enumerate(loader):
-            ctx = StepContext(epoch, i, len(loader), cfg.epochs)
-            for _ in range(replays):
-                out_step = method.step(model, x, y, ctx)
-                opt.zero_grad(set_to_none=True)
-                out_step.loss.backward()
-                opt.step()
-                sched.step()
+        bar = _progress_bar(len(self.loader), f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress)
+        for i, (x, y) in enumerate(self.loader):
+            ctx = StepContext(epoch, i, len(self.loader), cfg.epochs)
+            out = self.train_step(x, y, ctx)
             b = y.shape[0]
             n_seen += b
-            loss_sum += out_step.loss.detach().float() * b
-            correct += (out_step.logits.argmax(1) == y).sum()
-            for k, v in out_step.stats.items():
+            loss_sum += out.loss.detach().float() * b
+            correct += (out.logits.argmax(1) == y).sum()
+            for k, v in out.stats.items():
                 stat_sums[k] = stat_sums[k] + v if k in stat_sums else v.detach().clone()
             if bar is not None:
                 bar.update(1)
         if bar is not None:
             bar.close()
-        seconds = time.time() - t0
         sums = {k: float(v) for k, v in stat_sums.items()}
-        row = {"epoch": epoch, "seconds": round(seconds, 3), "lr": sched.get_last_lr()[0],
-               "train_loss": float(loss_sum) / n_seen, "train_acc": float(correct) / n_seen,
-               "n": n_seen, **method.summarize(sums, n_seen)}
+        return {"epoch": epoch, "seconds": round(time.time() - t0, 3),
+                "lr": self.sched.get_last_lr()[0], "train_loss": float(loss_sum) / n_seen,
+                "train_acc": float(correct) / n_seen, "n": n_seen,
+                **self.method.summarize(sums, n_seen)}
+
+    def end_epoch(self, row: dict[str, Any]) -> None:
+        """Check, probe, record and checkpoint one finished epoch."""
+        epoch = row["epoch"]
         if not np.isfinite(row["train_loss"]):
-            log.error("non-finite training loss in epoch %d: stopping (weights of the "
-                      "previous epoch are in checkpoint.pt)", epoch)
+            self.log.error("non-finite training loss in epoch %d: stopping (weights of the "
+                           "previous epoch are in checkpoint.pt)", epoch)
             raise FloatingPointError(f"training loss became {row['train_loss']} in epoch "
                                      f"{epoch}; lower --lr-max or the regulariser weights")
-        if probe is not None:
-            row.update(probe(model))
-        history.append(row)
-        append_jsonl(metrics_path, row)
-        log.info("%d \t %.1f \t %.4f \t %.4f \t %.4f \t %d \t %.4f \t %.4f%s", epoch, seconds,
-                 row["lr"], row["train_loss"], row["train_acc"], row.get("aae_count", 0),
-                 row.get("aaer_ce_var", 0.0), row.get("aaer_var_gap", 0.0),
-                 "".join(f" | {k} {row[k]:.4f}" for k in row if k.startswith("probe_")))
-        atomic_torch_save(os.path.join(out, "checkpoint.pt"), {
-            "epoch": epoch, "model": model.net.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(), "method": method.state_dict(),
-            "loader": loader.state_dict()})
-    train_seconds = time.time() - t_train
-    atomic_torch_save(os.path.join(out, "model.pt"), model.net.state_dict())
-    log.info("Total train time: %.4f minutes", train_seconds / 60)
+        if self.probe is not None:
+            row.update(self.probe(self.model))
+        self.history.append(row)
+        append_jsonl(self.path("metrics.jsonl"), row)
+        self.log.info("%d \t %.1f \t %.4f \t %.4f \t %.4f \t %d \t %.4f \t %.4f%s", epoch,
+                      row["seconds"], row["lr"], row["train_loss"], row["train_acc"],
+                      row.get("aae_count", 0), row.get("aaer_ce_var", 0.0),
+                      row.get("aaer_var_gap", 0.0),
+                      "".join(f" | {k} {row[k]:.4f}" for k in row if k.startswith("probe_")))
+        self.save_checkpoint(epoch)
 
-    results: dict[str, Any] = {"train_seconds": round(train_seconds, 3),
-                               "seconds_per_epoch": round(train_seconds / cfg.epochs, 3),
-                               "epochs": cfg.epochs, "final_epoch": history[-1]}
-    if cfg.eval_protocol:
+    def state_dict(self, epoch: int) -> dict[str, Any]:
+        return {"epoch": epoch, "model": self.model.net.state_dict(),
+                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                "method": self.method.state_dict(), "loader": self.loader.state_dict()}
+
+    def save_checkpoint(self, epoch: int) -> None:
+        atomic_torch_save(self.path("checkpoint.pt"), self.state_dict(epoch))
+
+    def evaluate_final(self) -> dict[str, Any] | None:
+        cfg = self.cfg
+        if not cfg.eval_protocol:
+            return None
         from aaer.evaluate import evaluate, format_table, get_protocol
         protocol = get_protocol(cfg.eval_protocol, n_eval=cfg.n_eval)
-        report = evaluate(model, dataset.test_x, dataset.test_y, cfg.eps, protocol,
-                          batch_size=cfg.eval_batch_size, device=device, seed=cfg.seed)
-        results["evaluation"] = report
+        report = evaluate(self.model, self.dataset.test_x, self.dataset.test_y, cfg.eps,
+                          protocol, batch_size=cfg.eval_batch_size, device=self.device,
+                          seed=cfg.seed)
         for line in format_table(report).splitlines():
-            log.info(line)
-    atomic_write_json(os.path.join(out, "results.json"), results)
-    return results
+            self.log.info(line)
+        return report
+
+    def fit(self) -> dict[str, Any]:
+        try:
+            if self.start_epoch == 0:
+                self.start()
+            t_train = time.time()
+            for epoch in range(self.start_epoch, self.cfg.epochs):
+                row = self.run_epoch(epoch)
+                self.end_epoch(row)
+            train_seconds = time.time() - t_train
+            atomic_torch_save(self.path("model.pt"), self.model.net.state_dict())
+            self.log.info("Total train time: %.4f minutes", train_seconds / 60)
+            epochs_run = self.cfg.epochs - self.start_epoch
+            results: dict[str, Any] = {
+                "train_seconds": round(train_seconds, 3),
+                "seconds_per_epoch": round(train_seconds / max(epochs_run, 1), 3),
+                "epochs": self.cfg.epochs, "final_epoch": self.history[-1]}
+            report = self.evaluate_final()
+            if report is not None:
+                results["evaluation"] = report
+            atomic_write_json(self.path("results.json"), results)
+            return results
+        finally:
+            close_logger(self.log)
