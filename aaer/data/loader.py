@@ -55,6 +55,8 @@ class BatchLoader:
         self.shuffle, self.seed, self.drop_last = bool(shuffle), int(seed), bool(drop_last)
         self.rank, self.world_size = int(rank), int(world_size)
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.num_examples = len(y)
         self.share = math.ceil(self.num_examples / self.world_size)
         if self.drop_last and self.share < self.batch_size:
@@ -136,15 +138,17 @@ class BatchLoader:
     def _augment(self, xb: torch.Tensor, offsets, flips) -> torch.Tensor:
         B, C, H, W = xb.shape
         if self.pad:
+            # out[b, :, i, j] = padded[b, :, oy_b + i, ox_b + j] (j mirrored when flipped),
+            # one gather over the flattened padded image
             p = self.pad
-            xp = F.pad(xb, (p, p, p, p))
+            xp = F.pad(xb, (p, p, p, p)).reshape(B, C, -1)
             rows = offsets[0, :, None] + torch.arange(H, device=xb.device)
             cols = offsets[1, :, None] + torch.arange(W, device=xb.device)
             if flips is not None:
                 cols = torch.where(flips[:, None], cols.flip(1), cols)
-            b = torch.arange(B, device=xb.device)[:, None, None, None]
-            c = torch.arange(C, device=xb.device)[None, :, None, None]
-            xb = xp[b, c, rows[:, None, :, None], cols[:, None, None, :]]
+            flat = rows[:, :, None] * (W + 2 * p) + cols[:, None, :]
+            xb = torch.gather(xp, 2, flat.reshape(B, 1, H * W).expand(B, C, H * W))
+            xb = xb.reshape(B, C, H, W)
         elif flips is not None:
             xb = torch.where(flips[:, None, None, None], xb.flip(3), xb)
         return xb.float().div_(255) if xb.dtype == torch.uint8 else xb.float()
@@ -156,8 +160,9 @@ class BatchLoader:
                       min((self.position + 1) * self.batch_size, self.share))
             bi = idx[s]
             xb, yb = self.x.index_select(0, bi), self.y.index_select(0, bi)
-            if not self.on_device:
-                xb = xb.pin_memory() if xb.device.type == "cpu" and self.device.type == "cuda" else xb
+            if not self.on_device:  # host-resident data: pinned copies overlap with compute
+                if self.device.type == "cuda":
+                    xb, yb = xb.pin_memory(), yb.pin_memory()
                 xb = xb.to(self.device, non_blocking=True)
                 yb = yb.to(self.device, non_blocking=True)
             xb = self._augment(xb, None if offsets is None else offsets[:, s],
