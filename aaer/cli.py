@@ -280,6 +280,44 @@ def cmd_list(what: str) -> int:
     return 0
 
 
+def add_reproduce_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("suite", help="aaer-cifar10, aaer-cifar100, co-fixture, or a .json/.toml "
+                   "suite file (a grid over datasets, models, methods, eps)")
+    p.add_argument("--out", default=None, help="suite directory (default: runs/<suite>)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 for every run")
+    p.add_argument("--scale", choices=["full", "small", "tiny"], default="full",
+                   help="shrink the suite (fewer epochs, a data subset, a small model) to "
+                        "exercise the pipeline on a CPU")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once on CPU (one per GPU on CUDA)")
+    p.add_argument("--data-dir", default=None, help="passed to every run")
+    p.add_argument("--dry-run", action="store_true", help="print one command per run and exit")
+    p.add_argument("--summary-only", action="store_true",
+                   help="only (re)write summary.md/.csv from the finished runs")
+    p.add_argument("--train-args", default="", metavar="FLAGS",
+                   help="flags added to every run, quoted, e.g. --train-args '--device cuda'")
+
+
+def cmd_reproduce(args) -> int:
+    from aaer import reproduce as rp
+    if args.jobs < 1:
+        raise UsageError(f"invalid --jobs {args.jobs!r}: must be >= 1")
+    import shlex
+    extra = shlex.split(args.train_args)
+    suite_name = os.path.splitext(os.path.basename(args.suite))[0]
+    out = args.out or os.path.join("runs", suite_name)
+    runs = rp.build_runs(args.suite, args.seeds, args.scale, args.data_dir, extra)
+    if args.dry_run:
+        print("\n".join(rp.dry_run_lines(runs, out)))
+        return 0
+    if not args.summary_only:
+        counts = rp.execute(runs, out, jobs=args.jobs)
+        print(f"runs: {counts['ok']} ok, {counts['failed']} failed, "
+              f"{counts['skipped']} already finished")
+    result = rp.write_summary(suite_name, runs, out)
+    print(f"summary: {os.path.join(out, 'summary.md')} ({len(result['rows'])} finished runs)")
+    return 0 if args.summary_only or counts["failed"] == 0 else 1
+
+
 def build_parser(prog: str = "aaer") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, formatter_class=_fmt(), description=(
         "Fast adversarial training without catastrophic overfitting (AAER and baselines)."))
@@ -288,6 +326,9 @@ def build_parser(prog: str = "aaer") -> argparse.ArgumentParser:
     add_train_args(t)
     e = sub.add_parser("eval", help="evaluate a checkpoint", formatter_class=_fmt())
     add_eval_args(e)
+    r = sub.add_parser("reproduce", help="run a suite of experiments and summarise it",
+                       formatter_class=_fmt())
+    add_reproduce_args(r)
     for what in ("methods", "models", "datasets"):
         sub.add_parser(what, help=f"list registered {what}")
     return p
@@ -304,6 +345,8 @@ def main(argv=None, prog: str = "aaer", seed_script: bool = False) -> int:
             return cmd_train(args, seed_script=seed_script)
         if args.command == "eval":
             return cmd_eval(args)
+        if args.command == "reproduce":
+            return cmd_reproduce(args)
         return cmd_list(args.command)
     except (UsageError, ValueError, FileNotFoundError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)

@@ -1,0 +1,401 @@
+"""`aaer reproduce <suite>`: run a grid of training runs and summarise it as the paper's table.
+
+A suite is a list of runs (method x eps x seed x data set x model), each an `aaer train`
+command line. Runs go to <out>/<run name>/; a finished run (results.json) is skipped and
+an interrupted one (checkpoint.pt, no results.json) is resumed, so the whole suite can be
+stopped and started again. The suite ends with summary.md and summary.csv: per method and
+eps, mean ± std over seeds of clean, PGD and AutoAttack accuracy, seconds per epoch, and
+the CO rate (the fraction of seeds in which the monitor flagged catastrophic overfitting).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from aaer.io import atomic_write_bytes, read_jsonl
+from aaer.methods.aaer import N_LAMBDAS, RS_LAMBDAS
+
+SCALES = ("full", "small", "tiny")
+BUILTIN_SUITES = ("aaer-cifar10", "aaer-cifar100", "co-fixture")
+# baselines the AAER paper compares against, at the same radii
+SUITE_BASELINES = ("rs-fgsm", "n-fgsm", "gradalign", "zerograd", "multigrad", "pgd")
+METHOD_LABELS = {"rs-fgsm": "RS-FGSM", "n-fgsm": "N-FGSM", "fgsm": "FGSM",
+                 "gradalign": "GradAlign", "zerograd": "ZeroGrad", "multigrad": "MultiGrad",
+                 "pgd": "PGD-AT", "free": "Free-AT", "elle": "ELLE", "elle-a": "ELLE-A",
+                 "rs-aaer": "RS-AAER", "n-aaer": "N-AAER"}
+
+
+@dataclass
+class Run:
+    """One training run of a suite: `aaer train` with ``flags`` and ``seed``."""
+
+    name: str                   # directory name under the suite's out dir
+    label: str                  # the method as the table shows it, e.g. RS-AAER
+    eps: float                  # in 1/255
+    seed: int
+    flags: list[str] = field(default_factory=list)
+
+    def argv(self, out_dir: str) -> list[str]:
+        return ["train", *self.flags, "--seed", str(self.seed), "--out-dir",
+                os.path.join(out_dir, self.name), "--no-progress"]
+
+
+def _fmt(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def aaer_suite(dataset: str) -> list[tuple[str, str, float, list[str]]]:
+    """The seed README's 8 commands for a CIFAR data set, plus the baselines at each eps."""
+    tag = {"cifar10": "CIFAR10", "cifar100": "CIFAR100"}[dataset]
+    rows = []
+    for eps in (8, 12, 16, 32):
+        for variant, table, clamp, alpha in (("RS", RS_LAMBDAS, 1, "1.25"),
+                                             ("N", N_LAMBDAS, 0, "1.00")):
+            l2, l3 = table[(dataset, eps)]
+            rows.append((f"{tag}_{variant}-AAER_{eps}", f"{variant}-AAER", float(eps), [
+                "--dataset", dataset, "--epochs", "30", "--clamp", str(clamp), "--alpha", alpha,
+                "--epsilon", str(eps), "--lamda1", "1.0", "--lamda2", _fmt(l2),
+                "--lamda3", _fmt(l3)]))
+        for method in SUITE_BASELINES:
+            rows.append((f"{tag}_{METHOD_LABELS[method]}_{eps}", METHOD_LABELS[method],
+                         float(eps), ["--dataset", dataset, "--epochs", "30", "--method", method,
+                                      "--epsilon", str(eps)]))
+    return rows
+
+
+def co_fixture_suite() -> list[tuple[str, str, float, list[str]]]:
+    from aaer.demo import CO_FIXTURE, FIXTURE_METHODS, fixture_flags
+    eps = CO_FIXTURE["epsilon"]
+    return [(f"co-fixture_{METHOD_LABELS.get(m, m)}", METHOD_LABELS.get(m, m), float(eps),
+             fixture_flags(m)) for m in FIXTURE_METHODS]
+
+
+def user_suite(path: str) -> list[tuple[str, str, float, list[str]]]:
+    """A grid from a JSON or TOML file:
+
+        {"name": "my-grid", "datasets": ["cifar10"], "models": ["preactresnet18"],
+         "methods": ["rs-fgsm", "rs-aaer"], "eps": [8, 16], "epochs": 30,
+         "flags": ["--lr-max", "0.2"], "method_flags": {"rs-aaer": ["--lamda3", "2.0"]}}
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"suite file {path!r} not found; give a built-in suite "
+                                f"({', '.join(BUILTIN_SUITES)}) or a .json/.toml file")
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        if path.endswith(".toml"):
+            import tomllib
+            spec = tomllib.loads(raw.decode())
+        else:
+            spec = json.loads(raw)
+    except Exception as e:  # noqa: BLE001 - reported with the file name
+        raise ValueError(f"suite file {path!r} could not be parsed: {e}") from None
+    allowed = {"name", "datasets", "models", "methods", "eps", "epochs", "flags",
+               "method_flags", "data_dir"}
+    unknown = sorted(set(spec) - allowed)
+    if unknown:
+        raise ValueError(f"suite file {path!r}: unknown keys {unknown}; valid: {sorted(allowed)}")
+    if not spec.get("methods") or not spec.get("eps"):
+        raise ValueError(f"suite file {path!r} needs non-empty 'methods' and 'eps' lists")
+    rows = []
+    for ds in spec.get("datasets", ["cifar10"]):
+        for model in spec.get("models", ["preactresnet18"]):
+            for method in spec["methods"]:
+                for eps in spec["eps"]:
+                    label = METHOD_LABELS.get(method, method)
+                    name = f"{ds}_{model}_{label}_{_fmt(float(eps))}"
+                    flags = ["--dataset", ds, "--model", model, "--method", method,
+                             "--epsilon", _fmt(float(eps))]
+                    if "epochs" in spec:
+                        flags += ["--epochs", str(int(spec["epochs"]))]
+                    flags += [str(v) for v in spec.get("flags", [])]
+                    flags += [str(v) for v in spec.get("method_flags", {}).get(method, [])]
+                    rows.append((name, label, float(eps), flags))
+    return rows
+
+
+def scale_flags(scale: str, suite: str) -> list[str]:
+    """Flags that shrink a suite so the whole pipeline runs on a CPU."""
+    if scale == "full" or suite == "co-fixture" and scale == "small":
+        return []
+    if suite == "co-fixture":   # tiny: the fixture in a few epochs
+        return ["--epochs", "2", "--n-train", "2000", "--probe-n", "200"]
+    if scale == "small":
+        return ["--epochs", "5", "--n-train", "10000", "--model", "small-cnn-32",
+                "--n-eval", "1000", "--eval-protocol", "lineage"]
+    return ["--epochs", "1", "--n-train", "512", "--model", "small-cnn", "--batch-size", "64",
+            "--n-eval", "64", "--eval-protocol", "quick", "--probe-n", "64"]
+
+
+def _override(flags: list[str], extra: list[str]) -> list[str]:
+    """Later flags win: drop earlier occurrences of every flag that ``extra`` sets."""
+    names = {f for f in extra if f.startswith("--")}
+    out, skip = [], False
+    for i, f in enumerate(flags):
+        if skip:
+            skip = False
+            continue
+        if f in names:
+            skip = i + 1 < len(flags) and not flags[i + 1].startswith("--")
+            continue
+        out.append(f)
+    return out + extra
+
+
+def build_runs(suite: str, seeds: int, scale: str = "full", data_dir: str | None = None,
+               extra: list[str] | None = None) -> list[Run]:
+    if seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    if scale not in SCALES:
+        raise ValueError(f"--scale must be one of {SCALES}, got {scale!r}")
+    if suite == "aaer-cifar10":
+        rows = aaer_suite("cifar10")
+    elif suite == "aaer-cifar100":
+        rows = aaer_suite("cifar100")
+    elif suite == "co-fixture":
+        rows = co_fixture_suite()
+    elif suite.endswith((".json", ".toml")) or os.path.sep in suite:
+        rows = user_suite(suite)
+    else:
+        raise ValueError(f"unknown suite {suite!r}; built-in: {', '.join(BUILTIN_SUITES)}, "
+                         "or a path to a .json/.toml suite file")
+    tail = scale_flags(scale, suite) + (["--data-dir", data_dir] if data_dir else []) + \
+        list(extra or [])
+    runs = []
+    for name, label, eps, flags in rows:
+        for seed in range(seeds):
+            runs.append(Run(f"{name}_s{seed}", label, eps, seed, _override(flags, tail)))
+    return runs
+
+
+def run_state(run_dir: str) -> str:
+    if os.path.exists(os.path.join(run_dir, "results.json")):
+        return "finished"
+    if os.path.exists(os.path.join(run_dir, "checkpoint.pt")):
+        return "interrupted"
+    return "new"
+
+
+def command_for(run: Run, out_dir: str) -> list[str]:
+    run_dir = os.path.join(out_dir, run.name)
+    if run_state(run_dir) == "interrupted":
+        return ["train", "--resume", run_dir, "--no-progress"]
+    return run.argv(out_dir)
+
+
+def _gpu_count() -> int:
+    try:
+        import torch
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # noqa: BLE001
+        return 0
+
+
+def execute(runs: list[Run], out_dir: str, jobs: int = 1, log=print) -> dict[str, int]:
+    """Run every unfinished run, ``jobs`` at a time (one per visible GPU on CUDA)."""
+    os.makedirs(os.path.join(out_dir, "logs"), exist_ok=True)
+    gpus = _gpu_count()
+    if gpus:
+        jobs = min(jobs, gpus) if jobs > 1 else 1
+    todo = [r for r in runs if run_state(os.path.join(out_dir, r.name)) != "finished"]
+    counts = {"skipped": len(runs) - len(todo), "ok": 0, "failed": 0}
+    if counts["skipped"]:
+        log(f"{counts['skipped']} finished run(s) skipped")
+    cpu_threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
+    running: list[tuple[subprocess.Popen, Run, int, object, float]] = []
+    free_slots = list(range(jobs))
+    queue = list(todo)
+    while queue or running:
+        while queue and free_slots:
+            run = queue.pop(0)
+            slot = free_slots.pop(0)
+            env = dict(os.environ)
+            if gpus:
+                env["CUDA_VISIBLE_DEVICES"] = str(slot)
+            elif jobs > 1:
+                env["OMP_NUM_THREADS"] = str(cpu_threads)
+            argv = command_for(run, out_dir)
+            resumed = argv[1] == "--resume"
+            logf = open(os.path.join(out_dir, "logs", run.name + ".log"), "ab")
+            log(f"{'resume' if resumed else 'start '} {run.name}")
+            p = subprocess.Popen([sys.executable, "-m", "aaer", *argv], stdout=logf,
+                                 stderr=subprocess.STDOUT, env=env)
+            running.append((p, run, slot, logf, time.time()))
+        time.sleep(0.2)
+        for item in list(running):
+            p, run, slot, logf, t0 = item
+            if p.poll() is None:
+                continue
+            running.remove(item)
+            logf.close()
+            free_slots.append(slot)
+            ok = p.returncode == 0
+            counts["ok" if ok else "failed"] += 1
+            log(f"{'done  ' if ok else 'FAILED'} {run.name} ({time.time() - t0:.0f} s"
+                f"{'' if ok else f', exit {p.returncode}, see logs/{run.name}.log'})")
+    return counts
+
+
+# -- summary ------------------------------------------------------------------------
+
+def co_flag(run_dir: str) -> tuple[bool | None, int | None]:
+    """(CO flagged?, first epoch flagged) from a run's monitor records; None if unmonitored."""
+    res_path = os.path.join(run_dir, "results.json")
+    if os.path.exists(res_path):
+        with open(res_path) as f:
+            co = json.load(f).get("co")
+        if isinstance(co, dict) and "detected" in co:
+            return bool(co["detected"]), co.get("epoch")
+    rows = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+    if not rows or not any("co" in r for r in rows):
+        return None, None
+    for r in rows:
+        if r.get("co"):
+            return True, r["epoch"]
+    return False, None
+
+
+def collect(runs: list[Run], out_dir: str) -> list[dict]:
+    rows = []
+    for run in runs:
+        d = os.path.join(out_dir, run.name)
+        if run_state(d) != "finished":
+            continue
+        with open(os.path.join(d, "results.json")) as f:
+            res = json.load(f)
+        ev = (res.get("evaluation") or {}).get("results", {})
+        co, co_epoch = co_flag(d)
+        rows.append({
+            "run": run.name, "method": run.label, "eps": run.eps, "seed": run.seed,
+            "clean": ev.get("clean", {}).get("acc"), "pgd": ev.get("pgd", {}).get("acc"),
+            "autoattack": (ev.get("autoattack") or {}).get("acc"),
+            "pgd_protocol": ev.get("pgd", {}).get("protocol"),
+            "pgd_steps": ev.get("pgd", {}).get("steps"),
+            "pgd_restarts": ev.get("pgd", {}).get("restarts"),
+            "n_eval": ev.get("pgd", {}).get("n"),
+            "seconds_per_epoch": res.get("seconds_per_epoch"), "co": co, "co_epoch": co_epoch})
+    return rows
+
+
+def _mean_std(values):
+    v = [x for x in values if x is not None]
+    if not v:
+        return None, None
+    m = sum(v) / len(v)
+    s = math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else 0.0
+    return m, s
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    groups: dict[tuple[str, float], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["eps"]), []).append(r)
+    out = []
+    for (method, eps), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        s = {"method": method, "eps": eps, "seeds": len(rs)}
+        for key in ("clean", "pgd", "autoattack", "seconds_per_epoch"):
+            s[key + "_mean"], s[key + "_std"] = _mean_std([r[key] for r in rs])
+        flags = [r["co"] for r in rs if r["co"] is not None]
+        s["co_rate"] = sum(flags) / len(flags) if flags else None
+        s["co_monitored"] = len(flags)
+        protos = sorted({f"{r['pgd_protocol']} (PGD-{r['pgd_steps']}-{r['pgd_restarts']}, "
+                         f"n={r['n_eval']})" for r in rs if r["pgd_protocol"]})
+        s["protocol"] = "; ".join(protos)
+        out.append(s)
+    return out
+
+
+def _pm(m, s, pct=True):
+    if m is None:
+        return "n/a"
+    k = 100 if pct else 1
+    return f"{m * k:.2f} ± {s * k:.2f}"
+
+
+def summary_markdown(suite: str, summary: list[dict], rows: list[dict]) -> str:
+    lines = [f"# aaer reproduce: {suite}", "",
+             f"{len(rows)} finished run(s). Accuracies in %, mean ± std over seeds; "
+             "CO rate = fraction of seeds in which the monitor flagged catastrophic overfitting.",
+             "", "| method | eps | seeds | clean | PGD | AutoAttack | s/epoch | CO rate | PGD protocol |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for s in summary:
+        co = "n/a" if s["co_rate"] is None else f"{s['co_rate']:.2f} ({s['co_monitored']})"
+        lines.append(f"| {s['method']} | {s['eps']:g}/255 | {s['seeds']} | "
+                     f"{_pm(s['clean_mean'], s['clean_std'])} | {_pm(s['pgd_mean'], s['pgd_std'])} | "
+                     f"{_pm(s['autoattack_mean'], s['autoattack_std'])} | "
+                     f"{_pm(s['seconds_per_epoch_mean'], s['seconds_per_epoch_std'], False)} | "
+                     f"{co} | {s['protocol']} |")
+    lines += ["", "## Runs", "", "| run | clean | PGD | CO epoch |", "|---|---|---|---|"]
+    for r in rows:
+        f = (lambda v: "n/a" if v is None else f"{100 * v:.2f}")
+        lines.append(f"| {r['run']} | {f(r['clean'])} | {f(r['pgd'])} | "
+                     f"{'none' if not r['co'] else r['co_epoch']} |")
+    return "\n".join(lines) + "\n"
+
+
+def summary_csv(summary: list[dict]) -> str:
+    cols = ["method", "eps", "seeds", "clean_mean", "clean_std", "pgd_mean", "pgd_std",
+            "autoattack_mean", "autoattack_std", "seconds_per_epoch_mean",
+            "seconds_per_epoch_std", "co_rate", "co_monitored", "protocol"]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    for s in summary:
+        w.writerow({k: ("" if s.get(k) is None else s[k]) for k in cols})
+    return buf.getvalue()
+
+
+def plot_robust_vs_eps(summary: list[dict], path: str) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in sorted({s["method"] for s in summary}):
+        pts = sorted((s["eps"], s["pgd_mean"], s["pgd_std"]) for s in summary
+                     if s["method"] == method and s["pgd_mean"] is not None)
+        if pts:
+            ax.errorbar([p[0] for p in pts], [100 * p[1] for p in pts],
+                        yerr=[100 * p[2] for p in pts], marker="o", capsize=3, label=method)
+    ax.set_xlabel("eps (1/255)")
+    ax.set_ylabel("PGD accuracy (%)")
+    ax.set_title("robust accuracy vs eps")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return True
+
+
+def write_summary(suite: str, runs: list[Run], out_dir: str) -> dict:
+    rows = collect(runs, out_dir)
+    summary = summarize(rows)
+    atomic_write_bytes(os.path.join(out_dir, "summary.md"),
+                       summary_markdown(suite, summary, rows).encode())
+    atomic_write_bytes(os.path.join(out_dir, "summary.csv"), summary_csv(summary).encode())
+    plot_robust_vs_eps(summary, os.path.join(out_dir, "robust_vs_eps.png"))
+    run_dirs = [os.path.join(out_dir, r["run"]) for r in rows]
+    if run_dirs:
+        try:
+            from aaer.report import write_report
+            write_report(run_dirs, os.path.join(out_dir, "report"))
+        except ImportError:
+            pass
+    return {"rows": rows, "summary": summary}
+
+
+def dry_run_lines(runs: list[Run], out_dir: str) -> list[str]:
+    return ["aaer " + " ".join(shlex.quote(a) for a in r.argv(out_dir)) for r in runs]

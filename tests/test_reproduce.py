@@ -1,0 +1,102 @@
+"""`aaer reproduce`: suites, dry-run in the seed's syntax, skip/resume, summary."""
+import csv
+import json
+import os
+import shlex
+
+import numpy as np
+import pytest
+
+from aaer import reproduce as rp
+from aaer.cli import main
+from tests.test_data import write_idx_set
+
+# The seed README's CIFAR-10 commands, verbatim.
+SEED_CIFAR10 = """
+python3 AAER.py --epoch 30 --clamp 1 --alpha 1.25 --epsilon 8 --lamda1 1.0 --lamda2 2.5 --lamda3 1.5 --out-dir CIFAR10_RS-AAER_8
+python3 AAER.py --epoch 30 --clamp 0 --alpha 1.00 --epsilon 8 --lamda1 1.0 --lamda2 1.5 --lamda3 0.15 --out-dir CIFAR10_N-AAER_8
+python3 AAER.py --epoch 30 --clamp 1 --alpha 1.25 --epsilon 12 --lamda1 1.0 --lamda2 5.0 --lamda3 2.75 --out-dir CIFAR10_RS-AAER_12
+python3 AAER.py --epoch 30 --clamp 0 --alpha 1.00 --epsilon 12 --lamda1 1.0 --lamda2 5.0 --lamda3 0.55 --out-dir CIFAR10_N-AAER_12
+python3 AAER.py --epoch 30 --clamp 1 --alpha 1.25 --epsilon 16 --lamda1 1.0 --lamda2 7.0 --lamda3 3.25 --out-dir CIFAR10_RS-AAER_16
+python3 AAER.py --epoch 30 --clamp 0 --alpha 1.00 --epsilon 16 --lamda1 1.0 --lamda2 8.5 --lamda3 1.5 --out-dir CIFAR10_N-AAER_16
+python3 AAER.py --epoch 30 --clamp 1 --alpha 1.25 --epsilon 32 --lamda1 1.0 --lamda2 5.75 --lamda3 1.5 --out-dir CIFAR10_RS-AAER_32
+python3 AAER.py --epoch 30 --clamp 0 --alpha 1.00 --epsilon 32 --lamda1 1.0 --lamda2 2.75 --lamda3 0.75 --out-dir CIFAR10_N-AAER_32
+"""
+
+
+def _flags(argv):
+    """Flag -> value of an argument list ('--epoch' spelled '--epochs')."""
+    out, i = {}, 0
+    while i < len(argv):
+        k = argv[i].replace("--epoch", "--epochs") if argv[i] == "--epoch" else argv[i]
+        if k.startswith("--") and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            out[k] = argv[i + 1]
+            i += 2
+        else:
+            out[k] = True
+            i += 1
+    return out
+
+
+def test_aaer_cifar10_dry_run_matches_the_seed_commands(capsys):
+    assert main(["reproduce", "aaer-cifar10", "--dry-run", "--out", "X"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 8 + 6 * 4                     # 8 seed commands + 6 baselines x 4 eps
+    ours = {os.path.basename(_flags(shlex.split(l))["--out-dir"])[:-3]: _flags(shlex.split(l))
+            for l in lines}
+    for line in SEED_CIFAR10.strip().splitlines():
+        seed = _flags(shlex.split(line)[2:])
+        mine = ours[seed.pop("--out-dir")]
+        for k, v in seed.items():
+            assert float(mine[k]) == float(v), (k, v, mine[k])
+        assert "--method" not in mine                  # the seed's --clamp picks the variant
+        assert mine["--dataset"] == "cifar10" and mine["--seed"] == "0"
+    assert ours["CIFAR10_GradAlign_16"]["--method"] == "gradalign"
+
+
+def test_seeds_and_scale_multiply_and_override():
+    runs = rp.build_runs("aaer-cifar100", seeds=3, scale="tiny")
+    assert len(runs) == 3 * 32 and {r.seed for r in runs} == {0, 1, 2}
+    f = _flags(runs[0].argv("o"))
+    assert f["--epochs"] == "1" and f["--model"] == "small-cnn"
+    assert runs[0].flags.count("--epochs") == 1        # the scale replaced the suite's 30
+
+
+def test_bad_suite_inputs_are_refused(tmp_path, capsys):
+    assert main(["reproduce", "nope", "--dry-run"]) == 2
+    assert "unknown suite 'nope'" in capsys.readouterr().err
+    bad = tmp_path / "grid.json"
+    bad.write_text(json.dumps({"methods": ["rs-fgsm"], "eps": [8], "colour": "red"}))
+    assert main(["reproduce", str(bad), "--dry-run"]) == 2
+    assert "unknown keys ['colour']" in capsys.readouterr().err
+    assert main(["reproduce", "aaer-cifar10", "--seeds", "0", "--dry-run"]) == 2
+
+
+@pytest.mark.slow
+def test_tiny_user_suite_end_to_end(tmp_path, capsys):
+    data = tmp_path / "fmnist"
+    write_idx_set(str(data), np.random.default_rng(0), n_train=96, n_test=32)
+    grid = tmp_path / "grid.toml"
+    grid.write_text('datasets = ["fashion-mnist"]\nmodels = ["small-cnn"]\n'
+                    'methods = ["rs-fgsm", "rs-aaer"]\neps = [32]\nepochs = 1\n'
+                    'flags = ["--batch-size", "32", "--eval-protocol", "quick", "--lr-max", "0.05"]\n')
+    out = tmp_path / "suite"
+    argv = ["reproduce", str(grid), "--seeds", "2", "--out", str(out), "--data-dir", str(data)]
+    assert main(argv) == 0
+    runs = sorted(d for d in os.listdir(out) if d.startswith("fashion-mnist"))
+    assert len(runs) == 4
+    for d in runs:
+        assert os.path.exists(out / d / "results.json")
+    rows = list(csv.DictReader(open(out / "summary.csv")))
+    assert [(r["method"], r["seeds"]) for r in rows] == [("RS-AAER", "2"), ("RS-FGSM", "2")]
+    for r in rows:
+        assert 0.0 <= float(r["clean_mean"]) <= 1.0 and float(r["clean_std"]) >= 0.0
+        assert "quick" in r["protocol"]
+    md = (out / "summary.md").read_text()
+    assert "| RS-FGSM | 32/255 | 2 |" in md and "CO rate" in md
+    # a second call skips the finished runs and rewrites the summary
+    mtimes = {d: os.path.getmtime(out / d / "results.json") for d in runs}
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "4 finished run(s) skipped" in capsys.readouterr().out
+    assert mtimes == {d: os.path.getmtime(out / d / "results.json") for d in runs}
