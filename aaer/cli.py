@@ -265,12 +265,22 @@ def cmd_eval(args) -> int:
 def cmd_list(what: str) -> int:
     if what == "methods":
         from aaer.methods import METHODS
+        def kv(d):
+            return ", ".join(f"{k}={v}" for k, v in d.items())
         for name, cls in METHODS.items():
             m = cls(8 / 255)
             c = m.cost()
-            print(f"{name:<10} fwd {c.forward} bwd {c.backward}"
+            replays = f" x{m.replays} replays" if m.replays > 1 else ""
+            print(f"{name:<10} fwd {c.forward} bwd {c.backward}{replays}"
                   f"{' double-backprop' if c.double_backprop else ''}  {cls.description} "
                   f"[{cls.source}]")
+            for preset, hp in cls.presets.items():
+                print(f"{'':<12}preset {preset}: {kv(hp)}")
+            overrides = dict(getattr(cls, "train_overrides", {}))
+            if getattr(m, "epoch_scale", 1.0) != 1.0:
+                overrides["epochs"] = f"x{m.epoch_scale:g}"
+            if overrides:
+                print(f"{'':<12}training: {kv(overrides)}")
     elif what == "models":
         from aaer.models import list_models
         print("\n".join(list_models()))

@@ -3,7 +3,13 @@ from __future__ import annotations
 
 from aaer.methods.aaer import AAER, NAAER, RSAAER, aaer_regularizer
 from aaer.methods.base import Cost, Method, StepContext, StepOutput
+from aaer.methods.elle import ELLE, ELLEA
 from aaer.methods.fgsm import FGSM, NFGSM, RSFGSM, SingleStepAttack
+from aaer.methods.free import FreeAT
+from aaer.methods.gradalign import GradAlign
+from aaer.methods.multigrad import MultiGrad
+from aaer.methods.pgd_at import PGDAT
+from aaer.methods.zerograd import ZeroGrad
 
 METHODS: dict[str, type[Method]] = {
     "fgsm": FGSM,
@@ -11,6 +17,13 @@ METHODS: dict[str, type[Method]] = {
     "n-fgsm": NFGSM,
     "rs-aaer": RSAAER,
     "n-aaer": NAAER,
+    "gradalign": GradAlign,
+    "zerograd": ZeroGrad,
+    "multigrad": MultiGrad,
+    "pgd": PGDAT,
+    "free": FreeAT,
+    "elle": ELLE,
+    "elle-a": ELLEA,
 }
 
 
@@ -36,3 +49,4 @@ def create_method(name: str, eps: float, **hparams) -> Method:
 __all__ = ["METHODS", "Method", "StepContext", "StepOutput", "Cost", "create_method",
            "list_methods", "aaer_regularizer", "AAER", "RSAAER", "NAAER", "FGSM",
            "RSFGSM", "NFGSM", "SingleStepAttack"]
+__all__ += ["GradAlign", "ZeroGrad", "MultiGrad", "PGDAT", "FreeAT", "ELLE", "ELLEA"]

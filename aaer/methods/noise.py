@@ -1,0 +1,46 @@
+"""The ``noise`` option of the baselines: where a single-step attack starts.
+
+Every single-step baseline whose authors allow it can start its attack from N-FGSM-style
+noise instead of its own default. The three starts are the ones of fgsm.py:
+
+    "zero"  eta = 0,                 step projected to the eps-ball      (FGSM)
+    "rs"    eta ~ U(-eps, eps),      step projected to the eps-ball      (RS-FGSM)
+    "n"     eta ~ U(-2eps, 2eps),    no projection, |delta| <= 3 eps     (N-FGSM)
+
+``noise_settings`` maps the name to SingleStepAttack's (delta_init, clamp).
+"""
+from __future__ import annotations
+
+NOISES = {"zero": ("zero", 1), "rs": ("random", 1), "n": ("random", 0)}
+
+
+def noise_settings(noise: str) -> tuple[str, int]:
+    if noise not in NOISES:
+        raise ValueError(f"noise must be one of {tuple(NOISES)} (zero: FGSM start, rs: "
+                         f"U(-eps,eps) and projection, n: U(-2eps,2eps), no projection), "
+                         f"got {noise!r}")
+    return NOISES[noise]
+
+
+def check_nonnegative(name: str, value) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}") from None
+    if not (0 <= v < float("inf")):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return v
+
+
+def check_positive(name: str, value) -> float:
+    v = check_nonnegative(name, value)
+    if v == 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+    return v
+
+
+def check_count(name: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) \
+            or int(value) < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
