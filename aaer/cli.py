@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -63,6 +64,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                         "paper = CE term with gradient through l1")
     g.add_argument("--warmup-epochs", type=float, default=None,
                    help="linear warm-up of the attack step over N epochs (SVHN: 5; else 0)")
+    g.add_argument("--preset", default=None, help="a method preset (see `aaer methods`); "
+                   "<dataset>-eps<N> presets apply by themselves when they exist")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other method hyper-parameter, e.g. --set lamda2=3.0")
     g = p.add_argument_group("optimisation")
@@ -145,6 +148,18 @@ def config_from_args(args, *, seed_script: bool = False):
         notes.append(f"{method} lamda2={l2}, lamda3={l3}: {how}")
     if method not in METHODS:
         raise UsageError(f"unknown --method {method!r}; valid: {', '.join(METHODS)}")
+    cls = METHODS[method]
+    presets = getattr(cls, "presets", {})
+    auto = f"{dataset}-eps{round(args.epsilon)}"
+    preset = args.preset or (auto if auto in presets else None)
+    if preset is not None:
+        if preset not in presets:
+            raise UsageError(f"--preset {preset!r} is not a preset of {method}; valid: "
+                             f"{', '.join(presets) or 'none'}")
+        for k, v in presets[preset].items():
+            if hp.get(k) is None:
+                hp[k] = v
+        notes.append(f"{method} preset {preset!r}: {presets[preset]} (explicit flags win)")
     if hp.get("warmup_epochs") is None and "warmup_epochs" in ds_defaults:
         hp["warmup_epochs"] = ds_defaults["warmup_epochs"]
         notes.append(f"{dataset}: linear warm-up of the attack over "
@@ -163,13 +178,25 @@ def config_from_args(args, *, seed_script: bool = False):
                          f"valid: {', '.join(sorted(accepted - {'self', 'eps'}))}")
 
     protocol = None if str(args.eval_protocol).lower() == "none" else args.eval_protocol
+    epochs = args.epochs if args.epochs is not None else ds_defaults.get("epochs", 30)
+    lr_max = args.lr_max if args.lr_max is not None else \
+        getattr(cls, "train_overrides", {}).get("lr_max", ds_defaults.get("lr_max", 0.2))
+    if args.lr_max is None and "lr_max" in getattr(cls, "train_overrides", {}):
+        notes.append(f"{method}: peak learning rate {lr_max} as its authors train "
+                     "(--lr-max overrides)")
+    replays = hp.get("replays", getattr(cls, "replays", 1))
+    if replays > 1 and getattr(cls, "epoch_scale", 1.0) != 1.0:
+        scaled = max(1, math.ceil(epochs / replays))
+        notes.append(f"{method}: {epochs} epochs scaled by 1/{replays} replays to {scaled}, "
+                     "so the total gradient work matches")
+        epochs = scaled
     return TrainConfig(
         out_dir=args.out_dir, dataset=dataset, data_dir=args.data_dir, download=args.download,
         n_train=args.n_train, model=MODEL_ALIASES.get(args.model, args.model), method=method,
         method_hparams=hp, epsilon=args.epsilon,
-        epochs=args.epochs if args.epochs is not None else ds_defaults.get("epochs", 30),
+        epochs=epochs,
         batch_size=args.batch_size, lr_schedule=args.lr_schedule, lr_min=args.lr_min,
-        lr_max=args.lr_max if args.lr_max is not None else ds_defaults.get("lr_max", 0.2),
+        lr_max=lr_max,
         lr_peak=args.lr_peak if args.lr_peak is not None else ds_defaults.get("lr_peak", 0.5),
         momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed,
         device=args.device, precision=args.precision, eval_protocol=protocol,
