@@ -44,11 +44,15 @@ def check_method(name: str, eps: float, hparams: dict[str, Any]):
     from aaer.methods import METHODS, create_method
     if name not in METHODS:
         raise ValueError(f"unknown --method {name!r}; valid: {', '.join(METHODS)}")
+    shown = ", ".join(f"{k}={v!r}" for k, v in hparams.items())
     try:
         return create_method(name, eps, **hparams)
-    except (TypeError, ValueError) as e:
-        shown = ", ".join(f"{k}={v!r}" for k, v in hparams.items())
+    except ValueError as e:
         raise ValueError(f"invalid settings for --method {name} ({shown}): {e}") from None
+    except TypeError as e:   # e.g. --set alpha=abc: a string where a number belongs
+        raise ValueError(f"invalid settings for --method {name} ({shown}): {e}; valid: "
+                         "numbers for numeric settings such as alpha, lamda1-3 and "
+                         "warmup_epochs") from None
 
 
 def check_out_dir(out_dir: str, *, overwrite: bool, resume: bool) -> None:
