@@ -22,14 +22,15 @@ def run(tmp_path_factory):
     out = root / "run"
     rc = main(["train", "--dataset", "cifar10", "--data-dir", str(root / "data"), "--model",
                "small-cnn", "--method", "rs-aaer", "--epochs", "1", "--batch-size", "8",
-               "--eval-protocol", "quick", "--no-progress", "--out-dir", str(out)])
+               "--eval-protocol", "quick", "--no-progress", "--device", "cpu",
+               "--out-dir", str(out)])
     assert rc == 0
     return root, out
 
 
 def _eval(checkpoint, out, *extra):
-    return main(["eval", "--checkpoint", str(checkpoint), "--protocol", "quick", "--out",
-                 str(out), *extra])
+    return main(["eval", "--checkpoint", str(checkpoint), "--protocol", "quick", "--device",
+                 "cpu", "--out", str(out), *extra])
 
 
 def test_export_then_eval_gives_the_runs_numbers(run, tmp_path, capsys):

@@ -45,7 +45,7 @@ def tiny_dataset(n_train=40, n_test=8, size=16, seed=0, name="cifar10"):
 def tiny_config(out_dir, **kw):
     base = dict(out_dir=str(out_dir), dataset="cifar10", model="small-cnn", method="n-aaer",
                 method_hparams={"warmup_epochs": 2.5}, epochs=2, batch_size=8, lr_max=0.1,
-                eval_protocol=None, progress=False, seed=3)
+                eval_protocol=None, progress=False, seed=3, device="cpu")
     base.update(kw)
     return TrainConfig(**base)
 
@@ -191,7 +191,10 @@ def test_resumed_epoch_matches_state_rng_and_metrics_line(tmp_path, reference):
 N_EPOCHS, STEP_DELAY = 3, 0.08
 RUN_FLAGS = ["--dataset", "cifar10", "--model", "small-cnn", "--method", "rs-aaer",
              "--epochs", str(N_EPOCHS), "--batch-size", "8", "--lr-max", "0.1", "--seed", "7",
-             "--eval-protocol", "quick", "--no-progress"]
+             "--eval-protocol", "quick", "--no-progress",
+             # AAER_TEST_DEVICE=cuda runs the kill-and-resume tests on a GPU (deterministic
+             # algorithms are on; CUBLAS_WORKSPACE_CONFIG is set below)
+             "--device", os.environ.get("AAER_TEST_DEVICE", "cpu")]
 DETERMINISTIC = ("import sys, torch; torch.use_deterministic_algorithms(True); "
                  "from aaer.cli import main; raise SystemExit(main(sys.argv[1:]))")
 
@@ -202,7 +205,7 @@ def _cmd(*args):
 
 def _env(delay=0.0):
     return {**os.environ, "PYTHONPATH": ROOT, "AAER_STEP_DELAY": str(delay),
-            "OMP_NUM_THREADS": "1"}
+            "OMP_NUM_THREADS": "1", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
 
 
 @pytest.fixture(scope="module")
