@@ -192,8 +192,9 @@ def cmd_train(args, seed_script: bool = False) -> int:
 
 
 def add_eval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="a run directory, its model.pt, or a "
-                   "published lineage state dict (model.pth)")
+    p.add_argument("--checkpoint", required=True, help="a run directory, its model.pt, a "
+                   "published lineage state dict (model.pth) or a .safetensors file written "
+                   "by `aaer export`")
     p.add_argument("--dataset", default=None, help="default: the run's config.json, else cifar10")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--download", action="store_true")

@@ -6,6 +6,7 @@ need no data are refused before the data are even loaded (checked by counting lo
 """
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import shutil
@@ -172,6 +173,19 @@ def test_unfinished_run_refused_without_resume(files, tmp_path, capsys, count_lo
     rc, err = run_cli(base_args(files / "cifar", run), capsys)
     assert rc == 2 and "unfinished run" in err and f"--resume {run}" in err
     assert snapshot(run) == before and count_loads == []
+
+
+def test_overwrite_replaces_a_finished_run(files, tmp_path, capsys):
+    run = _copy_run(files, tmp_path)
+    (run / "results.json").write_text('{"stale": true}')
+    (run / "model.pt").write_bytes(b"stale")
+    rc, err = run_cli(base_args(files / "cifar", run) + ["--overwrite"], capsys)
+    assert rc == 0, err
+    results = json.loads((run / "results.json").read_text())
+    assert "stale" not in results and results["epochs"] == 1
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+    assert read_checkpoint(str(run / "checkpoint.pt"))["config"]["epochs"] == 1
+    assert torch.load(run / "model.pt", weights_only=True)
 
 
 RESUME_CASES = [
