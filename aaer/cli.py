@@ -207,7 +207,10 @@ def config_from_args(args, *, seed_script: bool = False):
 
 def cmd_train(args, seed_script: bool = False) -> int:
     from aaer.train import train
+    if getattr(args, "resume", None):
+        return cmd_resume(args)
     cfg = config_from_args(args, seed_script=seed_script)
+    cfg.on_nan = args.on_nan or "stop"
     cfg.validate()
     results = train(cfg)
     print(json.dumps({"out_dir": cfg.out_dir, **{k: v for k, v in results.items()
@@ -216,8 +219,9 @@ def cmd_train(args, seed_script: bool = False) -> int:
 
 
 def add_eval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="a run directory, its model.pt, or a "
-                   "published lineage state dict (model.pth)")
+    p.add_argument("--checkpoint", required=True, help="a run directory, its model.pt, a "
+                   "published lineage state dict (model.pth) or a .safetensors file written "
+                   "by `aaer export`")
     p.add_argument("--dataset", default=None, help="default: the run's config.json, else cifar10")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--download", action="store_true")
@@ -244,6 +248,69 @@ def _run_config(checkpoint: str):
     return (d if os.path.isdir(checkpoint) else None), None
 
 
+# -- reliability: resume, divergence, export (aaer.checkpoint, aaer.validate, aaer.export) --
+
+RESUME_FLAGS = ("resume", "device", "data_dir", "download", "on_nan", "no_progress")
+
+
+def add_reliability_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("reliability")
+    g.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its checkpoint.pt, exactly where "
+                        "it stopped; its settings come from its config.json (only --device, "
+                        "--data-dir, --download, --on-nan and --no-progress may be given)")
+    g.add_argument("--on-nan", choices=["stop", "skip-batch"], default=None,
+                   help="non-finite loss: stop (default; exit code 3, the last good "
+                        "checkpoint is kept) or skip-batch (skip that step; one host sync "
+                        "per step)")
+
+
+def explicit_flags(argv) -> set[str]:
+    """The train flags given on the command line (not left at their defaults)."""
+    p = argparse.ArgumentParser(add_help=False)
+    add_train_args(p)
+    add_reliability_args(p)
+    for action in p._actions:
+        action.default = argparse.SUPPRESS
+    argv = list(argv)
+    ns, _ = p.parse_known_args(argv[1:] if argv[:1] == ["train"] else argv)
+    return set(vars(ns))
+
+
+def cmd_resume(args) -> int:
+    from aaer.checkpoint import resume
+    given = explicit_flags(getattr(args, "argv", []))
+    extra = sorted(given - set(RESUME_FLAGS))
+    if extra:
+        flags = ", ".join("--" + k.replace("_", "-") for k in extra)
+        raise UsageError(f"--resume takes every setting from the run's config.json; {flags} "
+                         f"cannot be given with it (valid with --resume: --device, "
+                         f"--data-dir, --download, --on-nan, --no-progress)")
+    results = resume(args.resume, device=args.device if "device" in given else None,
+                     data_dir=args.data_dir, download=args.download or None,
+                     on_nan=args.on_nan,
+                     progress=False if args.no_progress else None)
+    print(json.dumps({"out_dir": args.resume, **{k: v for k, v in results.items()
+                                                 if k != "evaluation"}})[:2000])
+    return 0
+
+
+def add_export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, help="a finished run directory (model.pt, "
+                   "config.json, results.json)")
+    p.add_argument("--out", required=True, help="the .safetensors file to write; its "
+                   "metadata go to the same name with .json")
+    p.add_argument("--overwrite", action="store_true", help="replace existing files")
+
+
+def cmd_export(args) -> int:
+    from aaer.export import export_run
+    meta = export_run(args.run, args.out, overwrite=args.overwrite)
+    print(f"wrote {args.out} and {meta['metadata_file']} ({meta['model']}, {meta['dataset']}, "
+          f"sha256 {meta['sha256'][:16]}...)")
+    return 0
+
+
 def cmd_eval(args) -> int:
     import torch
 
@@ -258,7 +325,14 @@ def cmd_eval(args) -> int:
         else args.checkpoint
     if not os.path.isfile(ckpt):
         raise UsageError(f"--checkpoint {args.checkpoint!r}: no such file (expected a run "
-                         "directory with model.pt, or a .pt/.pth state dict)")
+                         "directory with model.pt, a .pt/.pth state dict or an exported "
+                         ".safetensors file)")
+    exported = None
+    if ckpt.endswith(".safetensors"):
+        from aaer.export import read_exported
+        exported_state, exported = read_exported(ckpt)
+        cfg = {"dataset": exported["dataset"], "model": exported["model"],
+               "epsilon": exported["epsilon"], "data_dir": exported.get("data_dir")}
     cfg = cfg or {}
     dataset = args.dataset or cfg.get("dataset") or "cifar10"
     model_name = MODEL_ALIASES.get(args.model, args.model) if args.model else \
@@ -266,16 +340,41 @@ def cmd_eval(args) -> int:
     epsilon = args.epsilon if args.epsilon is not None else cfg.get("epsilon", 8.0)
     if not (0 < epsilon <= 255):
         raise UsageError(f"invalid --epsilon {epsilon!r}: must be in (0, 255] (1/255 units)")
+    from aaer.validate import check_eval_settings
+    check_eval_settings(epsilon=epsilon, protocol=args.protocol, n_eval=args.n_eval,
+                        pgd_steps=args.pgd_steps, pgd_restarts=args.pgd_restarts,
+                        pgd_step=args.pgd_step, batch_size=args.batch_size, dataset=dataset,
+                        model=model_name)
     protocol = get_protocol(args.protocol, n_eval=args.n_eval, pgd_steps=args.pgd_steps,
                             pgd_restarts=args.pgd_restarts, pgd_step255=args.pgd_step)
     device = resolve_device(args.device)
     data = load_dataset(dataset, args.data_dir or cfg.get("data_dir"), download=args.download)
-    model = build(model_name, data.num_classes, data.in_channels, data.image_size,
-                  data.mean, data.std)
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    mean, std = data.mean, data.std
+    if exported is not None:
+        if exported["num_classes"] != data.num_classes:
+            raise UsageError(f"{ckpt} was trained with {exported['num_classes']} classes, "
+                             f"the data set {dataset} has {data.num_classes}; valid: "
+                             f"--dataset {exported['dataset']} (or one with as many classes)")
+        mean, std = exported["mean"], exported["std"]   # the normalisation it was trained with
+    model = build(model_name, data.num_classes, data.in_channels, data.image_size, mean, std)
+    if exported is not None:
+        state = exported_state
+    else:
+        try:
+            state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated, not a torch file, or pickled code
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UsageError(f"--checkpoint {ckpt!r} cannot be loaded with torch.load("
+                             f"weights_only=True): {msg}; valid: a state dict or an aaer "
+                             "checkpoint") from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]                      # a training checkpoint
-    load_state_dict_into(model.net, state)
+    try:
+        load_state_dict_into(model.net, state)
+    except ValueError as e:
+        raise UsageError(f"--checkpoint {ckpt!r} does not fit --model {model_name} for "
+                         f"{dataset} ({data.num_classes} classes, {data.in_channels} "
+                         f"channels): {e}") from None
     model.to(device).eval()
     report = evaluate(model, data.test_x, data.test_y, epsilon / 255, protocol,
                       batch_size=args.batch_size, device=device, seed=args.seed)
@@ -361,6 +460,7 @@ def build_parser(prog: str = "aaer") -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a model", formatter_class=_fmt())
     add_train_args(t)
+    add_reliability_args(t)
     e = sub.add_parser("eval", help="evaluate a checkpoint", formatter_class=_fmt())
     add_eval_args(e)
     r = sub.add_parser("reproduce", help="run a suite of experiments and summarise it",
@@ -368,6 +468,9 @@ def build_parser(prog: str = "aaer") -> argparse.ArgumentParser:
     add_reproduce_args(r)
     for what in ("methods", "models", "datasets"):
         sub.add_parser(what, help=f"list registered {what}")
+    x = sub.add_parser("export", help="write a finished run's weights as safetensors + JSON",
+                       formatter_class=_fmt())
+    add_export_args(x)
     return p
 
 
@@ -377,6 +480,8 @@ def main(argv=None, prog: str = "aaer", seed_script: bool = False) -> int:
     if seed_script:
         argv = ["train"] + argv
     args = parser.parse_args(argv)
+    args.argv = argv
+    from aaer.checkpoint import EXIT_DIVERGED, TrainingInterrupted
     try:
         if args.command == "train":
             return cmd_train(args, seed_script=seed_script)
@@ -384,10 +489,18 @@ def main(argv=None, prog: str = "aaer", seed_script: bool = False) -> int:
             return cmd_eval(args)
         if args.command == "reproduce":
             return cmd_reproduce(args)
+        if args.command == "export":
+            return cmd_export(args)
         return cmd_list(args.command)
     except (UsageError, ValueError, FileNotFoundError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except TrainingInterrupted as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return e.exit_code
+    except FloatingPointError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ lineage's state-dict format) and results.json.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
@@ -23,7 +24,10 @@ import numpy as np
 import torch
 
 from aaer import __version__
-from aaer.io import append_jsonl, atomic_torch_save, atomic_write_json
+from aaer.checkpoint import (CHECKPOINT, StopSignal, TrainingDiverged, TrainingInterrupted,
+                             all_finite, rng_state, set_rng_state, write_checkpoint)
+from aaer.guard import NanGuard
+from aaer.io import append_jsonl, atomic_torch_save, atomic_write_bytes, atomic_write_json
 from aaer.methods import Method, StepContext, create_method
 
 LR_SCHEDULES = ("cyclic", "multistep")
@@ -60,6 +64,7 @@ class TrainConfig:
     progress: bool = True
     overwrite: bool = False
     notes: list[str] = field(default_factory=list)
+    on_nan: str = "stop"                   # non-finite loss: stop | skip-batch (aaer.guard)
 
     @property
     def eps(self) -> float:
@@ -93,6 +98,11 @@ class TrainConfig:
             bad("--n-eval", self.n_eval, "must be >= 1")
         if self.probe_n < 0:
             bad("--probe-n", self.probe_n, "must be >= 0")
+
+
+def signal_name(signum: int | None) -> str:
+    import signal
+    return signal.Signals(signum).name if signum is not None else "no signal"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -188,14 +198,32 @@ LOG_HEADER = ("Epoch \t Seconds \t LR \t Train Loss \t Train Acc \t Ab NUM \t Ab
               "Ab L2 Loss")
 
 
-def train(cfg: TrainConfig, dataset=None) -> dict[str, Any]:
-    """Train as configured; returns the results dict (also written to results.json)."""
-    cfg.validate()
+def train(cfg: TrainConfig, dataset=None, *, resume: bool = False) -> dict[str, Any]:
+    """Train as configured; returns the results dict (also written to results.json).
+
+    Every setting is checked before any work starts, and the data-dependent ones before
+    the run directory is touched (aaer.validate). resume=True continues the run in
+    cfg.out_dir from its checkpoint.pt (see aaer.checkpoint.resume).
+    """
+    from aaer.checkpoint import read_checkpoint
+    from aaer.validate import validate_config, validate_data
+    validate_config(cfg, resume=resume)
     out = cfg.out_dir
     if os.path.exists(os.path.join(out, "results.json")) and not cfg.overwrite:
         raise ValueError(f"out-dir {out!r} holds a finished run (results.json); "
                          "pass --overwrite to replace it or choose another --out-dir")
+    ckpt = read_checkpoint(os.path.join(out, CHECKPOINT)) if resume else None
+    if dataset is None:
+        from aaer.data import load_dataset
+        dataset = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download)
+    validate_data(cfg, dataset, ckpt)
     trainer = Trainer(cfg, dataset)
+    if ckpt is not None:
+        try:
+            trainer.load_state(ckpt)
+        except BaseException:
+            close_logger(trainer.log)
+            raise
     return trainer.fit()
 
 
@@ -237,6 +265,15 @@ class Trainer:
                                cfg.probe_steps, cfg.seed)
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
+        # reliability: stop signals, divergence guard, resume state (aaer.checkpoint)
+        self.stop = StopSignal()
+        self.guard = NanGuard(cfg.on_nan, self.device)
+        self.resumed, self.partial, self.resumes = False, None, []
+        self.seconds_before, self.t_train = 0.0, time.time()
+        self.last_good = "no checkpoint was written yet"
+        self.data_sha256: str | None = None
+        # seconds to sleep after each step: lets tests interrupt a run at a random step
+        self.step_delay = float(os.environ.get("AAER_STEP_DELAY", "0") or 0)
         os.makedirs(cfg.out_dir, exist_ok=True)
         self.log = make_logger(cfg.out_dir)
 
@@ -263,8 +300,9 @@ class Trainer:
 
     def start(self) -> None:
         """A fresh run: clear stale metrics, write config.json, log the set-up."""
-        if os.path.exists(self.path("metrics.jsonl")):
-            os.remove(self.path("metrics.jsonl"))
+        for stale in ("metrics.jsonl", "results.json", "model.pt", CHECKPOINT):
+            if os.path.exists(self.path(stale)):    # an earlier run (--overwrite)
+                os.remove(self.path(stale))
         config = self.config_dict()
         atomic_write_json(self.path("config.json"), config)
         for note in self.cfg.notes:
@@ -279,9 +317,15 @@ class Trainer:
     def train_step(self, x, y, ctx: StepContext):
         """One minibatch: ``replays`` method steps, each followed by SGD and the schedule."""
         for _ in range(self.method.replays):
+            buffers = self.guard.snapshot(self.model)   # only with --on-nan skip-batch
             out = self.method.step(self.model, x, y, ctx)
             self.opt.zero_grad(set_to_none=True)
             out.loss.backward()
+            if buffers is not None and not self.guard.step_ok(out.loss, self.model.parameters()):
+                self.guard.skip(self.model, buffers, self.opt)
+                self.sched.step()
+                out = None                      # a skipped step: not in the epoch's metrics
+                continue
             self.opt.step()
             self.sched.step()
         return out
@@ -295,25 +339,46 @@ class Trainer:
         correct = torch.zeros((), device=device)
         stat_sums: dict[str, torch.Tensor] = {}
         n_seen = 0
+        self.guard.reset()
+        if self.partial is not None:            # resuming inside this epoch: its sums so far
+            p, self.partial = self.partial, None
+            loss_sum, correct = p["loss_sum"].to(device), p["correct"].to(device)
+            stat_sums = {k: v.to(device) for k, v in p["stat_sums"].items()}
+            n_seen, t0, self.guard.skipped = p["n_seen"], t0 - p["seconds"], p["skipped"]
         bar = _progress_bar(len(self.loader), f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress)
-        for i, (x, y) in enumerate(self.loader):
+        for i, (x, y) in enumerate(self.loader, start=self.loader.position):
             ctx = StepContext(epoch, i, len(self.loader), cfg.epochs)
             out = self.train_step(x, y, ctx)
-            b = y.shape[0]
-            n_seen += b
-            loss_sum += out.loss.detach().float() * b
-            correct += (out.logits.argmax(1) == y).sum()
-            for k, v in out.stats.items():
-                stat_sums[k] = stat_sums[k] + v if k in stat_sums else v.detach().clone()
+            if out is not None:
+                self.guard.observe(out.loss, i)
+                b = y.shape[0]
+                n_seen += b
+                loss_sum += out.loss.detach().float() * b
+                correct += (out.logits.argmax(1) == y).sum()
+                for k, v in out.stats.items():
+                    stat_sums[k] = stat_sums[k] + v if k in stat_sums else v.detach().clone()
             if bar is not None:
                 bar.update(1)
+            if self.step_delay:
+                time.sleep(self.step_delay)
+            if self.guard.due(i):
+                self.guard.check(epoch, self.last_good)
+            if self.stop.requested and i + 1 < len(self.loader):
+                self.interrupt(epoch, i + 1, {"loss_sum": loss_sum, "correct": correct,
+                                              "stat_sums": stat_sums, "n_seen": n_seen,
+                                              "seconds": time.time() - t0})
         if bar is not None:
             bar.close()
+        self.guard.check(epoch, self.last_good)
+        if n_seen == 0:
+            raise TrainingDiverged(f"every step of epoch {epoch} had a non-finite loss or "
+                                   f"gradient and was skipped; {self.last_good}")
         sums = {k: float(v) for k, v in stat_sums.items()}
+        skipped = {"skipped_steps": self.guard.skipped} if cfg.on_nan == "skip-batch" else {}
         return {"epoch": epoch, "seconds": round(time.time() - t0, 3),
                 "lr": self.sched.get_last_lr()[0], "train_loss": float(loss_sum) / n_seen,
                 "train_acc": float(correct) / n_seen, "n": n_seen,
-                **self.method.summarize(sums, n_seen)}
+                **self.method.summarize(sums, n_seen), **skipped}
 
     def end_epoch(self, row: dict[str, Any]) -> None:
         """Check, probe, record and checkpoint one finished epoch."""
@@ -334,13 +399,78 @@ class Trainer:
                       "".join(f" | {k} {row[k]:.4f}" for k in row if k.startswith("probe_")))
         self.save_checkpoint(epoch)
 
-    def state_dict(self, epoch: int) -> dict[str, Any]:
+    def state_dict(self, epoch: int, partial: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Everything a resume needs. ``epoch``: the last finished epoch, or with ``partial``
+        (the sums of the epoch in progress) the epoch the loader is inside."""
+        if partial is not None:
+            partial = {"loss_sum": partial["loss_sum"].detach().cpu(),
+                       "correct": partial["correct"].detach().cpu(),
+                       "stat_sums": {k: v.detach().cpu() for k, v in partial["stat_sums"].items()},
+                       "n_seen": int(partial["n_seen"]), "seconds": float(partial["seconds"]),
+                       "skipped": self.guard.skipped}
+        if self.data_sha256 is None:
+            from aaer.validate import data_fingerprint
+            self.data_sha256 = data_fingerprint(self.train_x, self.train_y)
         return {"epoch": epoch, "model": self.model.net.state_dict(),
                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                "method": self.method.state_dict(), "loader": self.loader.state_dict()}
+                "method": self.method.state_dict(), "loader": self.loader.state_dict(),
+                "partial": partial, "rng": rng_state(), "history": list(self.history),
+                "train_seconds": self.seconds_before + time.time() - self.t_train,
+                "resumes": list(self.resumes), "config": asdict(self.cfg),
+                "data": {"n_train": int(self.train_x.shape[0]),
+                         "shape": list(self.train_x.shape[1:]),
+                         "num_classes": self.dataset.num_classes, "sha256": self.data_sha256},
+                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "aaer": __version__}
 
-    def save_checkpoint(self, epoch: int) -> None:
-        atomic_torch_save(self.path("checkpoint.pt"), self.state_dict(epoch))
+    def save_checkpoint(self, epoch: int, partial: dict[str, Any] | None = None) -> None:
+        """Atomically replace checkpoint.pt, never with non-finite weights."""
+        if not all_finite(list(self.model.parameters()) + list(self.model.buffers())):
+            raise TrainingDiverged(f"training diverged: the weights became non-finite in "
+                                   f"epoch {epoch}; checkpoint.pt was not overwritten "
+                                   f"({self.last_good}). Lower --lr-max or the regulariser "
+                                   "weights")
+        write_checkpoint(self.path(CHECKPOINT), self.state_dict(epoch, partial))
+        where = f"end of epoch {epoch}" if partial is None else \
+            f"epoch {epoch} after step {self.loader.position}"
+        self.last_good = f"checkpoint.pt holds the last good state ({where})"
+
+    def interrupt(self, epoch: int, step: int, partial: dict[str, Any]) -> None:
+        """A stop signal arrived: checkpoint between steps, then stop."""
+        self.guard.check(epoch, self.last_good)       # never checkpoint a diverged state
+        self.save_checkpoint(epoch, partial)
+        name = signal_name(self.stop.signum)
+        self.log.info("received %s: checkpoint written in epoch %d after step %d; continue "
+                      "with: aaer train --resume %s", name, epoch, step, self.cfg.out_dir)
+        raise TrainingInterrupted(self.stop.signum, self.cfg.out_dir, epoch, step)
+
+    def load_state(self, ckpt: dict[str, Any]) -> None:
+        """Continue from a checkpoint written by ``save_checkpoint`` (exact resume)."""
+        from aaer.models import load_state_dict_into
+        load_state_dict_into(self.model.net, ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.sched.load_state_dict(ckpt["scheduler"])
+        self.method.load_state_dict(ckpt["method"])
+        self.loader.load_state_dict(ckpt["loader"])
+        self.history = list(ckpt["history"])
+        self.partial = ckpt["partial"]
+        self.start_epoch = ckpt["epoch"] + (1 if self.partial is None else 0)
+        self.seconds_before = float(ckpt["train_seconds"])
+        self.data_sha256 = ckpt["data"]["sha256"]
+        self.resumed = True
+        step = self.loader.position if self.partial is not None else 0
+        self.resumes = list(ckpt["resumes"]) + [{
+            "epoch": self.start_epoch, "step": step, "checkpoint_saved_at": ckpt["saved_at"],
+            "resumed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": str(self.device)}]
+        # metrics.jsonl may hold a line written after the checkpoint (killed in between)
+        atomic_write_bytes(self.path("metrics.jsonl"), "".join(
+            json.dumps(row) + "\n" for row in self.history).encode())
+        self.last_good = (f"checkpoint.pt holds the last good state (epoch {self.start_epoch}"
+                          f", step {step})")
+        self.log.info("resumed from %s at epoch %d, step %d (checkpoint of %s) on %s",
+                      self.path(CHECKPOINT), self.start_epoch, step, ckpt["saved_at"],
+                      self.device)
+        for note in set_rng_state(ckpt["rng"]):   # last: nothing may draw before training
+            self.log.warning(note)
 
     def evaluate_final(self) -> dict[str, Any] | None:
         cfg = self.cfg
@@ -357,24 +487,37 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         try:
-            if self.start_epoch == 0:
+            if self.start_epoch == 0 and not self.resumed:
                 self.start()
-            t_train = time.time()
+            self.stop.install()
+            t_train = self.t_train = time.time()
             for epoch in range(self.start_epoch, self.cfg.epochs):
                 row = self.run_epoch(epoch)
                 self.end_epoch(row)
-            train_seconds = time.time() - t_train
+                if self.stop.requested:         # the end-of-epoch checkpoint is written
+                    self.log.info("received %s: stopping after epoch %d; continue with: aaer "
+                                  "train --resume %s", signal_name(self.stop.signum), epoch,
+                                  self.cfg.out_dir)
+                    raise TrainingInterrupted(self.stop.signum, self.cfg.out_dir, epoch + 1, 0)
+            self.stop.restore()                 # evaluation may be stopped at once
+            train_seconds = time.time() - t_train + self.seconds_before
             atomic_torch_save(self.path("model.pt"), self.model.net.state_dict())
             self.log.info("Total train time: %.4f minutes", train_seconds / 60)
-            epochs_run = self.cfg.epochs - self.start_epoch
+            epochs_run = self.cfg.epochs - (0 if self.resumed else self.start_epoch)
             results: dict[str, Any] = {
                 "train_seconds": round(train_seconds, 3),
                 "seconds_per_epoch": round(train_seconds / max(epochs_run, 1), 3),
                 "epochs": self.cfg.epochs, "final_epoch": self.history[-1]}
+            if self.resumes:
+                results["resumes"] = self.resumes
             report = self.evaluate_final()
             if report is not None:
                 results["evaluation"] = report
             atomic_write_json(self.path("results.json"), results)
             return results
+        except TrainingDiverged as e:
+            self.log.error("%s", e)
+            raise
         finally:
+            self.stop.restore()
             close_logger(self.log)
