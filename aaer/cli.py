@@ -81,7 +81,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--out-dir", default="train_aaer_output", help="the run directory")
     g.add_argument("--overwrite", action="store_true", help="replace a finished run in --out-dir")
     g.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N")
-    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="fp32: the reference; bf16/fp16: autocast (fp16 with loss scaling); "
+                   "losses, the AAE test and the regulariser stay fp32")
     g.add_argument("--eval-protocol", default="lineage",
                    help="evaluation after training (see `aaer eval --help`); none to skip")
     g.add_argument("--n-eval", type=int, default=None, help="evaluate on the first N test points")
@@ -90,6 +92,15 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="per-epoch clean/FGSM/PGD probe on the first N test points (0: off)")
     g.add_argument("--probe-steps", type=int, default=10, help="PGD steps of the probe")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_performance_args(p)
+
+
+def add_performance_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("performance (see README: Performance, precision, multi-GPU)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (methods needing double backprop run eagerly)")
+    g.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
+                   help="NHWC memory format; auto: on for conv nets on CUDA")
 
 
 def _parse_set(items):
@@ -181,6 +192,7 @@ def config_from_args(args, *, seed_script: bool = False):
 def cmd_train(args, seed_script: bool = False) -> int:
     from aaer.train import train
     cfg = config_from_args(args, seed_script=seed_script)
+    cfg.compile, cfg.channels_last = args.compile, args.channels_last
     cfg.validate()
     results = train(cfg)
     print(json.dumps({"out_dir": cfg.out_dir, **{k: v for k, v in results.items()

@@ -16,7 +16,7 @@ import platform
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -60,6 +60,8 @@ class TrainConfig:
     progress: bool = True
     overwrite: bool = False
     notes: list[str] = field(default_factory=list)
+    compile: bool = False                  # torch.compile the model (eager for double backprop)
+    channels_last: str = "auto"            # auto: NHWC for conv nets on CUDA; on; off
 
     @property
     def eps(self) -> float:
@@ -93,6 +95,8 @@ class TrainConfig:
             bad("--n-eval", self.n_eval, "must be >= 1")
         if self.probe_n < 0:
             bad("--probe-n", self.probe_n, "must be >= 0")
+        if self.channels_last not in ("auto", "on", "off"):
+            bad("--channels-last", self.channels_last, "valid: auto, on, off")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -208,11 +212,16 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, dataset=None):
+        from aaer import distributed
         from aaer.data import BatchLoader, augmentation_for, load_dataset
         from aaer.models import build
+        from aaer.precision import Precision, maybe_compile, use_channels_last
 
         self.cfg = cfg
-        self.device = resolve_device(cfg.device)
+        self.dist = distributed.setup_distributed(cfg.device)
+        self.is_main = self.dist.is_main
+        self.device = self.dist.device if self.dist.enabled else resolve_device(cfg.device)
+        self.prec = Precision(cfg.precision, self.device)
         self.method: Method = create_method(cfg.method, cfg.eps, **cfg.method_hparams)
         self.dataset = dataset if dataset is not None else \
             load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download)
@@ -223,10 +232,16 @@ class Trainer:
             self.train_x, self.train_y = ds.train_x[:cfg.n_train], ds.train_y[:cfg.n_train]
         self.model = build(cfg.model, ds.num_classes, ds.in_channels, ds.image_size,
                            ds.mean, ds.std).to(self.device)
+        self.channels_last = use_channels_last(cfg.channels_last, self.model, self.device)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        distributed.reseed_for_rank(cfg.seed, self.dist)
         self.pad, self.flip = augmentation_for(ds)
-        self.loader = BatchLoader(self.train_x, self.train_y, cfg.batch_size, shuffle=True,
-                                  pad=self.pad, flip=self.flip, device=self.device,
-                                  seed=cfg.seed)
+        self.loader = BatchLoader(self.train_x, self.train_y,
+                                  distributed.per_rank_batch(cfg.batch_size, self.dist.world_size),
+                                  shuffle=True, pad=self.pad, flip=self.flip, device=self.device,
+                                  seed=cfg.seed, rank=self.dist.rank,
+                                  world_size=self.dist.world_size)
         self.total_steps = cfg.epochs * len(self.loader) * self.method.replays
         self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg.lr_max,
                                    momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -237,8 +252,22 @@ class Trainer:
                                cfg.probe_steps, cfg.seed)
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        self.log = make_logger(cfg.out_dir)
+        if self.is_main:
+            os.makedirs(cfg.out_dir, exist_ok=True)
+            self.log = make_logger(cfg.out_dir)
+        else:                                    # other ranks write nothing
+            self.log = logging.getLogger(f"aaer.run.rank{self.dist.rank}")
+            self.log.addHandler(logging.NullHandler())
+            self.log.propagate = False
+        # step_model is what the method calls: the model, DDP-wrapped and/or compiled;
+        # self.model stays the bare Normalized network for evaluation and checkpoints
+        self.step_model = self.model
+        if self.dist.enabled:
+            self.step_model = distributed.wrap_ddp(self.model, self.dist)
+        self.compiled = False
+        if cfg.compile:
+            self.step_model = maybe_compile(self.step_model, self.method, self.log)
+            self.compiled = not self.method.cost().double_backprop
 
     def path(self, name: str) -> str:
         return os.path.join(self.cfg.out_dir, name)
@@ -259,10 +288,18 @@ class Trainer:
             "model_params": sum(p.numel() for p in self.model.parameters()),
             "iters_per_epoch": len(self.loader), "total_steps": self.total_steps,
             "environment": environment(self.device),
+            "performance": {"precision": self.prec.name, "channels_last": self.channels_last,
+                            "compile": self.compiled,
+                            "data_on_device": self.loader.on_device,
+                            "world_size": self.dist.world_size,
+                            "backend": self.dist.backend,
+                            "batch_per_process": self.loader.batch_size},
         }
 
     def start(self) -> None:
         """A fresh run: clear stale metrics, write config.json, log the set-up."""
+        if not self.is_main:
+            return
         if os.path.exists(self.path("metrics.jsonl")):
             os.remove(self.path("metrics.jsonl"))
         config = self.config_dict()
@@ -278,24 +315,31 @@ class Trainer:
     # -- training -------------------------------------------------------------------
     def train_step(self, x, y, ctx: StepContext):
         """One minibatch: ``replays`` method steps, each followed by SGD and the schedule."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.dist.enabled:
+            from aaer.distributed import batch_sum
+            ctx = replace(ctx, batch_sum=batch_sum)
         for _ in range(self.method.replays):
-            out = self.method.step(self.model, x, y, ctx)
+            with self.prec.autocast():
+                out = self.method.step(self.step_model, x, y, ctx)
             self.opt.zero_grad(set_to_none=True)
-            out.loss.backward()
-            self.opt.step()
+            self.prec.backward(out.loss)
+            self.prec.step(self.opt)
             self.sched.step()
         return out
 
     def run_epoch(self, epoch: int) -> dict[str, Any]:
         cfg, device = self.cfg, self.device
-        self.model.train()
+        self.step_model.train()
         self.loader.set_epoch(epoch)
         t0 = time.time()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
         stat_sums: dict[str, torch.Tensor] = {}
         n_seen = 0
-        bar = _progress_bar(len(self.loader), f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress)
+        bar = _progress_bar(len(self.loader), f"epoch {epoch + 1}/{cfg.epochs}",
+                            cfg.progress and self.is_main)
         for i, (x, y) in enumerate(self.loader):
             ctx = StepContext(epoch, i, len(self.loader), cfg.epochs)
             out = self.train_step(x, y, ctx)
@@ -309,6 +353,12 @@ class Trainer:
                 bar.update(1)
         if bar is not None:
             bar.close()
+        if self.dist.enabled:                    # one all-reduce per epoch
+            from aaer.distributed import reduce_sums
+            red = reduce_sums({"loss": loss_sum, "correct": correct, "n": n_seen,
+                               **{"stat." + k: v for k, v in stat_sums.items()}}, device)
+            loss_sum, correct, n_seen = red.pop("loss"), red.pop("correct"), int(red.pop("n"))
+            stat_sums = {k[5:]: v for k, v in red.items()}
         sums = {k: float(v) for k, v in stat_sums.items()}
         return {"epoch": epoch, "seconds": round(time.time() - t0, 3),
                 "lr": self.sched.get_last_lr()[0], "train_loss": float(loss_sum) / n_seen,
@@ -323,10 +373,11 @@ class Trainer:
                            "previous epoch are in checkpoint.pt)", epoch)
             raise FloatingPointError(f"training loss became {row['train_loss']} in epoch "
                                      f"{epoch}; lower --lr-max or the regulariser weights")
-        if self.probe is not None:
+        if self.probe is not None and self.is_main:
             row.update(self.probe(self.model))
         self.history.append(row)
-        append_jsonl(self.path("metrics.jsonl"), row)
+        if self.is_main:
+            append_jsonl(self.path("metrics.jsonl"), row)
         self.log.info("%d \t %.1f \t %.4f \t %.4f \t %.4f \t %d \t %.4f \t %.4f%s", epoch,
                       row["seconds"], row["lr"], row["train_loss"], row["train_acc"],
                       row.get("aae_count", 0), row.get("aaer_ce_var", 0.0),
@@ -337,14 +388,17 @@ class Trainer:
     def state_dict(self, epoch: int) -> dict[str, Any]:
         return {"epoch": epoch, "model": self.model.net.state_dict(),
                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                "method": self.method.state_dict(), "loader": self.loader.state_dict()}
+                "method": self.method.state_dict(), "loader": self.loader.state_dict(),
+                "precision": self.prec.state_dict()}
 
     def save_checkpoint(self, epoch: int) -> None:
+        if not self.is_main:
+            return
         atomic_torch_save(self.path("checkpoint.pt"), self.state_dict(epoch))
 
     def evaluate_final(self) -> dict[str, Any] | None:
         cfg = self.cfg
-        if not cfg.eval_protocol:
+        if not cfg.eval_protocol or not self.is_main:
             return None
         from aaer.evaluate import evaluate, format_table, get_protocol
         protocol = get_protocol(cfg.eval_protocol, n_eval=cfg.n_eval)
@@ -364,7 +418,8 @@ class Trainer:
                 row = self.run_epoch(epoch)
                 self.end_epoch(row)
             train_seconds = time.time() - t_train
-            atomic_torch_save(self.path("model.pt"), self.model.net.state_dict())
+            if self.is_main:
+                atomic_torch_save(self.path("model.pt"), self.model.net.state_dict())
             self.log.info("Total train time: %.4f minutes", train_seconds / 60)
             epochs_run = self.cfg.epochs - self.start_epoch
             results: dict[str, Any] = {
@@ -374,7 +429,10 @@ class Trainer:
             report = self.evaluate_final()
             if report is not None:
                 results["evaluation"] = report
-            atomic_write_json(self.path("results.json"), results)
+            if self.is_main:
+                atomic_write_json(self.path("results.json"), results)
             return results
         finally:
             close_logger(self.log)
+            from aaer.distributed import cleanup
+            cleanup(self.dist)
