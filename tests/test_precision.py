@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from aaer.data import Dataset
 from aaer.methods import METHODS, StepContext, create_method
-from aaer.methods.base import Cost, forward_with_input_grad
+from aaer.methods.base import Cost, forward_with_input_grad, uniform_noise
 from aaer.models import build
 from aaer.precision import Precision, maybe_compile, use_channels_last
 from aaer.train import TrainConfig, Trainer
@@ -121,19 +121,23 @@ def test_channels_last_choice():
 
 
 def test_channels_last_step_matches_the_contiguous_step(tmp_path):
-    losses, grads, inputs = [], [], []
+    losses, grads, inputs, noises = [], [], [], []
     x, y = batch()
     for setting in ("off", "on"):
-        # zero start: random noise would be drawn in memory order, i.e. permuted over pixels
-        tr = make_trainer(tmp_path / setting, method="fgsm", channels_last=setting)
+        tr = make_trainer(tmp_path / setting, channels_last=setting)
         conv1 = tr.model.net.conv1.weight
         assert conv1.is_contiguous(memory_format=torch.channels_last) == (setting == "on")
         xs = x.contiguous(memory_format=torch.channels_last) if setting == "on" else x
         inputs.append(forward_with_input_grad(tr.model, xs, y))
         torch.manual_seed(3)
+        noise = uniform_noise(xs, EPS)       # drawn in NCHW order in either format
+        assert noise.is_contiguous(memory_format=torch.channels_last) == (setting == "on")
+        noises.append(noise)
+        torch.manual_seed(3)
         out = tr.train_step(x, y, StepContext())
         losses.append(out.loss.item())
         grads.append(tr.model.net.fc.weight.grad.clone())
+    assert torch.equal(noises[0], noises[1])
     (z_a, l_a, g_a), (z_b, l_b, g_b) = inputs
     assert torch.allclose(z_a, z_b, atol=1e-5) and torch.allclose(l_a, l_b, atol=1e-5)
     assert (g_a.sign() == g_b.sign()).float().mean() > 0.999   # ties at ~0 may flip

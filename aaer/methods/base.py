@@ -106,7 +106,10 @@ def clip_to_box(x: Tensor, delta: Tensor) -> Tensor:
 
 
 def uniform_noise(x: Tensor, radius: float) -> Tensor:
-    return torch.empty_like(x).uniform_(-radius, radius)
+    # drawn in NCHW order whatever x's memory format, so channels_last gets the same noise
+    noise = torch.empty_like(x, memory_format=torch.contiguous_format).uniform_(-radius, radius)
+    return noise.contiguous(memory_format=torch.channels_last) if x.dim() == 4 and \
+        x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() else noise
 
 
 def forward_with_input_grad(model, x_in: Tensor, y: Tensor):
