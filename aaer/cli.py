@@ -195,6 +195,8 @@ def cmd_train(args, seed_script: bool = False) -> int:
     cfg.compile, cfg.channels_last = args.compile, args.channels_last
     cfg.validate()
     results = train(cfg)
+    if os.environ.get("RANK", "0") != "0":        # torchrun: rank 0 alone reports
+        return 0
     print(json.dumps({"out_dir": cfg.out_dir, **{k: v for k, v in results.items()
                                                    if k != "evaluation"}}, indent=None)[:2000])
     return 0
