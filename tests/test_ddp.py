@@ -23,23 +23,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = "test-sin-cnn"
 
 
+class SinCNN(torch.nn.Module):
+    def __init__(self, num_classes, in_channels):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(in_channels, 8, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.fc = torch.nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.conv1(torch.sin(30.0 * x)))
+        x = torch.relu(self.conv2(x))
+        return self.fc(x.mean((2, 3)))
+
+
 def _register_test_model():
-    import torch.nn as nn
-
+    """In the worker processes only: the test process's registry stays as shipped."""
     from aaer.models import register_model
-
-    class SinCNN(nn.Module):
-        def __init__(self, num_classes, in_channels):
-            super().__init__()
-            self.conv1 = nn.Conv2d(in_channels, 8, 3, padding=1)
-            self.conv2 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
-            self.fc = nn.Linear(16, num_classes)
-
-        def forward(self, x):
-            x = torch.relu(self.conv1(torch.sin(30.0 * x)))
-            x = torch.relu(self.conv2(x))
-            return self.fc(x.mean((2, 3)))
-
     register_model(MODEL)(lambda num_classes, in_channels, image_size:
                           SinCNN(num_classes, in_channels))
 
@@ -94,11 +93,8 @@ def test_two_gloo_processes_match_one_process_on_the_global_batch(tmp_path):
     for k in w1:
         assert torch.allclose(w1[k], w2[k], rtol=1e-4, atol=1e-6), k
     # training moved the weights (from the seed-0 initialisation both runs start at)
-    from aaer.models import create_model, list_models
-    if MODEL not in list_models():
-        _register_test_model()
     torch.manual_seed(0)
-    init = create_model(MODEL, 10, 3, 32).state_dict()
+    init = SinCNN(10, 3).state_dict()
     assert max((w1[k] - init[k]).abs().max().item() for k in w1) > 1e-3
 
 
