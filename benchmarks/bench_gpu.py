@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_train_step import ReferenceLoop, make_trainer, reference_for, sync  # noqa: E402
+from bench_train_step import make_trainer, reference_for, sync  # noqa: E402
 
 
 class PerImageCrops(torch.utils.data.Dataset):
@@ -132,6 +132,7 @@ def main(argv=None):
         print(f"device: {name} ({mem:.0f} GiB), CUDA {torch.version.cuda}, cuDNN "
               f"{torch.backends.cudnn.version()}, TF32 convs {torch.backends.cudnn.allow_tf32}")
     else:
+        torch.set_num_threads(1)       # a loaded small machine runs 1 thread far faster
         print(f"device: CPU ({platform.processor() or platform.machine()}), "
               f"{torch.get_num_threads()} threads")
     print(f"torch {torch.__version__}; RS-AAER on {model}, batch {B}, {steps} timed steps "
