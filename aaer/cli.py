@@ -84,7 +84,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--out-dir", default="train_aaer_output", help="the run directory")
     g.add_argument("--overwrite", action="store_true", help="replace a finished run in --out-dir")
     g.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N")
-    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="fp32: the reference; bf16/fp16: autocast (fp16 with loss scaling); "
+                   "losses, the AAE test and the regulariser stay fp32")
     g.add_argument("--eval-protocol", default="lineage",
                    help="evaluation after training (see `aaer eval --help`); none to skip")
     g.add_argument("--n-eval", type=int, default=None, help="evaluate on the first N test points")
@@ -93,6 +95,15 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="per-epoch clean/FGSM/PGD probe on the first N test points (0: off)")
     g.add_argument("--probe-steps", type=int, default=10, help="PGD steps of the probe")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_performance_args(p)
+
+
+def add_performance_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("performance (see README: Performance, precision, multi-GPU)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (methods needing double backprop run eagerly)")
+    g.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
+                   help="NHWC memory format; auto: on for conv nets on CUDA")
 
 
 def _parse_set(items):
@@ -211,8 +222,11 @@ def cmd_train(args, seed_script: bool = False) -> int:
         return cmd_resume(args)
     cfg = config_from_args(args, seed_script=seed_script)
     cfg.on_nan = args.on_nan or "stop"
+    cfg.compile, cfg.channels_last = args.compile, args.channels_last
     cfg.validate()
     results = train(cfg)
+    if os.environ.get("RANK", "0") != "0":        # torchrun: rank 0 alone reports
+        return 0
     print(json.dumps({"out_dir": cfg.out_dir, **{k: v for k, v in results.items()
                                                    if k != "evaluation"}}, indent=None)[:2000])
     return 0

@@ -17,7 +17,7 @@ import platform
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -65,6 +65,8 @@ class TrainConfig:
     overwrite: bool = False
     notes: list[str] = field(default_factory=list)
     on_nan: str = "stop"                   # non-finite loss: stop | skip-batch (aaer.guard)
+    compile: bool = False                  # torch.compile the model (eager for double backprop)
+    channels_last: str = "auto"            # auto: NHWC for conv nets on CUDA; on; off
 
     @property
     def eps(self) -> float:
@@ -98,6 +100,8 @@ class TrainConfig:
             bad("--n-eval", self.n_eval, "must be >= 1")
         if self.probe_n < 0:
             bad("--probe-n", self.probe_n, "must be >= 0")
+        if self.channels_last not in ("auto", "on", "off"):
+            bad("--channels-last", self.channels_last, "valid: auto, on, off")
 
 
 def signal_name(signum: int | None) -> str:
@@ -236,11 +240,16 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, dataset=None):
+        from aaer import distributed
         from aaer.data import BatchLoader, augmentation_for, load_dataset
         from aaer.models import build
+        from aaer.precision import Precision, maybe_compile, use_channels_last
 
         self.cfg = cfg
-        self.device = resolve_device(cfg.device)
+        self.dist = distributed.setup_distributed(cfg.device)
+        self.is_main = self.dist.is_main
+        self.device = self.dist.device if self.dist.enabled else resolve_device(cfg.device)
+        self.prec = Precision(cfg.precision, self.device)
         self.method: Method = create_method(cfg.method, cfg.eps, **cfg.method_hparams)
         self.dataset = dataset if dataset is not None else \
             load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download)
@@ -251,10 +260,16 @@ class Trainer:
             self.train_x, self.train_y = ds.train_x[:cfg.n_train], ds.train_y[:cfg.n_train]
         self.model = build(cfg.model, ds.num_classes, ds.in_channels, ds.image_size,
                            ds.mean, ds.std).to(self.device)
+        self.channels_last = use_channels_last(cfg.channels_last, self.model, self.device)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        distributed.reseed_for_rank(cfg.seed, self.dist)
         self.pad, self.flip = augmentation_for(ds)
-        self.loader = BatchLoader(self.train_x, self.train_y, cfg.batch_size, shuffle=True,
-                                  pad=self.pad, flip=self.flip, device=self.device,
-                                  seed=cfg.seed)
+        self.loader = BatchLoader(self.train_x, self.train_y,
+                                  distributed.per_rank_batch(cfg.batch_size, self.dist.world_size),
+                                  shuffle=True, pad=self.pad, flip=self.flip, device=self.device,
+                                  seed=cfg.seed, rank=self.dist.rank,
+                                  world_size=self.dist.world_size)
         self.total_steps = cfg.epochs * len(self.loader) * self.method.replays
         self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg.lr_max,
                                    momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -274,8 +289,22 @@ class Trainer:
         self.data_sha256: str | None = None
         # seconds to sleep after each step: lets tests interrupt a run at a random step
         self.step_delay = float(os.environ.get("AAER_STEP_DELAY", "0") or 0)
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        self.log = make_logger(cfg.out_dir)
+        if self.is_main:
+            os.makedirs(cfg.out_dir, exist_ok=True)
+            self.log = make_logger(cfg.out_dir)
+        else:                                    # other ranks write nothing
+            self.log = logging.getLogger(f"aaer.run.rank{self.dist.rank}")
+            self.log.addHandler(logging.NullHandler())
+            self.log.propagate = False
+        # step_model is what the method calls: the model, DDP-wrapped and/or compiled;
+        # self.model stays the bare Normalized network for evaluation and checkpoints
+        self.step_model = self.model
+        if self.dist.enabled:
+            self.step_model = distributed.wrap_ddp(self.model, self.dist)
+        self.compiled = False
+        if cfg.compile:
+            self.step_model = maybe_compile(self.step_model, self.method, self.log)
+            self.compiled = not self.method.cost().double_backprop
 
     def path(self, name: str) -> str:
         return os.path.join(self.cfg.out_dir, name)
@@ -296,10 +325,18 @@ class Trainer:
             "model_params": sum(p.numel() for p in self.model.parameters()),
             "iters_per_epoch": len(self.loader), "total_steps": self.total_steps,
             "environment": environment(self.device),
+            "performance": {"precision": self.prec.name, "channels_last": self.channels_last,
+                            "compile": self.compiled,
+                            "data_on_device": self.loader.on_device,
+                            "world_size": self.dist.world_size,
+                            "backend": self.dist.backend,
+                            "batch_per_process": self.loader.batch_size},
         }
 
     def start(self) -> None:
         """A fresh run: clear stale metrics, write config.json, log the set-up."""
+        if not self.is_main:
+            return
         for stale in ("metrics.jsonl", "results.json", "model.pt", CHECKPOINT):
             if os.path.exists(self.path(stale)):    # an earlier run (--overwrite)
                 os.remove(self.path(stale))
@@ -316,23 +353,29 @@ class Trainer:
     # -- training -------------------------------------------------------------------
     def train_step(self, x, y, ctx: StepContext):
         """One minibatch: ``replays`` method steps, each followed by SGD and the schedule."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.dist.enabled:
+            from aaer.distributed import batch_sum
+            ctx = replace(ctx, batch_sum=batch_sum)
         for _ in range(self.method.replays):
             buffers = self.guard.snapshot(self.model)   # only with --on-nan skip-batch
-            out = self.method.step(self.model, x, y, ctx)
+            with self.prec.autocast():
+                out = self.method.step(self.step_model, x, y, ctx)
             self.opt.zero_grad(set_to_none=True)
-            out.loss.backward()
+            self.prec.backward(out.loss)
             if buffers is not None and not self.guard.step_ok(out.loss, self.model.parameters()):
                 self.guard.skip(self.model, buffers, self.opt)
                 self.sched.step()
                 out = None                      # a skipped step: not in the epoch's metrics
                 continue
-            self.opt.step()
+            self.prec.step(self.opt)
             self.sched.step()
         return out
 
     def run_epoch(self, epoch: int) -> dict[str, Any]:
         cfg, device = self.cfg, self.device
-        self.model.train()
+        self.step_model.train()
         self.loader.set_epoch(epoch)
         t0 = time.time()
         loss_sum = torch.zeros((), device=device)
@@ -345,7 +388,8 @@ class Trainer:
             loss_sum, correct = p["loss_sum"].to(device), p["correct"].to(device)
             stat_sums = {k: v.to(device) for k, v in p["stat_sums"].items()}
             n_seen, t0, self.guard.skipped = p["n_seen"], t0 - p["seconds"], p["skipped"]
-        bar = _progress_bar(len(self.loader), f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress)
+        bar = _progress_bar(len(self.loader), f"epoch {epoch + 1}/{cfg.epochs}",
+                            cfg.progress and self.is_main)
         for i, (x, y) in enumerate(self.loader, start=self.loader.position):
             ctx = StepContext(epoch, i, len(self.loader), cfg.epochs)
             out = self.train_step(x, y, ctx)
@@ -373,6 +417,12 @@ class Trainer:
         if n_seen == 0:
             raise TrainingDiverged(f"every step of epoch {epoch} had a non-finite loss or "
                                    f"gradient and was skipped; {self.last_good}")
+        if self.dist.enabled:                    # one all-reduce per epoch
+            from aaer.distributed import reduce_sums
+            red = reduce_sums({"loss": loss_sum, "correct": correct, "n": n_seen,
+                               **{"stat." + k: v for k, v in stat_sums.items()}}, device)
+            loss_sum, correct, n_seen = red.pop("loss"), red.pop("correct"), int(red.pop("n"))
+            stat_sums = {k[5:]: v for k, v in red.items()}
         sums = {k: float(v) for k, v in stat_sums.items()}
         skipped = {"skipped_steps": self.guard.skipped} if cfg.on_nan == "skip-batch" else {}
         return {"epoch": epoch, "seconds": round(time.time() - t0, 3),
@@ -388,10 +438,11 @@ class Trainer:
                            "previous epoch are in checkpoint.pt)", epoch)
             raise FloatingPointError(f"training loss became {row['train_loss']} in epoch "
                                      f"{epoch}; lower --lr-max or the regulariser weights")
-        if self.probe is not None:
+        if self.probe is not None and self.is_main:
             row.update(self.probe(self.model))
         self.history.append(row)
-        append_jsonl(self.path("metrics.jsonl"), row)
+        if self.is_main:
+            append_jsonl(self.path("metrics.jsonl"), row)
         self.log.info("%d \t %.1f \t %.4f \t %.4f \t %.4f \t %d \t %.4f \t %.4f%s", epoch,
                       row["seconds"], row["lr"], row["train_loss"], row["train_acc"],
                       row.get("aae_count", 0), row.get("aaer_ce_var", 0.0),
@@ -420,10 +471,13 @@ class Trainer:
                 "data": {"n_train": int(self.train_x.shape[0]),
                          "shape": list(self.train_x.shape[1:]),
                          "num_classes": self.dataset.num_classes, "sha256": self.data_sha256},
-                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "aaer": __version__}
+                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "aaer": __version__,
+                "precision": self.prec.state_dict()}
 
     def save_checkpoint(self, epoch: int, partial: dict[str, Any] | None = None) -> None:
         """Atomically replace checkpoint.pt, never with non-finite weights."""
+        if not self.is_main:
+            return
         if not all_finite(list(self.model.parameters()) + list(self.model.buffers())):
             raise TrainingDiverged(f"training diverged: the weights became non-finite in "
                                    f"epoch {epoch}; checkpoint.pt was not overwritten "
@@ -450,6 +504,8 @@ class Trainer:
         self.opt.load_state_dict(ckpt["optimizer"])
         self.sched.load_state_dict(ckpt["scheduler"])
         self.method.load_state_dict(ckpt["method"])
+        if "precision" in ckpt:
+            self.prec.load_state_dict(ckpt["precision"])
         self.loader.load_state_dict(ckpt["loader"])
         self.history = list(ckpt["history"])
         self.partial = ckpt["partial"]
@@ -474,7 +530,7 @@ class Trainer:
 
     def evaluate_final(self) -> dict[str, Any] | None:
         cfg = self.cfg
-        if not cfg.eval_protocol:
+        if not cfg.eval_protocol or not self.is_main:
             return None
         from aaer.evaluate import evaluate, format_table, get_protocol
         protocol = get_protocol(cfg.eval_protocol, n_eval=cfg.n_eval)
@@ -501,7 +557,8 @@ class Trainer:
                     raise TrainingInterrupted(self.stop.signum, self.cfg.out_dir, epoch + 1, 0)
             self.stop.restore()                 # evaluation may be stopped at once
             train_seconds = time.time() - t_train + self.seconds_before
-            atomic_torch_save(self.path("model.pt"), self.model.net.state_dict())
+            if self.is_main:
+                atomic_torch_save(self.path("model.pt"), self.model.net.state_dict())
             self.log.info("Total train time: %.4f minutes", train_seconds / 60)
             epochs_run = self.cfg.epochs - (0 if self.resumed else self.start_epoch)
             results: dict[str, Any] = {
@@ -513,7 +570,8 @@ class Trainer:
             report = self.evaluate_final()
             if report is not None:
                 results["evaluation"] = report
-            atomic_write_json(self.path("results.json"), results)
+            if self.is_main:
+                atomic_write_json(self.path("results.json"), results)
             return results
         except TrainingDiverged as e:
             self.log.error("%s", e)
@@ -521,3 +579,5 @@ class Trainer:
         finally:
             self.stop.restore()
             close_logger(self.log)
+            from aaer.distributed import cleanup
+            cleanup(self.dist)

@@ -41,13 +41,16 @@ N_LAMBDAS = {
 
 
 def aaer_regularizer(z0, z1, l0, l1, lamda1: float, lamda2: float, lamda3: float,
-                     mode: str = "reference"):
+                     mode: str = "reference", batch_sum=None):
     """The AAER term of one batch, without host synchronisation.
 
     z0, l0: logits and per-example CE at the attack's start x+eta (treated as constants);
     z1, l1: the same at the adversarial example (z1 carries gradient; l1 too in paper mode).
+    batch_sum: under data parallelism, sums a tensor of per-rank sums over the global batch
+    (aaer.distributed.batch_sum), so m, B, CEvar, AV and NV are the global batch's.
     Returns (reg, parts) where reg is a 0-dim tensor (0 unless 0 < m < B) and parts holds
-    the batch's m, CEvar, AV, NV and whether the term was active, as tensors.
+    the batch's m, CEvar, AV, NV and whether the term was active, as tensors, and m_local,
+    this process's AAE count.
     """
     if mode not in MODES:
         raise ValueError(f"AAER mode must be one of {MODES}, got {mode!r}")
@@ -57,23 +60,29 @@ def aaer_regularizer(z0, z1, l0, l1, lamda1: float, lamda2: float, lamda3: float
     l1_live = l1.float()
     l1_const = l1_live.detach()
 
-    B = l0.shape[0]
     aae_mask = l0 > l1_const
     aae = aae_mask.float()
-    m = aae.sum()
-    active = (m > 0) & (m < B)
-    m_safe = m.clamp(min=1.0)
-    nae_safe = (B - m).clamp(min=1.0)
-
     l1_ce = l1_live if mode == "paper" else l1_const
-    ce_var = (aae * (l0 - l1_ce)).sum() / m_safe              # CEvar over AAEs
     var = (z1 - z0).pow(2).sum(dim=1)                         # ||z1 - z0||^2
-    av = (aae * var).sum() / m_safe                           # AV over AAEs
-    nv = ((1.0 - aae) * var.detach()).sum() / nae_safe        # NV over NAEs: a constant
+    m_local = aae.sum()
+    sums = torch.stack([m_local, torch.full_like(m_local, l0.shape[0]),
+                        (aae * (l0 - l1_ce)).sum(), (aae * var).sum(),
+                        ((1.0 - aae) * var.detach()).sum()])
+    if batch_sum is not None:
+        sums = batch_sum(sums)
+    m, B, ce_sum, av_sum, nv_sum = sums.unbind()
+
+    active = (m > 0) & (m < B)
+    m_safe = m.detach().clamp(min=1.0)
+    nae_safe = (B - m).detach().clamp(min=1.0)
+    ce_var = ce_sum / m_safe                                  # CEvar over AAEs
+    av = av_sum / m_safe                                      # AV over AAEs
+    nv = nv_sum.detach() / nae_safe                           # NV over NAEs: a constant
+    m, B = m.detach(), B.detach()
     reg = lamda1 * (m / B) * (lamda2 * ce_var + lamda3 * torch.relu(av - nv))
     reg = torch.where(active, reg, torch.zeros_like(reg))
     return reg, {"m": m, "ce_var": ce_var.detach(), "av": av.detach(), "nv": nv,
-                 "active": active}
+                 "active": active, "m_local": m_local}
 
 
 class AAER(SingleStepAttack):
@@ -101,10 +110,11 @@ class AAER(SingleStepAttack):
     def step(self, model, x, y, ctx: StepContext) -> StepOutput:
         z0, l0, z1, l1, _ = self.attack(model, x, y, ctx)
         reg, parts = aaer_regularizer(z0, z1, l0, l1, self.lamda1, self.lamda2,
-                                      self.lamda3, self.mode)
+                                      self.lamda3, self.mode, ctx.batch_sum)
         stats = aae_statistics(z0, z1.detach(), l0, l1.detach())
         # the reference's per-epoch log: CEvar and AV - NV, weighted by m, when active
-        on = parts["active"].float() * parts["m"]
+        # (this process's m: the sums are added up over processes once per epoch)
+        on = parts["active"].float() * parts["m_local"]
         stats["aaer_ce_var_sum"] = on * parts["ce_var"]
         stats["aaer_var_gap_sum"] = on * (parts["av"] - parts["nv"])
         stats["aaer_reg_sum"] = reg.detach() * l1.shape[0]

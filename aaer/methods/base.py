@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,9 @@ class StepContext:
     iteration: int = 0          # index of the batch within the epoch
     iters_per_epoch: int = 1
     total_epochs: int = 1
+    # sums a per-batch statistic over the global batch (DDP: over the ranks); None: this
+    # process's batch is the whole batch
+    batch_sum: Optional[Callable[[Tensor], Tensor]] = None
 
     @property
     def progress(self) -> float:
@@ -103,7 +106,10 @@ def clip_to_box(x: Tensor, delta: Tensor) -> Tensor:
 
 
 def uniform_noise(x: Tensor, radius: float) -> Tensor:
-    return torch.empty_like(x).uniform_(-radius, radius)
+    # drawn in NCHW order whatever x's memory format, so channels_last gets the same noise
+    noise = torch.empty_like(x, memory_format=torch.contiguous_format).uniform_(-radius, radius)
+    return noise.contiguous(memory_format=torch.channels_last) if x.dim() == 4 and \
+        x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() else noise
 
 
 def forward_with_input_grad(model, x_in: Tensor, y: Tensor):
@@ -116,7 +122,13 @@ def forward_with_input_grad(model, x_in: Tensor, y: Tensor):
     x_in = x_in.detach().requires_grad_(True)
     z = model(x_in)
     l = F.cross_entropy(z.float(), y, reduction="none")
-    (grad,) = torch.autograd.grad(l.mean(), x_in)
+    if z.dtype == torch.float16:
+        # fp16 backward of a batch mean underflows (per-pixel grads ~1e-7): differentiate
+        # the sum, then divide, as GradScaler does for weight gradients
+        (grad,) = torch.autograd.grad(l.sum(), x_in)
+        grad = grad / l.shape[0]
+    else:
+        (grad,) = torch.autograd.grad(l.mean(), x_in)
     return z.detach(), l.detach(), grad.detach()
 
 

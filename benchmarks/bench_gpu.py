@@ -1,0 +1,223 @@
+"""Training throughput on a GPU: the reference loop vs aaer's step, precision, memory format
+and the GPU-resident loader, on random CIFAR-shaped data (no data set needed).
+
+Configurations (RS-AAER, PreActResNet18, batch 128 by default):
+- reference: SPEC §2's loop (benchmarks/bench_train_step.py's ReferenceLoop) in fp32, fed
+  like the reference, by a DataLoader with per-image CPU crop/flip and 2 workers;
+- aaer's Trainer.train_step fed by the same DataLoader, then by the GPU-resident
+  BatchLoader, in fp32 / bf16 / fp16, contiguous (NCHW) or channels_last (NHWC);
+- with --compile, also torch.compile (the first steps pay the compilation).
+Each configuration runs warm-up steps, then times --steps steps end to end (data included)
+and reports images per second. A host-sync check runs aaer's step under
+torch.cuda.set_sync_debug_mode("error").
+
+    python benchmarks/bench_gpu.py                      # needs CUDA; < 5 min on one H100
+    python benchmarks/bench_gpu.py --device cpu --tiny  # smoke test of every code path
+
+Last line: ``gpu_bench_speedup: <best aaer images/s / reference images/s>``.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import sys
+import tempfile
+import time
+import traceback
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_train_step import make_trainer, reference_for, sync  # noqa: E402
+
+
+class PerImageCrops(torch.utils.data.Dataset):
+    """The reference's input pipeline: one image at a time on the CPU, random crop with zero
+    padding and horizontal flip, then to float in [0, 1] (normalisation is in the model)."""
+
+    def __init__(self, x_uint8, y, pad=4):
+        self.x, self.y, self.pad = x_uint8, y, pad
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        img, p = self.x[i], self.pad
+        _, h, w = img.shape
+        padded = F.pad(img, (p, p, p, p))
+        top, left = torch.randint(0, 2 * p + 1, (2,)).tolist()
+        img = padded[:, top:top + h, left:left + w]
+        if torch.rand(()) < 0.5:
+            img = img.flip(2)
+        return img.float().div(255), self.y[i]
+
+
+def reference_batches(x_uint8, y, batch_size, device, workers):
+    loader = torch.utils.data.DataLoader(
+        PerImageCrops(x_uint8, y), batch_size=batch_size, shuffle=True, drop_last=True,
+        num_workers=workers, pin_memory=torch.device(device).type == "cuda",
+        persistent_workers=False)
+    for xb, yb in loader:
+        yield xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+
+
+def measure(step, batches, warmup, steps, batch_size, device):
+    """images/s over `steps` steps after `warmup` steps, data loading included."""
+    it = iter(batches)
+    for _ in range(warmup):
+        step(*next(it))
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(steps):
+        step(*next(it))
+    sync(device)
+    return steps * batch_size / (time.perf_counter() - t)
+
+
+def sync_check(trainer, device):
+    """Run aaer's step with CUDA's sync debug mode set to error: which call (if any) makes
+    the host wait for the device inside the step."""
+    if torch.device(device).type != "cuda":
+        return "n/a (CPU)"
+    from aaer.methods import StepContext
+    ctx = StepContext(0, 0, 1, 1)
+    it = iter(trainer.loader)
+    batches = [next(it) for _ in range(4)]
+    trainer.train_step(*batches[0], ctx)
+    sync(device)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for xb, yb in batches[1:]:
+            trainer.train_step(xb, yb, ctx)
+        return "none"
+    except RuntimeError as e:
+        return "SYNC: " + str(e).strip().splitlines()[0][:160]
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+        sync(device)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--model", default=None, help="default: preactresnet18 (small-cnn with --tiny)")
+    p.add_argument("--batch-size", type=int, default=None, help="default 128 (16 with --tiny)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per configuration "
+                   "(default 100; 3 with --tiny)")
+    p.add_argument("--warmup", type=int, default=None, help="default 15 (1 with --tiny)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the "
+                   "reference-style pipeline (the reference uses 2)")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile")
+    p.add_argument("--tiny", action="store_true", help="a seconds-long smoke run (any device)")
+    args = p.parse_args(argv)
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("bench_gpu: CUDA is not available here; nothing measured "
+              "(`--device cpu --tiny` runs every code path on the CPU)")
+        print("gpu_bench: skipped (no CUDA)")
+        return 0
+    model = args.model or ("small-cnn" if args.tiny else "preactresnet18")
+    B = args.batch_size or (16 if args.tiny else 128)
+    steps = args.steps or (3 if args.tiny else 100)
+    warmup = args.warmup or (1 if args.tiny else 15)
+    n_images = (steps + warmup) * B
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        name = torch.cuda.get_device_name(device)
+        mem = torch.cuda.get_device_properties(device).total_memory / 2**30
+        print(f"device: {name} ({mem:.0f} GiB), CUDA {torch.version.cuda}, cuDNN "
+              f"{torch.backends.cudnn.version()}, TF32 convs {torch.backends.cudnn.allow_tf32}")
+    else:
+        torch.set_num_threads(1)       # a loaded small machine runs 1 thread far faster
+        print(f"device: CPU ({platform.processor() or platform.machine()}), "
+              f"{torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}; RS-AAER on {model}, batch {B}, {steps} timed steps "
+          f"after {warmup} warm-up steps per configuration, random CIFAR-shaped data")
+
+    from aaer.methods import StepContext
+    from aaer.train import close_logger
+    ctx = StepContext(0, 0, 1, 1)
+    configs = [  # (label, step, precision, layout, data, compile)
+        ("reference loop (SPEC 2)", "reference", "fp32", "off", "dataloader", False),
+        ("aaer step", "aaer", "fp32", "off", "dataloader", False),
+        ("aaer step", "aaer", "fp32", "off", "resident", False),
+        ("aaer step", "aaer", "fp32", "on", "resident", False),
+        ("aaer step", "aaer", "bf16", "off", "resident", False),
+        ("aaer step", "aaer", "bf16", "on", "resident", False),
+        ("aaer step", "aaer", "bf16", "on", "dataloader", False),
+        ("aaer step", "aaer", "fp16", "on", "resident", False),
+    ]
+    if args.compile:
+        configs.append(("aaer step, compiled", "aaer", "bf16", "on", "resident", True))
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        configs = [c for c in configs if c[2] != "bf16"]
+        print("this GPU has no bf16: bf16 configurations left out")
+
+    rows, syncs = [], {}
+    t_start = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (label, kind, prec, layout, data, comp) in enumerate(configs):
+            tr = None
+            try:
+                tr = make_trainer(model, "rs-aaer", B, device, os.path.join(tmp, str(i)),
+                                  n=n_images, precision=prec, channels_last=layout,
+                                  compile=comp)
+                if kind == "reference":
+                    ref = reference_for(tr)
+                    step = ref.step
+                else:
+                    def step(xb, yb, tr=tr):
+                        tr.train_step(xb, yb, ctx)
+                if data == "resident":
+                    tr.loader.set_epoch(0)
+                    batches = tr.loader
+                    where = "GPU-resident" if tr.loader.on_device and device.type == "cuda" \
+                        else ("device-resident" if tr.loader.on_device else "host fallback")
+                else:
+                    batches = reference_batches(tr.train_x, tr.train_y, B, device, args.workers)
+                    where = f"DataLoader x{args.workers}"
+                ips = measure(step, batches, warmup, steps, B, device)
+                if hasattr(batches, "close"):
+                    batches.close()             # stop the DataLoader's workers now
+                rows.append((label, prec, "channels_last" if tr.channels_last else "NCHW",
+                             where, ips))
+                if kind == "aaer" and data == "resident" and not comp and layout == "off":
+                    syncs[prec] = sync_check(tr, device)
+            except Exception as e:          # report and go on: one failure must not hide the rest
+                traceback.print_exc()
+                rows.append((label, prec, layout, data, float("nan")))
+                print(f"configuration {i} failed: {type(e).__name__}: {e}")
+            finally:
+                if tr is not None:
+                    close_logger(tr.log)
+                del tr
+                gc.collect()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            print(f"  [{time.time() - t_start:5.1f} s] {rows[-1][0]}, {rows[-1][1]}, "
+                  f"{rows[-1][2]}, {rows[-1][3]}: {rows[-1][4]:.0f} images/s", flush=True)
+
+    ref_ips = rows[0][4]
+    print()
+    print(f"{'configuration':<24} {'precision':<9} {'layout':<14} {'data':<16} "
+          f"{'images/s':>10} {'vs reference':>12}")
+    for label, prec, layout, where, ips in rows:
+        print(f"{label:<24} {prec:<9} {layout:<14} {where:<16} {ips:>10.0f} "
+              f"{ips / ref_ips:>11.2f}x")
+    for prec, result in syncs.items():
+        print(f"host syncs inside aaer's step ({prec}, sync debug mode 'error'): {result}")
+    best = max((r for r in rows[1:] if r[4] == r[4]), key=lambda r: r[4], default=None)
+    if best is not None:
+        print(f"fastest aaer configuration: {best[0]}, {best[1]}, {best[2]}, {best[3]}")
+    print(f"total {time.time() - t_start:.0f} s")
+    print(f"gpu_bench_speedup: {best[4] / ref_ips:.2f}" if best is not None and ref_ips == ref_ips
+          else "gpu_bench_speedup: nan")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
