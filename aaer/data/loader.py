@@ -21,6 +21,9 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+_U8_TO_UNIT = torch.arange(256, dtype=torch.float32).div_(255)
+
+
 class BatchLoader:
     """Iterate (x float32 [B, C, H, W] in [0, 1], y int64 [B]) on `device`.
 
@@ -62,6 +65,7 @@ class BatchLoader:
         if self.drop_last and self.share < self.batch_size:
             raise ValueError(f"drop_last with batch_size {batch_size} leaves no batch: each rank "
                              f"has only {self.share} examples")
+        self._luts: dict = {}
         self.x, self.y, self.on_device = self._place(x_uint8, y.long())
         self.epoch, self.position = 0, 0
         self._resume_epoch = None
@@ -151,7 +155,19 @@ class BatchLoader:
             xb = xb.reshape(B, C, H, W)
         elif flips is not None:
             xb = torch.where(flips[:, None, None, None], xb.flip(3), xb)
-        return xb.float().div_(255) if xb.dtype == torch.uint8 else xb.float()
+        return self._to_unit(xb) if xb.dtype == torch.uint8 else xb.float()
+
+    def _to_unit(self, xb: torch.Tensor) -> torch.Tensor:
+        """uint8 -> float32 in [0, 1] through a table of v / 255 computed on the CPU.
+
+        CUDA divides by a scalar as a multiplication by its reciprocal, which differs from
+        true division in the last bit for some values; the table gives every device the
+        CPU's (and torchvision's ToTensor's) exact values.
+        """
+        lut = self._luts.get(xb.device)
+        if lut is None:
+            lut = self._luts[xb.device] = _U8_TO_UNIT.to(xb.device)
+        return lut[xb.long()]
 
     def __iter__(self):
         idx, offsets, flips = self._plan()
