@@ -177,3 +177,16 @@ def test_bad_arguments_are_named():
         BatchLoader(x, y[:5], 4, shuffle=True)
     with pytest.raises(ValueError, match=r"\[N, C, H, W\]"):
         BatchLoader(x[:, 0], y, 4, shuffle=True)
+
+
+def test_uint8_to_unit_is_true_division_by_255():
+    # the table is what makes CUDA batches equal CPU batches (CUDA divides by a scalar
+    # as a multiplication by its reciprocal); it must equal true division exactly
+    from aaer.data.loader import _U8_TO_UNIT
+    v = torch.arange(256, dtype=torch.uint8)
+    exact = torch.tensor([i / 255 for i in range(256)], dtype=torch.float64).float()
+    assert torch.equal(_U8_TO_UNIT, exact)
+    loader = BatchLoader(v.view(256, 1, 1, 1), torch.zeros(256, dtype=torch.long), 256,
+                         shuffle=False)
+    xb, _ = next(iter(loader))
+    assert torch.equal(xb.flatten(), exact)
