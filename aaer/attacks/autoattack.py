@@ -41,6 +41,10 @@ _SETTINGS = ("norm", "eps", "n_iter", "n_restarts", "loss", "rho", "eot_iter",
              "rescale_schedule", "seed")
 
 
+def _frac(mask):
+    return mask.sum().item() / mask.numel()
+
+
 def _model_device(model, fallback):
     if isinstance(model, torch.nn.Module):
         for p in model.parameters():
@@ -224,7 +228,7 @@ class AutoAttack:
             t0 = time.time()
             robust = self._predict(x, device) == y
             state = {"format": _STATE_FORMAT, "fingerprint": fp, "clean_acc":
-                     robust.float().mean().item(), "done": [], "current": None,
+                     _frac(robust), "done": [], "current": None,
                      "per_attack": {}, "seconds": {"clean": time.time() - t0}}
             self._save_state(state, robust, x_adv, fooled_by_attack)
         else:
@@ -233,7 +237,7 @@ class AutoAttack:
             x_adv[idx] = state["adv"].to(x.device)
             fooled_by_attack[idx] = True
             self._log(f"resuming from {self.state_path}: done {state['done'] or 'nothing'}, "
-                      f"robust accuracy so far {robust.float().mean().item():.2%}")
+                      f"robust accuracy so far {_frac(robust):.2%}")
         self._log(f"AutoAttack {self.version} ({self.norm}, eps={self.eps:.5f}) on {n} points: "
                   f"{', '.join(self.attacks_to_run)}; clean accuracy {state['clean_acc']:.2%}")
 
@@ -265,7 +269,7 @@ class AutoAttack:
                 self._log(f"{name} - batch {b + 1}/{n_batches} - {int(fooled.sum())} of "
                           f"{len(idx)} points fooled")
             state["seconds"][name] = state["seconds"].get(name, 0.) + time.time() - t0
-            state["per_attack"][name] = robust.float().mean().item()
+            state["per_attack"][name] = _frac(robust)
             state["done"].append(name)
             state["current"] = None
             self._save_state(state, robust, x_adv, fooled_by_attack)
@@ -276,12 +280,12 @@ class AutoAttack:
                                     + list(state["per_attack"].items())))
         pert = lp_norm(x_adv - x, self.norm)
         self._log(f"max {self.norm} perturbation {pert.max().item():.5f}; robust accuracy "
-                  f"{robust.float().mean().item():.2%}")
+                  f"{_frac(robust):.2%}")
         self.x_adv, self.robust_mask = x_adv, robust
         seconds = dict(state["seconds"])
         seconds["total"] = sum(seconds.values())
         seconds["this_call"] = time.time() - t_start
-        return {"clean_acc": state["clean_acc"], "robust_acc": robust.float().mean().item(),
+        return {"clean_acc": state["clean_acc"], "robust_acc": _frac(robust),
                 "per_attack": dict(state["per_attack"]), "n": n, "seconds": seconds,
                 "version": self.version, "eps": self.eps, "norm": self.norm,
                 "attacks": list(self.attacks_to_run), "seed": self.seed,
