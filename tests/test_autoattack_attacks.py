@@ -21,13 +21,17 @@ class Linear(torch.nn.Module):
         return x.flatten(1) @ self.W.T + self.b
 
 
-def linear_problem(n=60, eps=0.03):
+LINEAR_EPS = {"Linf": 0.03, "L2": 0.3}
+
+
+def linear_problem(norm="Linf", n=60):
     """Linear 10-class model where class y in {0,1} competes only with 1-y.
 
     w_1 = w_0 + v; classes 2..9 copy w_0 with bias -60, so they never rank above the
-    top two and leave the DLR denominators' gradients parallel to v. Points sit inside
-    [eps, 1-eps] with margins 0.02..0.5, so the Linf optimum x - eps*sign(w_y - w_k) is
-    not clipped: worst margin m - eps*|v|_1, minimal distance m/|v|_1.
+    top two and leave the DLR denominators' gradients parallel to v. Points have margins
+    m = 0.02..0.5 and sit far enough inside [0,1] that the optimum is not clipped:
+    Linf x - eps*sign(w_y - w_k), worst margin m - eps*|v|_1, distance m/|v|_1;
+    L2 x - eps*(w_y - w_k)/|v|_2, worst margin m - eps*|v|_2, distance m/|v|_2.
     """
     g = torch.Generator().manual_seed(0)
     d = 3 * 8 * 8
@@ -42,9 +46,13 @@ def linear_problem(n=60, eps=0.03):
     x = 0.2 + 0.6 * torch.rand(n, d, generator=g)
     shift = (torch.linspace(0.02, 0.5, n) - (x * s).sum(1)) / v.abs().sum()
     x = (x + shift[:, None] * s.sign()).reshape(n, 3, 8, 8)
-    assert eps < x.min() and x.max() < 1 - eps
+    eps = LINEAR_EPS[norm]
+    dual = v.abs().sum() if norm == "Linf" else v.norm()
+    step = eps * s.sign() if norm == "Linf" else eps * s / v.norm()
+    x_opt = x.flatten(1) - step
+    assert 0 < x_opt.min() and x_opt.max() < 1
     m = (x.flatten(1) * s).sum(1)
-    return model, x, y, eps, m - eps * v.abs().sum(), m / v.abs().sum()
+    return model, x, y, eps, m - eps * dual, m / dual
 
 
 def min_margin(model, x, y):
@@ -54,29 +62,32 @@ def min_margin(model, x, y):
     return z_y - z.amax(1)
 
 
+@pytest.mark.parametrize("norm", ["Linf", "L2"])
 @pytest.mark.parametrize("make", [
-    lambda m, e: APGD(m, eps=e, loss="ce"),
-    lambda m, e: APGD(m, eps=e, loss="dlr"),
-    lambda m, e: APGDT(m, eps=e),
+    lambda m, norm, e: APGD(m, norm=norm, eps=e, loss="ce"),
+    lambda m, norm, e: APGD(m, norm=norm, eps=e, loss="dlr"),
+    lambda m, norm, e: APGDT(m, norm=norm, eps=e),
 ], ids=["apgd-ce", "apgd-dlr", "apgd-t"])
-def test_apgd_reaches_closed_form_worst_case_of_linear_model(make):
-    model, x, y, eps, worst, _ = linear_problem()
+def test_apgd_reaches_closed_form_worst_case_of_linear_model(make, norm):
+    model, x, y, eps, worst, _ = linear_problem(norm)
     foolable = worst < 0
     assert 10 < foolable.sum() < len(y) - 10
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AutoAttackWarning)  # copied classes: zero gradients
-        x_adv = make(model, eps).perturb(x, y)
+        x_adv = make(model, norm, eps).perturb(x, y)
     got = min_margin(model, x_adv, y)
     assert torch.allclose(got[foolable], worst[foolable], atol=1e-4)
     assert torch.equal(x_adv[~foolable], x[~foolable])
 
 
-def test_fab_t_finds_the_minimal_linf_distance_of_linear_model():
-    model, x, y, eps, _, dist = linear_problem()
-    x_adv = FABT(model, eps=eps).perturb(x, y)
+@pytest.mark.parametrize("norm", ["Linf", "L2"])
+def test_fab_t_finds_the_minimal_distance_of_linear_model(norm):
+    model, x, y, eps, _, dist = linear_problem(norm)
+    x_adv = FABT(model, norm=norm, eps=eps).perturb(x, y)
     fooled = min_margin(model, x_adv, y) < 0
-    assert torch.equal(fooled, dist <= eps)
-    ratio = (x_adv - x).flatten(1).abs().amax(1)[fooled] / dist[fooled]
+    assert torch.equal(fooled, dist <= eps) and fooled.sum() >= 10
+    d = (x_adv - x).flatten(1)
+    ratio = (d.abs().amax(1) if norm == "Linf" else d.norm(dim=1))[fooled] / dist[fooled]
     assert ratio.min() >= 1 - 1e-5 and ratio.max() <= 1.01
 
 
