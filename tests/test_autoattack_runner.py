@@ -9,6 +9,9 @@ from aaer.attacks import checks
 from aaer.attacks.autoattack import AutoAttack
 from aaer.attacks.checks import AutoAttackWarning
 
+# shrunk gradient attacks (10 iterations) leave points for Square, which then warns
+pytestmark = pytest.mark.filterwarnings("ignore:Square Attack lowered")
+
 
 def small_cnn(seed=0, n_classes=10):
     torch.manual_seed(seed)
@@ -68,9 +71,7 @@ def test_ensemble_is_never_less_successful_than_any_component():
     model = small_cnn()
     x, y = data(model)
     aa = shrink(AutoAttack(model, eps=EPS, batch_size=16))
-    with warnings.catch_warnings():   # 10-iteration gradient attacks leave work for Square
-        warnings.filterwarnings("ignore", "Square Attack lowered", AutoAttackWarning)
-        res = aa.run(x, y)
+    res = aa.run(x, y)
     accs = [res["clean_acc"]] + [res["per_attack"][a] for a in aa.attacks_to_run]
     assert accs == sorted(accs, reverse=True)
     assert res["robust_acc"] == accs[-1] == aa.robust_mask.sum().item() / len(y)
