@@ -1,4 +1,5 @@
 """PGD and FGSM with the lineage's semantics (SPEC §5), on models with known worst cases."""
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -7,6 +8,15 @@ from aaer.evaluate import evaluate
 from tests.conftest import TinyNet
 
 EPS = 8 / 255
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one thread avoids thread hand-offs that dominate on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def linear_two_class(seed=0, d=3 * 8 * 8):
