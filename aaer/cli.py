@@ -373,7 +373,8 @@ def cmd_eval(args) -> int:
                         pgd_steps=args.pgd_steps, pgd_restarts=args.pgd_restarts,
                         pgd_step=args.pgd_step, batch_size=args.batch_size or 1,
                         dataset=dataset, model=model_name)
-    split = lambda v: None if v is None else [a.strip() for a in v.split(",") if a.strip()]  # noqa: E731
+    def split(v):
+        return None if v is None else [a.strip() for a in v.split(",") if a.strip()]
     try:
         protocol = get_protocol(args.protocol, n_eval=args.n_eval, pgd_steps=args.pgd_steps,
                                 pgd_restarts=args.pgd_restarts, pgd_step255=args.pgd_step,
