@@ -241,16 +241,30 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--download", action="store_true")
     p.add_argument("--model", default=None, help="default: the run's config.json, else preactresnet18")
     p.add_argument("--epsilon", type=float, default=None, help="in 1/255 (default: the run's, else 8)")
-    p.add_argument("--protocol", default="lineage", help="lineage, wong, gradalign-1k, quick")
+    p.add_argument("--protocol", default="lineage", help="lineage, lineage-exact, wong, "
+                   "gradalign-1k, quick, aaer (PGD-50-10 + AutoAttack standard)")
     p.add_argument("--n-eval", type=int, default=None, help="first N test points (overrides protocol)")
     p.add_argument("--pgd-steps", type=int, default=None)
     p.add_argument("--pgd-restarts", type=int, default=None)
     p.add_argument("--pgd-step", type=float, default=None, help="PGD step in 1/255 (default eps/4)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="default: 256 on CPU, 1024 on CUDA")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="results JSON (default: <run dir>/"
                    "eval_<protocol>.json, or eval_<protocol>.json here)")
+    g = p.add_argument_group("attacks")
+    g.add_argument("--attacks", default=None, help="comma list from clean, fgsm, pgd, "
+                   "autoattack (overrides the protocol's)")
+    g.add_argument("--aa-version", default=None, choices=["standard", "rand", "plus", "custom"],
+                   help="AutoAttack version (default: the protocol's, standard)")
+    g.add_argument("--aa-attacks", default=None, help="with --aa-version custom: comma list "
+                   "from apgd-ce, apgd-dlr, apgd-t, fab, fab-t, square")
+    g.add_argument("--aa-backend", default="native", choices=["native", "official"],
+                   help="native: aaer.attacks.autoattack (resumable); official: the "
+                   "`autoattack` package (fra31/auto-attack) if installed")
+    g.add_argument("--eval-precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="autocast for the attacks' forward passes (recorded when not fp32)")
 
 
 def _run_config(checkpoint: str):
@@ -357,10 +371,23 @@ def cmd_eval(args) -> int:
     from aaer.validate import check_eval_settings
     check_eval_settings(epsilon=epsilon, protocol=args.protocol, n_eval=args.n_eval,
                         pgd_steps=args.pgd_steps, pgd_restarts=args.pgd_restarts,
-                        pgd_step=args.pgd_step, batch_size=args.batch_size, dataset=dataset,
-                        model=model_name)
-    protocol = get_protocol(args.protocol, n_eval=args.n_eval, pgd_steps=args.pgd_steps,
-                            pgd_restarts=args.pgd_restarts, pgd_step255=args.pgd_step)
+                        pgd_step=args.pgd_step, batch_size=args.batch_size or 1,
+                        dataset=dataset, model=model_name)
+    def split(v):
+        return None if v is None else [a.strip() for a in v.split(",") if a.strip()]
+    try:
+        protocol = get_protocol(args.protocol, n_eval=args.n_eval, pgd_steps=args.pgd_steps,
+                                pgd_restarts=args.pgd_restarts, pgd_step255=args.pgd_step,
+                                attacks=split(args.attacks), aa_version=args.aa_version,
+                                aa_attacks=split(args.aa_attacks))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if "autoattack" in protocol.attacks and args.aa_backend == "official":
+        from aaer.evaluate import _official_autoattack
+        try:
+            _official_autoattack()
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     device = resolve_device(args.device)
     data = load_dataset(dataset, args.data_dir or cfg.get("data_dir"), download=args.download)
     mean, std = data.mean, data.std
@@ -390,13 +417,18 @@ def cmd_eval(args) -> int:
                          f"{dataset} ({data.num_classes} classes, {data.in_channels} "
                          f"channels): {e}") from None
     model.to(device).eval()
+    out = args.out or os.path.join(run_dir or ".", f"eval_{protocol.name}.json")
+    # a killed AutoAttack resumes from here on the same command; deleted when it completes
+    state = os.path.join(os.path.dirname(os.path.abspath(out)),
+                         f"autoattack_state_{protocol.name}.pt")
     report = evaluate(model, data.test_x, data.test_y, epsilon / 255, protocol,
-                      batch_size=args.batch_size, device=device, seed=args.seed)
+                      batch_size=args.batch_size, device=device, seed=args.seed,
+                      precision=args.eval_precision, aa_backend=args.aa_backend,
+                      aa_state_path=state)
     report["checkpoint"] = os.path.abspath(ckpt)
     report["model"] = model_name
     report["dataset"] = dataset
     print(format_table(report))
-    out = args.out or os.path.join(run_dir or ".", f"eval_{protocol.name}.json")
     atomic_write_json(out, report)
     print(f"results written to {out}")
     return 0

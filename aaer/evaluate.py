@@ -1,10 +1,11 @@
-"""The evaluation suite: clean, FGSM and PGD-k-r accuracy under a named protocol.
+"""The evaluation suite: clean, FGSM, PGD-k-r and AutoAttack accuracy under a named protocol.
 
 Every number comes out with the protocol, the attack's parameters, the number of points
 and the seed that produced it, so a results table can never mix protocols silently.
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 
@@ -24,6 +25,8 @@ class Protocol:
     attacks: tuple = ("clean", "fgsm", "pgd")
     selection: str = "worst"              # how restarts combine: see aaer.attacks.pgd
     description: str = ""
+    aa_version: str = "standard"          # AutoAttack version (when "autoattack" is run)
+    aa_attacks: tuple | None = None       # version "custom": the attacks, in order
 
     def pgd_alpha(self, eps: float) -> float:
         return eps / 4 if self.pgd_step255 is None else self.pgd_step255 / 255.0
@@ -31,7 +34,13 @@ class Protocol:
     def as_dict(self):
         d = asdict(self)
         d["attacks"] = list(self.attacks)
+        d["aa_attacks"] = None if self.aa_attacks is None else list(self.aa_attacks)
         return d
+
+
+ATTACKS = ("clean", "fgsm", "pgd", "autoattack")
+AA_BACKENDS = ("native", "official")
+EVAL_PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 PROTOCOLS = {
@@ -44,6 +53,9 @@ PROTOCOLS = {
                      "full test set"),
     "gradalign-1k": Protocol("gradalign-1k", n_eval=1000, description="PGD-50-10 step eps/4 "
                              "on the first 1000 test points"),
+    "aaer": Protocol("aaer", attacks=("clean", "fgsm", "pgd", "autoattack"),
+                     description="clean, FGSM, PGD-50-10 step eps/4 and AutoAttack standard "
+                     "(L-inf at eps), full test set"),
     "quick": Protocol("quick", pgd_steps=10, pgd_restarts=1, n_eval=1000,
                       description="PGD-10-1 step eps/4 on the first 1000 points (a fast check, "
                       "not a publishable number)"),
@@ -55,9 +67,88 @@ def get_protocol(name: str, **overrides) -> Protocol:
         raise ValueError(f"unknown protocol {name!r}; valid: {', '.join(PROTOCOLS)}")
     p = PROTOCOLS[name]
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    for k in ("attacks", "aa_attacks"):
+        if k in overrides:
+            overrides[k] = tuple(overrides[k])
+    bad = [a for a in overrides.get("attacks", ()) if a not in ATTACKS]
+    if bad:
+        raise ValueError(f"unknown attack(s) {bad}; valid: {', '.join(ATTACKS)}")
+    if overrides.get("aa_attacks") is not None:
+        overrides.setdefault("aa_version", "custom")
+    version = overrides.get("aa_version", p.aa_version)
+    if version not in ("standard", "rand", "plus", "custom"):
+        raise ValueError(f"unknown AutoAttack version {version!r}; valid: standard, rand, "
+                         "plus, custom")
+    if version == "custom" and not overrides.get("aa_attacks", p.aa_attacks):
+        raise ValueError("AutoAttack version 'custom' needs its attacks (--aa-attacks, e.g. "
+                         "apgd-ce,apgd-t)")
+    if version != "custom" and overrides.get("aa_attacks") is not None:
+        raise ValueError(f"--aa-attacks is only used with --aa-version custom (version "
+                         f"{version!r} fixes its attacks)")
+    overrides = {k: v for k, v in overrides.items() if getattr(p, k) != v}
     if overrides:
-        p = replace(p, name=p.name if not overrides else f"{p.name}+custom", **overrides)
+        p = replace(p, name=f"{p.name}+custom", **overrides)
     return p
+
+
+def default_batch_size(device) -> int:
+    """256 on CPU, 1024 on an accelerator: a batch that keeps either busy."""
+    return 256 if torch.device(device).type == "cpu" else 1024
+
+
+class Autocast(torch.nn.Module):
+    """Runs ``model``'s forward under torch.autocast; the logits come back as float32."""
+
+    def __init__(self, model, dtype: torch.dtype, device_type: str):
+        super().__init__()
+        self.model, self.dtype, self.device_type = model, dtype, device_type
+
+    def forward(self, x):
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            return self.model(x).float()
+
+
+def _official_autoattack():
+    try:
+        from autoattack import AutoAttack as Official
+    except ImportError as e:
+        raise ValueError("--aa-backend official needs the `autoattack` package, which is not "
+                         "installed (pip install git+https://github.com/fra31/auto-attack); "
+                         f"the default --aa-backend native needs nothing ({e})") from None
+    return Official
+
+
+def _autoattack(model, x, y, eps, protocol, seed, batch_size, device, backend, state_path,
+                tune):
+    """AutoAttack on all of (x, y) at once (it batches internally)."""
+    version = protocol.aa_version
+    attacks = list(protocol.aa_attacks) if protocol.aa_attacks else None
+    if backend == "native":
+        from aaer.attacks.autoattack import AutoAttack
+        aa = AutoAttack(model, "Linf", eps, version=version,
+                        attacks_to_run=attacks if version == "custom" else None, seed=seed,
+                        batch_size=batch_size, state_path=state_path, device=device)
+        if tune is not None:
+            tune(aa)
+        r = aa.run(x, y)
+        return {"acc": r["robust_acc"], "clean_acc": r["clean_acc"],
+                "per_attack": r["per_attack"], "attacks": r["attacks"],
+                "seconds_per_attack": {k: round(v, 3) for k, v in r["seconds"].items()}}
+    Official = _official_autoattack()
+    aa = Official(model, norm="Linf", eps=eps, version=version, seed=seed, device=str(device))
+    if version == "custom":
+        aa.attacks_to_run = attacks
+    if tune is not None:
+        tune(aa)
+    x_adv = aa.run_standard_evaluation(x.to(device), y.to(device), bs=batch_size)
+    with torch.no_grad():
+        clean = torch.cat([model(x[i:i + batch_size].to(device)).argmax(1).cpu()
+                           for i in range(0, len(x), batch_size)]) == y.cpu()
+        robust = torch.cat([model(x_adv[i:i + batch_size]).argmax(1).cpu()
+                            for i in range(0, len(x), batch_size)]) == y.cpu()
+    robust &= clean
+    return {"acc": float(robust.float().mean()), "clean_acc": float(clean.float().mean()),
+            "per_attack": None, "attacks": list(getattr(aa, "attacks_to_run", []) or [])}
 
 
 def _batches(x, y, batch_size, device):
@@ -69,20 +160,45 @@ def _batches(x, y, batch_size, device):
 
 
 def evaluate(model, x, y, eps: float, protocol: Protocol | str = "lineage", *,
-             batch_size: int = 256, device=None, seed: int = 0, progress=None) -> dict:
+             batch_size: int | None = None, device=None, seed: int = 0, progress=None,
+             precision: str = "fp32", aa_backend: str = "native",
+             aa_state_path: str | None = None, _aa_tune=None) -> dict:
     """Evaluate ``model`` (eval mode, [0,1] inputs) on test points x (uint8 or float).
 
     Returns {"protocol": {...}, "eps": eps, "n": n, "seed": seed, "results": {attack: {...}}}
-    where each attack entry holds acc, loss, its parameters, n, seed and seconds.
+    where each attack entry holds acc, its parameters, n, seed, protocol and seconds.
+    clean/FGSM/PGD run batch by batch; AutoAttack runs once over all n points, resuming
+    from ``aa_state_path`` (native backend) if a killed run left it there; the state file
+    is deleted once AutoAttack completes. ``batch_size`` None: 256 on CPU, 1024 on CUDA.
+    ``precision`` bf16/fp16 runs the forward passes under autocast (float32 logits).
+    ``_aa_tune(aa)`` (tests) may adjust the AutoAttack object before it runs.
     """
     if isinstance(protocol, str):
         protocol = get_protocol(protocol)
+    bad = [a for a in protocol.attacks if a not in ATTACKS]
+    if bad:
+        raise ValueError(f"unknown attack(s) {bad}; valid: {', '.join(ATTACKS)}")
+    if precision not in EVAL_PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not valid; valid: "
+                         f"{', '.join(EVAL_PRECISIONS)}")
+    if aa_backend not in AA_BACKENDS:
+        raise ValueError(f"aa_backend {aa_backend!r} is not valid; valid: "
+                         f"{', '.join(AA_BACKENDS)}")
     if device is None:
         device = next(model.parameters()).device
+    device = torch.device(device)
+    if batch_size is None:
+        batch_size = default_batch_size(device)
+    if "autoattack" in protocol.attacks and aa_backend == "official":
+        _official_autoattack()                  # fail before any work is done
     n = x.shape[0] if protocol.n_eval is None else min(protocol.n_eval, x.shape[0])
     x, y = x[:n], y[:n]
     was_training = model.training
     model.eval()
+    net = model
+    if precision != "fp32":
+        net = Autocast(model, {"bf16": torch.bfloat16, "fp16": torch.float16}[precision],
+                       device.type).eval()
     gen = torch.Generator(device=device).manual_seed(seed)
     alpha = protocol.pgd_alpha(eps)
     params = {
@@ -91,45 +207,74 @@ def evaluate(model, x, y, eps: float, protocol: Protocol | str = "lineage", *,
         "pgd": {"eps": eps, "steps": protocol.pgd_steps, "restarts": protocol.pgd_restarts,
                 "alpha": alpha, "start": "uniform", "selection": protocol.selection},
     }
-    totals = {a: [0, 0.0, 0.0] for a in protocol.attacks}   # correct, loss sum, seconds
-    for xb, yb in _batches(x, y, batch_size, device):
+    batched = [a for a in protocol.attacks if a != "autoattack"]
+    totals = {a: [0, 0.0, 0.0] for a in batched}   # correct, loss sum, seconds
+    try:
+        for xb, yb in _batches(x, y, batch_size, device):
+            for attack in batched:
+                t0 = time.perf_counter()
+                if attack == "clean":
+                    xa = xb
+                elif attack == "fgsm":
+                    xa = fgsm(net, xb, yb, eps)
+                else:
+                    xa = pgd(net, xb, yb, eps, alpha, protocol.pgd_steps,
+                             protocol.pgd_restarts, generator=gen,
+                             selection=protocol.selection)
+                with torch.no_grad():
+                    z = net(xa).float()
+                    totals[attack][0] += int((z.argmax(1) == yb).sum())
+                    totals[attack][1] += float(F.cross_entropy(z, yb, reduction="sum"))
+                totals[attack][2] += time.perf_counter() - t0
+            if progress is not None and batched:
+                progress(xb.shape[0])
+        results = {}
         for attack in protocol.attacks:
-            t0 = time.perf_counter()
-            if attack == "clean":
-                xa = xb
-            elif attack == "fgsm":
-                xa = fgsm(model, xb, yb, eps)
-            elif attack == "pgd":
-                xa = pgd(model, xb, yb, eps, alpha, protocol.pgd_steps, protocol.pgd_restarts,
-                         generator=gen, selection=protocol.selection)
-            else:
-                raise ValueError(f"unknown attack {attack!r}; valid: clean, fgsm, pgd")
-            with torch.no_grad():
-                z = model(xa).float()
-                totals[attack][0] += int((z.argmax(1) == yb).sum())
-                totals[attack][1] += float(F.cross_entropy(z, yb, reduction="sum"))
-            totals[attack][2] += time.perf_counter() - t0
-        if progress is not None:
-            progress(xb.shape[0])
-    model.train(was_training)
-    results = {}
-    for attack, (correct, loss_sum, secs) in totals.items():
-        results[attack] = {"acc": correct / n, "loss": loss_sum / n, "n": n, "seed": seed,
-                           "protocol": protocol.name, **params[attack],
-                           "seconds": round(secs, 3)}
-    return {"protocol": protocol.as_dict(), "eps": eps, "n": n, "seed": seed,
-            "results": results}
+            if attack == "autoattack":
+                t0 = time.perf_counter()
+                xf = x.float().div(255) if x.dtype == torch.uint8 else x
+                state = aa_state_path if aa_backend == "native" else None
+                r = _autoattack(net, xf, y, eps, protocol, seed, batch_size, device,
+                                aa_backend, state, _aa_tune)
+                if state is not None and os.path.exists(state):
+                    os.unlink(state)            # done: the numbers are in the report
+                results[attack] = {"acc": r.pop("acc"), **r, "version": protocol.aa_version,
+                                   "norm": "Linf", "eps": eps, "n": n, "seed": seed,
+                                   "protocol": protocol.name,
+                                   "seconds": round(time.perf_counter() - t0, 3),
+                                   "backend": aa_backend}
+                continue
+            correct, loss_sum, secs = totals[attack]
+            results[attack] = {"acc": correct / n, "loss": loss_sum / n, "n": n, "seed": seed,
+                               "protocol": protocol.name, **params[attack],
+                               "seconds": round(secs, 3)}
+    finally:
+        model.train(was_training)
+    for r in results.values():
+        if precision != "fp32":
+            r["precision"] = precision
+    report = {"protocol": protocol.as_dict(), "eps": eps, "n": n, "seed": seed,
+              "batch_size": batch_size, "results": results}
+    if precision != "fp32":
+        report["precision"] = precision
+    return report
 
 
 def format_table(report: dict) -> str:
     """A small human-readable table of one evaluation report."""
     lines = [f"protocol {report['protocol']['name']}: eps {report['eps'] * 255:.4g}/255, "
-             f"n {report['n']}, seed {report['seed']}",
+             f"n {report['n']}, seed {report['seed']}"
+             + (f", precision {report['precision']}" if "precision" in report else ""),
              f"{'attack':<10} {'acc':>8} {'loss':>8}  parameters"]
+    skip = ("acc", "loss", "n", "seed", "protocol", "seconds", "eps", "precision", "clean_acc",
+            "per_attack", "seconds_per_attack", "attacks")
     for attack, r in report["results"].items():
-        extra = {k: v for k, v in r.items() if k not in ("acc", "loss", "n", "seed", "protocol",
-                                                        "seconds", "eps")}
+        extra = {k: v for k, v in r.items() if k not in skip}
         par = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                         for k, v in extra.items())
-        lines.append(f"{attack:<10} {r['acc']:>8.4f} {r['loss']:>8.4f}  {par}")
+        loss = f"{r['loss']:>8.4f}" if "loss" in r else f"{'-':>8}"
+        lines.append(f"{attack:<10} {r['acc']:>8.4f} {loss}  {par}")
+        if attack == "autoattack" and r.get("per_attack"):
+            for name, acc in r["per_attack"].items():
+                lines.append(f"  {'after ' + name:<16} {acc:>8.4f}")
     return "\n".join(lines)

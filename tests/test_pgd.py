@@ -1,4 +1,5 @@
 """PGD and FGSM with the lineage's semantics (SPEC §5), on models with known worst cases."""
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -7,6 +8,15 @@ from aaer.evaluate import evaluate
 from tests.conftest import TinyNet
 
 EPS = 8 / 255
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one thread avoids thread hand-offs that dominate on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def linear_two_class(seed=0, d=3 * 8 * 8):
@@ -133,3 +143,36 @@ def test_evaluate_reports_protocol_and_parameters():
     assert pgd_r["protocol"] == "quick" and pgd_r["n"] == 200 and pgd_r["seed"] == 0
     assert rep["results"]["clean"]["acc"] == float((model(x.float()).argmax(1) == y).float().mean())
     assert abs(pgd_r["acc"] - float(robust.float().mean())) <= 1 / 200
+
+
+def naive_restart(model, x, y, eps, alpha, steps, delta):
+    """SPEC §5 transcribed: every step on the whole batch, only correct points move."""
+    delta = (torch.clamp(x + delta, 0, 1) - x).detach()
+    for _ in range(steps):
+        xa = (x + delta).requires_grad_(True)
+        z = model(xa)
+        F.cross_entropy(z, y).backward()
+        live = (z.argmax(1) == y).view(-1, 1, 1, 1)
+        if not bool(live.any()):
+            break
+        step = (delta + alpha * xa.grad.sign()).clamp(-eps, eps)
+        step = torch.clamp(x + step, 0, 1) - x
+        delta = torch.where(live, step, delta).detach()
+    return delta
+
+
+def test_compacted_restart_equals_the_naive_transcription():
+    torch.manual_seed(0)
+    model = TinyNet(freq=15.0).double().eval()
+    x = torch.rand(80, 3, 16, 16, dtype=torch.float64)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    y[:10] = (y[:10] + 1) % 10                          # some wrong from the start
+    start = (2 * torch.rand(x.shape, generator=torch.Generator().manual_seed(5),
+                            dtype=x.dtype) - 1) * (4 / 255)
+    d_fast = pgd_restart(model, x, y, 4 / 255, 1 / 255, 12, start)
+    d_ref = naive_restart(model, x, y, 4 / 255, 1 / 255, 12, start)
+    with torch.no_grad():
+        broken = int((model(x + d_ref).argmax(1) != y).sum())
+    assert 20 < broken < 80                             # points break at different steps
+    assert torch.equal(d_fast, d_ref)

@@ -13,6 +13,12 @@ How restarts combine (``selection``):
 - ``"max-loss"``: the lineage's exact rule, the largest-loss restart wins even when a
   lower-loss restart had broken the example (so it can, rarely, report an example as
   robust that one restart broke). Every restart runs on every example.
+
+Within a restart a misclassified example is frozen, so each step runs the forward and
+backward pass on the still-correct examples only (in eval mode every example's logits
+depend on that example alone, so this equals stepping the whole batch and masking).
+The input gradient is that of the *summed* per-example cross-entropy: its sign is that of
+the mean's, without the 1/batch scaling that can underflow to a zero gradient.
 """
 from __future__ import annotations
 
@@ -25,24 +31,30 @@ Tensor = torch.Tensor
 def _ce_grad(model, x_adv: Tensor, y: Tensor):
     x_adv = x_adv.detach().requires_grad_(True)
     z = model(x_adv)
-    loss = F.cross_entropy(z.float(), y)
+    loss = F.cross_entropy(z.float(), y, reduction="sum")
     (g,) = torch.autograd.grad(loss, x_adv)
     return z.detach(), g
 
 
 def pgd_restart(model, x: Tensor, y: Tensor, eps: float, alpha: float, steps: int,
                 delta: Tensor) -> Tensor:
-    """One restart from ``delta``: returns the final perturbation."""
-    delta = (torch.clamp(x + delta, 0, 1) - x).detach()
+    """One restart from ``delta``: returns the final perturbation.
+
+    Each step moves only the examples still classified correctly; ``live`` holds their
+    indices and shrinks as examples break, so broken ones cost no more work.
+    """
+    delta = (torch.clamp(x + delta, 0, 1) - x).detach().clone()
+    live = torch.arange(x.shape[0], device=x.device)
     for _ in range(steps):
-        z, g = _ce_grad(model, x + delta, y)
-        live = (z.argmax(1) == y)
-        if not bool(live.any()):
+        x_l, d_l = x[live], delta[live]
+        z, g = _ce_grad(model, x_l + d_l, y[live])
+        ok = z.argmax(1) == y[live]
+        if not bool(ok.any()):
             break
-        step = (delta + alpha * g.sign()).clamp(-eps, eps)
-        step = torch.clamp(x + step, 0, 1) - x
-        delta = torch.where(live.view(-1, *([1] * (x.dim() - 1))), step, delta)
-    return delta.detach()
+        live, x_l = live[ok], x_l[ok]
+        step = (d_l[ok] + alpha * g[ok].sign()).clamp(-eps, eps)
+        delta[live] = torch.clamp(x_l + step, 0, 1) - x_l
+    return delta
 
 
 SELECTIONS = ("worst", "max-loss")
