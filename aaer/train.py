@@ -60,6 +60,18 @@ class TrainConfig:
     progress: bool = True
     overwrite: bool = False
     notes: list[str] = field(default_factory=list)
+    # CO monitor (aaer/monitor.py): on when probe_n > 0
+    probe_source: str = "test"             # test: first probe_n test points; holdout: train
+    probe_every: int = 0                   # also probe every N optimiser steps (0: per epoch)
+    on_co: str = "warn"                    # warn | stop | rollback
+    co_drop: float = 0.2                   # PGD probe drop from its best that flags CO
+    co_reference: str = "best"             # best | previous (Wong et al.'s code)
+    co_fgsm_tolerance: float = 0.1         # FGSM may fall this much; < 0: not checked
+    rollback_change: str = "auto"          # auto | step | regularizer
+    rollback_step_factor: float = 0.75
+    rollback_reg_factor: float = 2.0
+    max_rollbacks: int = 2
+    aae_per_class: bool = False            # also log AAE counts per class
 
     @property
     def eps(self) -> float:
@@ -93,6 +105,8 @@ class TrainConfig:
             bad("--n-eval", self.n_eval, "must be >= 1")
         if self.probe_n < 0:
             bad("--probe-n", self.probe_n, "must be >= 0")
+        from aaer.monitor import validate_monitor_config
+        validate_monitor_config(self)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -159,21 +173,6 @@ def close_logger(log: logging.Logger) -> None:
         log.removeHandler(h)
 
 
-class Probe:
-    """Clean and PGD-k accuracy on a fixed held-out batch, once per epoch."""
-
-    def __init__(self, x, y, eps: float, steps: int, seed: int):
-        self.x, self.y, self.eps, self.steps, self.seed = x, y, eps, steps, seed
-
-    def __call__(self, model) -> dict[str, float]:
-        from aaer.evaluate import Protocol, evaluate
-        p = Protocol("probe", pgd_steps=self.steps, pgd_restarts=1,
-                     attacks=("clean", "fgsm", "pgd"))
-        rep = evaluate(model, self.x, self.y, self.eps, p, seed=self.seed)["results"]
-        return {"probe_clean_acc": rep["clean"]["acc"], "probe_fgsm_acc": rep["fgsm"]["acc"],
-                "probe_pgd_acc": rep["pgd"]["acc"]}
-
-
 def _progress_bar(total: int, desc: str, enabled: bool):
     if not enabled:
         return None
@@ -221,6 +220,13 @@ class Trainer:
         self.train_x, self.train_y = ds.train_x, ds.train_y
         if cfg.n_train is not None:
             self.train_x, self.train_y = ds.train_x[:cfg.n_train], ds.train_y[:cfg.n_train]
+        from aaer.monitor import build_monitor
+        self.monitor, self.train_x, self.train_y = build_monitor(cfg, ds, self.train_x,
+                                                                 self.train_y)
+        if self.monitor is not None:
+            self.monitor.check_method(self.method)
+        if cfg.aae_per_class:
+            self.method.aae_num_classes = ds.num_classes
         self.model = build(cfg.model, ds.num_classes, ds.in_channels, ds.image_size,
                            ds.mean, ds.std).to(self.device)
         self.pad, self.flip = augmentation_for(ds)
@@ -231,10 +237,6 @@ class Trainer:
         self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg.lr_max,
                                    momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         self.sched = make_scheduler(self.opt, cfg, self.total_steps)
-        self.probe = None
-        if cfg.probe_n:
-            self.probe = Probe(ds.test_x[:cfg.probe_n], ds.test_y[:cfg.probe_n], cfg.eps,
-                               cfg.probe_steps, cfg.seed)
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
         os.makedirs(cfg.out_dir, exist_ok=True)
@@ -307,9 +309,11 @@ class Trainer:
                 stat_sums[k] = stat_sums[k] + v if k in stat_sums else v.detach().clone()
             if bar is not None:
                 bar.update(1)
+            if self.monitor is not None and self.monitor.after_step(self, epoch, i):
+                break
         if bar is not None:
             bar.close()
-        sums = {k: float(v) for k, v in stat_sums.items()}
+        sums = {k: v.tolist() if v.dim() else float(v) for k, v in stat_sums.items()}
         return {"epoch": epoch, "seconds": round(time.time() - t0, 3),
                 "lr": self.sched.get_last_lr()[0], "train_loss": float(loss_sum) / n_seen,
                 "train_acc": float(correct) / n_seen, "n": n_seen,
@@ -323,21 +327,23 @@ class Trainer:
                            "previous epoch are in checkpoint.pt)", epoch)
             raise FloatingPointError(f"training loss became {row['train_loss']} in epoch "
                                      f"{epoch}; lower --lr-max or the regulariser weights")
-        if self.probe is not None:
-            row.update(self.probe(self.model))
+        if self.monitor is not None:
+            self.monitor.end_epoch(self, row)
         self.history.append(row)
         append_jsonl(self.path("metrics.jsonl"), row)
         self.log.info("%d \t %.1f \t %.4f \t %.4f \t %.4f \t %d \t %.4f \t %.4f%s", epoch,
                       row["seconds"], row["lr"], row["train_loss"], row["train_acc"],
                       row.get("aae_count", 0), row.get("aaer_ce_var", 0.0),
                       row.get("aaer_var_gap", 0.0),
-                      "".join(f" | {k} {row[k]:.4f}" for k in row if k.startswith("probe_")))
+                      "".join(f" | {k} {row[k]:.4f}" for k in row if k.startswith("probe_")
+                              and k != "probe_seconds"))
         self.save_checkpoint(epoch)
 
     def state_dict(self, epoch: int) -> dict[str, Any]:
         return {"epoch": epoch, "model": self.model.net.state_dict(),
                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                "method": self.method.state_dict(), "loader": self.loader.state_dict()}
+                "method": self.method.state_dict(), "loader": self.loader.state_dict(),
+                **({"monitor": self.monitor.state_dict()} if self.monitor is not None else {})}
 
     def save_checkpoint(self, epoch: int) -> None:
         atomic_torch_save(self.path("checkpoint.pt"), self.state_dict(epoch))
@@ -363,14 +369,19 @@ class Trainer:
             for epoch in range(self.start_epoch, self.cfg.epochs):
                 row = self.run_epoch(epoch)
                 self.end_epoch(row)
+                if self.monitor is not None and self.monitor.should_stop:
+                    break
             train_seconds = time.time() - t_train
             atomic_torch_save(self.path("model.pt"), self.model.net.state_dict())
             self.log.info("Total train time: %.4f minutes", train_seconds / 60)
-            epochs_run = self.cfg.epochs - self.start_epoch
+            last = self.history[-1]["epoch"] + 1 if self.history else self.cfg.epochs
+            epochs_run = last - self.start_epoch
             results: dict[str, Any] = {
                 "train_seconds": round(train_seconds, 3),
                 "seconds_per_epoch": round(train_seconds / max(epochs_run, 1), 3),
                 "epochs": self.cfg.epochs, "final_epoch": self.history[-1]}
+            if self.monitor is not None:
+                results["monitor"] = self.monitor.summary()
             report = self.evaluate_final()
             if report is not None:
                 results["evaluation"] = report
