@@ -322,8 +322,8 @@ def cmd_list(what: str) -> int:
 
 def add_report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories to compare")
-    p.add_argument("--out", default=None, help="where report.md and the PNGs go (default: the "
-                   "run directory for one run, the runs' common parent for several)")
+    p.add_argument("--out", default=None, help="where report.md and the PNGs go; not given: "
+                   "the run directory for one run, the runs' common parent for several")
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event "
                    "files to <out>/tensorboard/<run> (view: tensorboard --logdir <out>/tensorboard)")
 
@@ -343,13 +343,13 @@ def cmd_report(args) -> int:
 
 def add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-dir", default="runs/demo", help="where the two runs and the report go")
-    p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST .gz files "
-                   "(default: Debian's /usr/share/datasets/fashion-mnist)")
+    p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST .gz files; "
+                   "not given: Debian's /usr/share/datasets/fashion-mnist")
     p.add_argument("--download", action="store_true", help="download Fashion-MNIST (MD5-"
                    "checked) into --data-dir if it is not there")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's choice)")
+                   help="torch CPU threads; not given: torch's choice")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -381,7 +381,10 @@ def build_parser(prog: str = "aaer") -> argparse.ArgumentParser:
                        formatter_class=_fmt())
     add_report_args(r)
     d = sub.add_parser("demo", help="see catastrophic overfitting on a CPU in minutes "
-                       "(RS-FGSM vs RS-AAER on Fashion-MNIST)", formatter_class=_fmt())
+                       "(RS-FGSM vs RS-AAER on Fashion-MNIST)", formatter_class=_fmt(),
+                       description="Train the CO fixture (Fashion-MNIST, small CNN, eps 0.3) "
+                       "with RS-FGSM and RS-AAER, one seed each, then write report.md and "
+                       "plots to --out-dir and print whether CO happened, in which run.")
     add_demo_args(d)
     return p
 
