@@ -348,22 +348,22 @@ def add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--download", action="store_true", help="download Fashion-MNIST (MD5-"
                    "checked) into --data-dir if it is not there")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads; not given: torch's choice")
+    p.add_argument("--jobs", type=int, default=None, help="runs trained side by side in "
+                   "separate processes; not given: one per run, at most one per CPU core")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per job; not "
+                   "given: the CPU cores divided among the jobs")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def cmd_demo(args) -> int:
     from aaer.demo import run_demo
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UsageError(f"invalid --threads {args.threads!r}: must be >= 1")
-        import torch
-        torch.set_num_threads(args.threads)
+    for flag, v in (("--jobs", args.jobs), ("--threads", args.threads)):
+        if v is not None and v < 1:
+            raise UsageError(f"invalid {flag} {v!r}: must be >= 1")
     if args.download and args.data_dir is None:
         args.data_dir = os.path.join("data", "fashion-mnist")
     run_demo(args.out_dir, args.data_dir, args.download, args.seed,
-             progress=not args.no_progress)
+             progress=not args.no_progress, jobs=args.jobs, threads=args.threads)
     return 0
 
 

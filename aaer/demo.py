@@ -112,34 +112,113 @@ def verdict(runs) -> list[str]:
             ("No CO: " + "; ".join(no)) if no else "No run escaped CO."]
 
 
+def _fit_worker(cfg: TrainConfig, data, threads: int) -> dict[str, Any]:
+    """Train one fixture run in a worker process (its log goes to train.log only)."""
+    import torch
+
+    from aaer.train import Trainer
+    torch.set_num_threads(threads)
+    sys.stderr = open(os.devnull, "w")
+    if data is None:
+        data = load_fixture_data(cfg.data_dir, False)
+    return Trainer(cfg, data).fit()
+
+
+def progress_line(method: str, row: dict, epochs: int) -> str:
+    line = (f"  {method:<8} epoch {row['epoch'] + 1:>2}/{epochs} | train acc "
+            f"{row['train_acc']:.3f} | AAEs {row.get('aae_count', 0):>5} | probe clean "
+            f"{row.get('probe_clean_acc', float('nan')):.3f} FGSM "
+            f"{row.get('probe_fgsm_acc', float('nan')):.3f} PGD "
+            f"{row.get('probe_pgd_acc', float('nan')):.3f} | {row['seconds']:.0f} s")
+    for ev in row.get("co_events", []):
+        e = ev["evidence"]
+        line += (f"\n  {method:<8} CO flagged at epoch {ev['epoch']}: probe PGD "
+                 f"{e['pgd_ref']:.3f} -> {e['pgd_now']:.3f}, FGSM {e['fgsm_now']:.3f}")
+    return line
+
+
+def _run_parallel(cfgs, data, jobs: int, threads: int, stream) -> None:
+    """Train the runs in ``jobs`` worker processes, printing each finished epoch."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from aaer.io import read_jsonl
+    seen = {c.out_dir: 0 for c in cfgs}
+
+    def report_new():
+        for c in cfgs:
+            rows = read_jsonl(os.path.join(c.out_dir, "metrics.jsonl"))
+            for row in rows[seen[c.out_dir]:]:
+                print(progress_line(c.method, row, c.epochs), file=stream, flush=True)
+            seen[c.out_dir] = len(rows)
+
+    for c in cfgs:        # a stale metrics.jsonl must not be reported as progress
+        path = os.path.join(c.out_dir, "metrics.jsonl")
+        if os.path.exists(path):
+            os.remove(path)
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(_fit_worker, c, data, threads) for c in cfgs]
+        while not all(f.done() for f in futures):
+            time.sleep(1.0)
+            report_new()
+        report_new()
+        for c, f in zip(cfgs, futures):
+            if f.exception() is not None:
+                raise RuntimeError(f"{c.method} run failed (see {c.out_dir}/train.log): "
+                                   f"{f.exception()}") from f.exception()
+
+
 def run_demo(out_dir: str = "runs/demo", data_dir=None, download: bool = False,
              seed: int = 0, methods=DEMO_METHODS, progress: bool = True,
-             epochs: int | None = None, stream=None) -> dict[str, Any]:
-    """Train the fixture for each method, write the report, print the verdict."""
+             epochs: int | None = None, jobs: int | None = None, threads: int | None = None,
+             data=None, stream=None) -> dict[str, Any]:
+    """Train the fixture for each method, write the report, print the verdict.
+
+    ``jobs`` runs train side by side in separate processes (default: one per method, at
+    most one per CPU core), each with ``threads`` torch threads (default: the cores
+    divided among the jobs). With one job the runs train here, one after the other.
+    ``data`` replaces the Fashion-MNIST look-up (a stand-in data set for tests).
+    """
+    import torch
+
     from aaer.report import write_report
     from aaer.train import Trainer
     stream = stream or sys.stdout
     t0 = time.time()
-    data = load_fixture_data(data_dir, download)
+    cores = os.cpu_count() or 1
+    jobs = jobs or max(1, min(len(methods), cores))
+    threads = threads or max(1, cores // jobs)
+    if data is None:
+        data = load_fixture_data(data_dir, download)
+        worker_data = None
+    else:
+        worker_data = data
     print(f"Fashion-MNIST: {data.source or data_dir}", file=stream)
-    run_dirs = []
-    for k, method in enumerate(methods, 1):
-        run_dir = os.path.join(out_dir, method)
-        cfg = co_fixture_config(method, seed, run_dir, data_dir)
+    cfgs = []
+    for method in methods:
+        cfg = co_fixture_config(method, seed, os.path.join(out_dir, method), data_dir)
         if epochs is not None:
             cfg.epochs = epochs
-        cfg.progress = progress
+        cfg.progress = progress and jobs == 1
         cfg.overwrite = True
         cfg.validate()
-        print(f"[{k}/{len(methods)}] {method}, seed {seed}: {cfg.epochs} epochs on "
-              f"{cfg.n_train} images, eps {cfg.epsilon / 255:.2g} -> {run_dir}", file=stream,
-              flush=True)
-        t = time.time()
-        Trainer(cfg, data).fit()
-        print(f"[{k}/{len(methods)}] {method} done in {time.time() - t:.0f} s", file=stream,
-              flush=True)
-        run_dirs.append(run_dir)
-    rep = write_report(run_dirs, out_dir)
+        cfgs.append(cfg)
+    print(f"training {', '.join(methods)} (seed {seed}, {cfgs[0].epochs} epochs on "
+          f"{cfgs[0].n_train} images, eps {cfgs[0].epsilon / 255:.2g}) in {jobs} process(es) "
+          f"with {threads} thread(s) each -> {out_dir}", file=stream, flush=True)
+    if jobs > 1:
+        _run_parallel(cfgs, worker_data, jobs, threads, stream)
+    else:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            for k, cfg in enumerate(cfgs, 1):
+                print(f"[{k}/{len(cfgs)}] {cfg.method} -> {cfg.out_dir}", file=stream,
+                      flush=True)
+                Trainer(cfg, data).fit()
+        finally:
+            torch.set_num_threads(before)
+    rep = write_report([c.out_dir for c in cfgs], out_dir)
     lines = verdict(rep["runs"])
     print("", file=stream)
     print(f"report:  {rep['report']}", file=stream)

@@ -62,24 +62,42 @@ def test_verdict_lines(tmp_path):
     assert demo.verdict([a])[1] == "No run escaped CO."
 
 
-def test_demo_flow_on_a_small_stand_in(tmp_path, monkeypatch):
+def _stand_in(monkeypatch):
     g = torch.Generator().manual_seed(0)
     img = lambda n: torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8, generator=g)
     lab = lambda n: torch.randint(0, 10, (n,), generator=g)
-    data = Dataset("fashion-mnist", img(160), lab(160), img(80), lab(80),
-                   [str(i) for i in range(10)], (0.286,), (0.353,), source="stand-in")
-    monkeypatch.setattr(demo, "load_fixture_data", lambda d, dl: data)
     monkeypatch.setitem(demo.CO_FIXTURE, "n_train", 128)
     monkeypatch.setitem(demo.CO_FIXTURE, "probe_n", 40)
     monkeypatch.setitem(demo.CO_FIXTURE, "n_eval", 40)
+    return Dataset("fashion-mnist", img(160), lab(160), img(80), lab(80),
+                   [str(i) for i in range(10)], (0.286,), (0.353,), source="stand-in")
+
+
+def test_demo_flow_two_processes(tmp_path, monkeypatch):
     out = io.StringIO()
-    res = demo.run_demo(str(tmp_path / "demo"), epochs=2, progress=False, stream=out)
+    res = demo.run_demo(str(tmp_path / "demo"), epochs=2, jobs=2, threads=1,
+                        data=_stand_in(monkeypatch), stream=out)
     text = out.getvalue()
+    assert "training rs-fgsm, rs-aaer (seed 0, 2 epochs on 128 images, eps 0.3) in 2 " \
+           "process(es) with 1 thread(s) each" in text
     for m in ("rs-fgsm", "rs-aaer"):
         assert os.path.isfile(tmp_path / "demo" / m / "results.json")
-        assert f"{m}, seed 0: 2 epochs on 128 images, eps 0.3" in text
+        for e in (1, 2):                          # each epoch reported once, as it finished
+            assert text.count(f"  {m:<8} epoch  {e}/2 | train acc ") == 1
     assert f"report:  {tmp_path / 'demo' / 'report.md'}" in text
     assert text.count("plot:    ") == 3
     assert text.rstrip().splitlines()[-2:] == res["verdict"]
-    assert res["verdict"][0].startswith("CO happened")
     assert len(res["runs"]) == 2 and all(len(r.rows) == 2 for r in res["runs"])
+    # the same numbers as a run trained here: the worker process changes nothing
+    rows = res["runs"][0].rows
+    solo = demo.run_demo(str(tmp_path / "solo"), methods=("rs-fgsm",), epochs=2, jobs=1,
+                         threads=1, data=_stand_in(monkeypatch), progress=False,
+                         stream=io.StringIO())
+    assert [r["train_loss"] for r in solo["runs"][0].rows] == [r["train_loss"] for r in rows]
+    assert [r["probe_pgd_acc"] for r in solo["runs"][0].rows] == \
+        [r["probe_pgd_acc"] for r in rows]
+
+
+def test_cli_demo_rejects_bad_jobs(capsys):
+    assert main(["demo", "--jobs", "0"]) == 2
+    assert "invalid --jobs 0" in capsys.readouterr().err
