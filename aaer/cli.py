@@ -108,9 +108,9 @@ def add_monitor_args(p: argparse.ArgumentParser) -> None:
                    help="CO when probe PGD accuracy falls more than this below the reference")
     g.add_argument("--co-reference", choices=["best", "previous"], default="best",
                    help="the reference: best probe so far, or the previous probe (Wong et al.)")
-    g.add_argument("--co-fgsm-tolerance", type=float, default=0.1,
-                   help="... while probe FGSM accuracy is at most this below its value at the "
-                        "reference (negative: not checked)")
+    g.add_argument("--co-fgsm-ratio", type=float, default=0.5,
+                   help="... while probe FGSM accuracy fell by less than this times the PGD "
+                        "fall since the reference (0: not checked, Wong et al.'s rule alone)")
     g.add_argument("--rollback-change", choices=["auto", "step", "regularizer"], default="auto",
                    help="what a rollback changes (auto: AAER's lamda1, else the step alpha)")
     g.add_argument("--rollback-step-factor", type=float, default=0.75,
@@ -126,7 +126,7 @@ def add_monitor_args(p: argparse.ArgumentParser) -> None:
 def monitor_config_kwargs(args) -> dict:
     return {"probe_source": args.probe_source, "probe_every": args.probe_every,
             "on_co": args.on_co, "co_drop": args.co_drop, "co_reference": args.co_reference,
-            "co_fgsm_tolerance": args.co_fgsm_tolerance, "rollback_change": args.rollback_change,
+            "co_fgsm_ratio": args.co_fgsm_ratio, "rollback_change": args.rollback_change,
             "rollback_step_factor": args.rollback_step_factor,
             "rollback_reg_factor": args.rollback_reg_factor,
             "max_rollbacks": args.max_rollbacks, "aae_per_class": args.aae_per_class}
@@ -382,7 +382,7 @@ def build_parser(prog: str = "aaer") -> argparse.ArgumentParser:
     add_report_args(r)
     d = sub.add_parser("demo", help="see catastrophic overfitting on a CPU in minutes "
                        "(RS-FGSM vs RS-AAER on Fashion-MNIST)", formatter_class=_fmt(),
-                       description="Train the CO fixture (Fashion-MNIST, small CNN, eps 0.3) "
+                       description="Train the CO fixture (Fashion-MNIST, small CNN, eps 0.25) "
                        "with RS-FGSM and RS-AAER, one seed each, then write report.md and "
                        "plots to --out-dir and print whether CO happened, in which run.")
     add_demo_args(d)

@@ -9,9 +9,11 @@ seeded once, so every probe sees the same starting noise.
 CO rule (SPEC §7, after Wong et al. 2020's early stop): the probe's PGD accuracy has
 dropped by more than ``drop`` (0.2) below a reference -- its best so far (default) or
 the previous probe (the rule exactly as in Wong et al.'s code) -- while FGSM accuracy
-has stayed high: at most ``fgsm_tolerance`` (0.1) below its value at that reference
-probe. The FGSM clause separates CO (robust to the training attack, broken by PGD) from
-a run that simply diverges (every accuracy falls); ``fgsm_tolerance=None`` turns it off.
+has stayed high: since that reference probe it fell by less than ``fgsm_ratio`` (0.5)
+times the fall of PGD accuracy (a rise always counts as high). The FGSM clause separates
+CO (still robust to the single-step attack, broken by PGD) from a run that simply
+diverges (every accuracy falls together); ``fgsm_ratio=None`` turns it off, leaving
+Wong et al.'s rule alone.
 
 Responses when the rule fires:
 - ``warn``: log it and record the evidence (metrics.jsonl, results.json).
@@ -47,7 +49,7 @@ class CORule:
 
     drop: float = 0.2
     reference: str = "best"
-    fgsm_tolerance: float | None = 0.1
+    fgsm_ratio: float | None = 0.5
 
     def __post_init__(self):
         if not (0 < self.drop < 1):
@@ -56,16 +58,16 @@ class CORule:
         if self.reference not in CO_REFERENCES:
             raise ValueError(f"invalid CO reference {self.reference!r}; valid: "
                              f"{', '.join(CO_REFERENCES)}")
-        if self.fgsm_tolerance is not None and not (0 <= self.fgsm_tolerance <= 1):
-            raise ValueError(f"invalid CO fgsm tolerance {self.fgsm_tolerance!r}: must be in "
-                             "[0, 1] or None (not checked)")
+        if self.fgsm_ratio is not None and not (0 < self.fgsm_ratio <= 1):
+            raise ValueError(f"invalid CO fgsm ratio {self.fgsm_ratio!r}: must be in (0, 1] "
+                             "or None (not checked)")
 
     def describe(self) -> str:
         ref = "its best so far" if self.reference == "best" else "the previous probe"
         text = f"probe PGD accuracy more than {self.drop:g} below {ref}"
-        if self.fgsm_tolerance is not None:
-            text += (f", while probe FGSM accuracy is at most {self.fgsm_tolerance:g} below its "
-                     "value at that probe")
+        if self.fgsm_ratio is not None:
+            text += (f", while probe FGSM accuracy fell by less than {self.fgsm_ratio:g} times "
+                     "as much since that probe")
         return text
 
     def check(self, history: list[dict], current: dict) -> dict | None:
@@ -79,8 +81,8 @@ class CORule:
         drop = ref["pgd"] - current["pgd"]
         if not drop > self.drop:
             return None
-        if self.fgsm_tolerance is not None and \
-                current["fgsm"] < ref["fgsm"] - self.fgsm_tolerance:
+        if self.fgsm_ratio is not None and \
+                not ref["fgsm"] - current["fgsm"] < self.fgsm_ratio * drop:
             return None
         return {"pgd_now": current["pgd"], "pgd_ref": ref["pgd"], "pgd_drop": round(drop, 6),
                 "ref_epoch": ref["epoch"], "ref_step": ref["step"], "fgsm_now": current["fgsm"],
@@ -380,8 +382,11 @@ def validate_monitor_config(cfg) -> None:
                          "(0: once per epoch)")
     if cfg.probe_steps < 1:
         raise ValueError(f"invalid --probe-steps {cfg.probe_steps!r}: must be >= 1")
+    if cfg.co_fgsm_ratio < 0:
+        raise ValueError(f"invalid --co-fgsm-ratio {cfg.co_fgsm_ratio!r}: must be in [0, 1] "
+                         "(0: the FGSM clause is off)")
     CORule(drop=cfg.co_drop, reference=cfg.co_reference,
-           fgsm_tolerance=None if cfg.co_fgsm_tolerance < 0 else cfg.co_fgsm_tolerance)
+           fgsm_ratio=None if cfg.co_fgsm_ratio <= 0 else cfg.co_fgsm_ratio)
     if cfg.rollback_change not in ROLLBACK_CHANGES:
         raise ValueError(f"invalid --rollback-change {cfg.rollback_change!r}; valid: "
                          f"{', '.join(ROLLBACK_CHANGES)}")
@@ -408,7 +413,7 @@ def build_monitor(cfg, dataset, train_x, train_y):
         px, py, _, _, source = select_probe_data(cfg.probe_source, cfg.probe_n, train_x,
                                                  train_y, dataset.test_x, dataset.test_y)
     rule = CORule(drop=cfg.co_drop, reference=cfg.co_reference,
-                  fgsm_tolerance=None if cfg.co_fgsm_tolerance < 0 else cfg.co_fgsm_tolerance)
+                  fgsm_ratio=None if cfg.co_fgsm_ratio <= 0 else cfg.co_fgsm_ratio)
     mon = COMonitor(px, py, cfg.eps, pgd_steps=cfg.probe_steps, rule=rule, on_co=cfg.on_co,
                     every_steps=cfg.probe_every, seed=cfg.seed, source=source,
                     batch_size=cfg.eval_batch_size, rollback_change=cfg.rollback_change,

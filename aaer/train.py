@@ -66,7 +66,7 @@ class TrainConfig:
     on_co: str = "warn"                    # warn | stop | rollback
     co_drop: float = 0.2                   # PGD probe drop from its best that flags CO
     co_reference: str = "best"             # best | previous (Wong et al.'s code)
-    co_fgsm_tolerance: float = 0.1         # FGSM may fall this much; < 0: not checked
+    co_fgsm_ratio: float = 0.5             # FGSM may fall < this x PGD's fall; 0: off
     rollback_change: str = "auto"          # auto | step | regularizer
     rollback_step_factor: float = 0.75
     rollback_reg_factor: float = 2.0

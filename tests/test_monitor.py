@@ -45,12 +45,13 @@ def test_rule_needs_a_drop_of_more_than_the_threshold():
 
 
 def test_fgsm_clause_separates_co_from_a_diverging_run():
-    hist = [_rec(0, 0.5, fgsm=0.6)]
-    diverged = _rec(1, 0.1, fgsm=0.3)                  # every accuracy fell: not CO
+    hist = [_rec(0, 0.5, fgsm=0.625)]
+    diverged = _rec(1, 0.125, fgsm=0.375)       # PGD fell 0.375, FGSM 0.25: not < 0.1875
     assert CORule().check(hist, diverged) is None
-    assert CORule(fgsm_tolerance=0.3).check(hist, diverged) is not None  # 0.3 below is allowed
-    assert CORule(fgsm_tolerance=None).check(hist, diverged) is not None
-    assert CORule().check(hist, _rec(1, 0.1, fgsm=0.55)) is not None    # 0.05 below: high
+    assert CORule(fgsm_ratio=0.75).check(hist, diverged) is not None     # 0.25 < 0.28125
+    assert CORule(fgsm_ratio=None).check(hist, diverged) is not None     # Wong et al. alone
+    assert CORule().check(hist, _rec(1, 0.125, fgsm=0.5)) is not None    # fell 0.125 < 0.1875
+    assert CORule().check(hist, _rec(1, 0.125, fgsm=0.875)) is not None  # rose
 
 
 def test_previous_reference_is_wong_et_al_rule():
@@ -63,7 +64,8 @@ def test_previous_reference_is_wong_et_al_rule():
 
 @pytest.mark.parametrize("kwargs, word", [({"drop": 0}, "drop"), ({"drop": 1.5}, "drop"),
                                           ({"reference": "worst"}, "reference"),
-                                          ({"fgsm_tolerance": -0.1}, "tolerance")])
+                                          ({"fgsm_ratio": 1.5}, "ratio"),
+                                          ({"fgsm_ratio": 0}, "ratio")])
 def test_rule_rejects_bad_settings(kwargs, word):
     with pytest.raises(ValueError, match=word):
         CORule(**kwargs)
@@ -234,6 +236,7 @@ def test_rollback_that_cannot_apply_fails_before_training(tmp_path):
     ({"on_co": "panic"}, "invalid --on-co 'panic'"),
     ({"probe_every": -1}, "--probe-every"),
     ({"co_drop": 0.0}, "CO drop"),
+    ({"co_fgsm_ratio": -1.0}, "--co-fgsm-ratio"),
     ({"probe_source": "train"}, "--probe-source"),
     ({"rollback_step_factor": 1.5}, "--rollback-step-factor"),
     ({"rollback_reg_factor": 0.5}, "--rollback-reg-factor"),
