@@ -96,6 +96,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--probe-steps", type=int, default=10, help="PGD steps of the probe")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_performance_args(p)
+    add_monitor_args(p)
 
 
 def add_performance_args(p: argparse.ArgumentParser) -> None:
@@ -104,6 +105,45 @@ def add_performance_args(p: argparse.ArgumentParser) -> None:
                    help="torch.compile the model (methods needing double backprop run eagerly)")
     g.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
                    help="NHWC memory format; auto: on for conv nets on CUDA")
+
+
+def add_monitor_args(p: argparse.ArgumentParser) -> None:
+    """Flags of the catastrophic-overfitting monitor (aaer/monitor.py); on with --probe-n."""
+    g = p.add_argument_group("catastrophic-overfitting monitor (needs --probe-n N)")
+    g.add_argument("--probe-source", choices=["test", "holdout"], default="test",
+                   help="probe batch: the first N test points, or N training images held "
+                        "out of training")
+    g.add_argument("--probe-every", type=int, default=0, metavar="STEPS",
+                   help="also probe every STEPS optimiser steps (0: once per epoch)")
+    g.add_argument("--on-co", choices=["warn", "stop", "rollback"], default="warn",
+                   help="response to CO: log it; stop with the best probe's weights; or "
+                        "restore them and continue with a smaller step / stronger regulariser")
+    g.add_argument("--co-drop", type=float, default=0.2,
+                   help="CO when probe PGD accuracy falls more than this below the reference")
+    g.add_argument("--co-reference", choices=["best", "previous"], default="best",
+                   help="the reference: best probe so far, or the previous probe (Wong et al.)")
+    g.add_argument("--co-fgsm-ratio", type=float, default=0.5,
+                   help="... while probe FGSM accuracy fell by less than this times the PGD "
+                        "fall since the reference (0: not checked, Wong et al.'s rule alone)")
+    g.add_argument("--rollback-change", choices=["auto", "step", "regularizer"], default="auto",
+                   help="what a rollback changes (auto: AAER's lamda1, else the step alpha)")
+    g.add_argument("--rollback-step-factor", type=float, default=0.75,
+                   help="rollback: alpha is multiplied by this")
+    g.add_argument("--rollback-reg-factor", type=float, default=2.0,
+                   help="rollback: lamda1 is multiplied by this")
+    g.add_argument("--max-rollbacks", type=int, default=2,
+                   help="after this many rollbacks the next CO stops the run")
+    g.add_argument("--aae-per-class", action="store_true",
+                   help="also log the AAE count and fraction per class")
+
+
+def monitor_config_kwargs(args) -> dict:
+    return {"probe_source": args.probe_source, "probe_every": args.probe_every,
+            "on_co": args.on_co, "co_drop": args.co_drop, "co_reference": args.co_reference,
+            "co_fgsm_ratio": args.co_fgsm_ratio, "rollback_change": args.rollback_change,
+            "rollback_step_factor": args.rollback_step_factor,
+            "rollback_reg_factor": args.rollback_reg_factor,
+            "max_rollbacks": args.max_rollbacks, "aae_per_class": args.aae_per_class}
 
 
 def _parse_set(items):
@@ -213,7 +253,7 @@ def config_from_args(args, *, seed_script: bool = False):
         device=args.device, precision=args.precision, eval_protocol=protocol,
         n_eval=args.n_eval, eval_batch_size=args.eval_batch_size, probe_n=args.probe_n,
         probe_steps=args.probe_steps, progress=not args.no_progress, overwrite=args.overwrite,
-        notes=notes)
+        notes=notes, **monitor_config_kwargs(args))
 
 
 def cmd_train(args, seed_script: bool = False) -> int:
@@ -500,6 +540,53 @@ def cmd_reproduce(args) -> int:
     return 0 if args.summary_only or counts["failed"] == 0 else 1
 
 
+def add_report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories to compare")
+    p.add_argument("--out", default=None, help="where report.md and the PNGs go; not given: "
+                   "the run directory for one run, the runs' common parent for several")
+    p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event "
+                   "files to <out>/tensorboard/<run> (view: tensorboard --logdir <out>/tensorboard)")
+
+
+def cmd_report(args) -> int:
+    from aaer.report import co_text, write_report
+    rep = write_report(args.run_dirs, args.out, tensorboard=args.tensorboard)
+    for r in rep["runs"]:
+        print(co_text(r).replace("**", ""))
+    print(f"report: {rep['report']}")
+    for p in rep["plots"]:
+        print(f"plot:   {p}")
+    if rep["tensorboard"]:
+        print(f"tensorboard: tensorboard --logdir {rep['tensorboard']}")
+    return 0
+
+
+def add_demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out-dir", default="runs/demo", help="where the two runs and the report go")
+    p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST .gz files; "
+                   "not given: Debian's /usr/share/datasets/fashion-mnist")
+    p.add_argument("--download", action="store_true", help="download Fashion-MNIST (MD5-"
+                   "checked) into --data-dir if it is not there")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=None, help="runs trained side by side in "
+                   "separate processes; not given: one per run, at most one per CPU core")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per job; not "
+                   "given: the CPU cores divided among the jobs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def cmd_demo(args) -> int:
+    from aaer.demo import run_demo
+    for flag, v in (("--jobs", args.jobs), ("--threads", args.threads)):
+        if v is not None and v < 1:
+            raise UsageError(f"invalid {flag} {v!r}: must be >= 1")
+    if args.download and args.data_dir is None:
+        args.data_dir = os.path.join("data", "fashion-mnist")
+    run_demo(args.out_dir, args.data_dir, args.download, args.seed,
+             progress=not args.no_progress, jobs=args.jobs, threads=args.threads)
+    return 0
+
+
 def build_parser(prog: str = "aaer") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, formatter_class=_fmt(), description=(
         "Fast adversarial training without catastrophic overfitting (AAER and baselines)."))
@@ -517,6 +604,15 @@ def build_parser(prog: str = "aaer") -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="write a finished run's weights as safetensors + JSON",
                        formatter_class=_fmt())
     add_export_args(x)
+    r = sub.add_parser("report", help="report.md and plots comparing run directories",
+                       formatter_class=_fmt())
+    add_report_args(r)
+    d = sub.add_parser("demo", help="see catastrophic overfitting on a CPU in minutes "
+                       "(RS-FGSM vs RS-AAER on Fashion-MNIST)", formatter_class=_fmt(),
+                       description="Train the CO fixture (Fashion-MNIST, small CNN, eps 0.25) "
+                       "with RS-FGSM and RS-AAER, one seed each, then write report.md and "
+                       "plots to --out-dir and print whether CO happened, in which run.")
+    add_demo_args(d)
     return p
 
 
@@ -537,6 +633,10 @@ def main(argv=None, prog: str = "aaer", seed_script: bool = False) -> int:
             return cmd_reproduce(args)
         if args.command == "export":
             return cmd_export(args)
+        if args.command == "report":
+            return cmd_report(args)
+        if args.command == "demo":
+            return cmd_demo(args)
         return cmd_list(args.command)
     except (UsageError, ValueError, FileNotFoundError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)

@@ -67,6 +67,18 @@ class TrainConfig:
     on_nan: str = "stop"                   # non-finite loss: stop | skip-batch (aaer.guard)
     compile: bool = False                  # torch.compile the model (eager for double backprop)
     channels_last: str = "auto"            # auto: NHWC for conv nets on CUDA; on; off
+    # CO monitor (aaer/monitor.py): on when probe_n > 0
+    probe_source: str = "test"             # test: first probe_n test points; holdout: train
+    probe_every: int = 0                   # also probe every N optimiser steps (0: per epoch)
+    on_co: str = "warn"                    # warn | stop | rollback
+    co_drop: float = 0.2                   # PGD probe drop from its best that flags CO
+    co_reference: str = "best"             # best | previous (Wong et al.'s code)
+    co_fgsm_ratio: float = 0.5             # FGSM may fall < this x PGD's fall; 0: off
+    rollback_change: str = "auto"          # auto | step | regularizer
+    rollback_step_factor: float = 0.75
+    rollback_reg_factor: float = 2.0
+    max_rollbacks: int = 2
+    aae_per_class: bool = False            # also log AAE counts per class
 
     @property
     def eps(self) -> float:
@@ -102,6 +114,8 @@ class TrainConfig:
             bad("--probe-n", self.probe_n, "must be >= 0")
         if self.channels_last not in ("auto", "on", "off"):
             bad("--channels-last", self.channels_last, "valid: auto, on, off")
+        from aaer.monitor import validate_monitor_config
+        validate_monitor_config(self)
 
 
 def signal_name(signum: int | None) -> str:
@@ -171,21 +185,6 @@ def close_logger(log: logging.Logger) -> None:
     for h in list(log.handlers):
         h.close()
         log.removeHandler(h)
-
-
-class Probe:
-    """Clean and PGD-k accuracy on a fixed held-out batch, once per epoch."""
-
-    def __init__(self, x, y, eps: float, steps: int, seed: int):
-        self.x, self.y, self.eps, self.steps, self.seed = x, y, eps, steps, seed
-
-    def __call__(self, model) -> dict[str, float]:
-        from aaer.evaluate import Protocol, evaluate
-        p = Protocol("probe", pgd_steps=self.steps, pgd_restarts=1,
-                     attacks=("clean", "fgsm", "pgd"))
-        rep = evaluate(model, self.x, self.y, self.eps, p, seed=self.seed)["results"]
-        return {"probe_clean_acc": rep["clean"]["acc"], "probe_fgsm_acc": rep["fgsm"]["acc"],
-                "probe_pgd_acc": rep["pgd"]["acc"]}
 
 
 def _progress_bar(total: int, desc: str, enabled: bool):
@@ -258,6 +257,13 @@ class Trainer:
         self.train_x, self.train_y = ds.train_x, ds.train_y
         if cfg.n_train is not None:
             self.train_x, self.train_y = ds.train_x[:cfg.n_train], ds.train_y[:cfg.n_train]
+        from aaer.monitor import build_monitor
+        self.monitor, self.train_x, self.train_y = build_monitor(cfg, ds, self.train_x,
+                                                                 self.train_y)
+        if self.monitor is not None:
+            self.monitor.check_method(self.method)
+        if cfg.aae_per_class:
+            self.method.aae_num_classes = ds.num_classes
         self.model = build(cfg.model, ds.num_classes, ds.in_channels, ds.image_size,
                            ds.mean, ds.std).to(self.device)
         self.channels_last = use_channels_last(cfg.channels_last, self.model, self.device)
@@ -274,10 +280,6 @@ class Trainer:
         self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg.lr_max,
                                    momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         self.sched = make_scheduler(self.opt, cfg, self.total_steps)
-        self.probe = None
-        if cfg.probe_n:
-            self.probe = Probe(ds.test_x[:cfg.probe_n], ds.test_y[:cfg.probe_n], cfg.eps,
-                               cfg.probe_steps, cfg.seed)
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
         # reliability: stop signals, divergence guard, resume state (aaer.checkpoint)
@@ -411,6 +413,8 @@ class Trainer:
                 self.interrupt(epoch, i + 1, {"loss_sum": loss_sum, "correct": correct,
                                               "stat_sums": stat_sums, "n_seen": n_seen,
                                               "seconds": time.time() - t0})
+            if self.monitor is not None and self.monitor.after_step(self, epoch, i):
+                break
         if bar is not None:
             bar.close()
         self.guard.check(epoch, self.last_good)
@@ -423,7 +427,7 @@ class Trainer:
                                **{"stat." + k: v for k, v in stat_sums.items()}}, device)
             loss_sum, correct, n_seen = red.pop("loss"), red.pop("correct"), int(red.pop("n"))
             stat_sums = {k[5:]: v for k, v in red.items()}
-        sums = {k: float(v) for k, v in stat_sums.items()}
+        sums = {k: v.tolist() if v.dim() else float(v) for k, v in stat_sums.items()}
         skipped = {"skipped_steps": self.guard.skipped} if cfg.on_nan == "skip-batch" else {}
         return {"epoch": epoch, "seconds": round(time.time() - t0, 3),
                 "lr": self.sched.get_last_lr()[0], "train_loss": float(loss_sum) / n_seen,
@@ -438,8 +442,8 @@ class Trainer:
                            "previous epoch are in checkpoint.pt)", epoch)
             raise FloatingPointError(f"training loss became {row['train_loss']} in epoch "
                                      f"{epoch}; lower --lr-max or the regulariser weights")
-        if self.probe is not None and self.is_main:
-            row.update(self.probe(self.model))
+        if self.monitor is not None:
+            self.monitor.end_epoch(self, row)
         self.history.append(row)
         if self.is_main:
             append_jsonl(self.path("metrics.jsonl"), row)
@@ -447,7 +451,8 @@ class Trainer:
                       row["seconds"], row["lr"], row["train_loss"], row["train_acc"],
                       row.get("aae_count", 0), row.get("aaer_ce_var", 0.0),
                       row.get("aaer_var_gap", 0.0),
-                      "".join(f" | {k} {row[k]:.4f}" for k in row if k.startswith("probe_")))
+                      "".join(f" | {k} {row[k]:.4f}" for k in row if k.startswith("probe_")
+                              and k != "probe_seconds"))
         self.save_checkpoint(epoch)
 
     def state_dict(self, epoch: int, partial: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -472,7 +477,8 @@ class Trainer:
                          "shape": list(self.train_x.shape[1:]),
                          "num_classes": self.dataset.num_classes, "sha256": self.data_sha256},
                 "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "aaer": __version__,
-                "precision": self.prec.state_dict()}
+                "precision": self.prec.state_dict(),
+                **({"monitor": self.monitor.state_dict()} if self.monitor is not None else {})}
 
     def save_checkpoint(self, epoch: int, partial: dict[str, Any] | None = None) -> None:
         """Atomically replace checkpoint.pt, never with non-finite weights."""
@@ -506,6 +512,8 @@ class Trainer:
         self.method.load_state_dict(ckpt["method"])
         if "precision" in ckpt:
             self.prec.load_state_dict(ckpt["precision"])
+        if self.monitor is not None and "monitor" in ckpt:
+            self.monitor.load_state_dict(ckpt["monitor"], self)
         self.loader.load_state_dict(ckpt["loader"])
         self.history = list(ckpt["history"])
         self.partial = ckpt["partial"]
@@ -555,18 +563,23 @@ class Trainer:
                                   "train --resume %s", signal_name(self.stop.signum), epoch,
                                   self.cfg.out_dir)
                     raise TrainingInterrupted(self.stop.signum, self.cfg.out_dir, epoch + 1, 0)
+                if self.monitor is not None and self.monitor.should_stop:
+                    break
             self.stop.restore()                 # evaluation may be stopped at once
             train_seconds = time.time() - t_train + self.seconds_before
             if self.is_main:
                 atomic_torch_save(self.path("model.pt"), self.model.net.state_dict())
             self.log.info("Total train time: %.4f minutes", train_seconds / 60)
-            epochs_run = self.cfg.epochs - (0 if self.resumed else self.start_epoch)
+            # train_seconds covers every epoch run so far, resumed ones included
+            epochs_run = self.history[-1]["epoch"] + 1 if self.history else self.cfg.epochs
             results: dict[str, Any] = {
                 "train_seconds": round(train_seconds, 3),
                 "seconds_per_epoch": round(train_seconds / max(epochs_run, 1), 3),
                 "epochs": self.cfg.epochs, "final_epoch": self.history[-1]}
             if self.resumes:
                 results["resumes"] = self.resumes
+            if self.monitor is not None:
+                results["monitor"] = self.monitor.summary()
             report = self.evaluate_final()
             if report is not None:
                 results["evaluation"] = report

@@ -111,7 +111,7 @@ class AAER(SingleStepAttack):
         z0, l0, z1, l1, _ = self.attack(model, x, y, ctx)
         reg, parts = aaer_regularizer(z0, z1, l0, l1, self.lamda1, self.lamda2,
                                       self.lamda3, self.mode, ctx.batch_sum)
-        stats = aae_statistics(z0, z1.detach(), l0, l1.detach())
+        stats = aae_statistics(z0, z1.detach(), l0, l1.detach(), y, self.aae_num_classes)
         # the reference's per-epoch log: CEvar and AV - NV, weighted by m, when active
         # (this process's m: the sums are added up over processes once per epoch)
         on = parts["active"].float() * parts["m_local"]

@@ -67,6 +67,7 @@ class Method:
     source: str = ""
     single_step: bool = False    # makes a single-step attack: AAE statistics are logged
     replays: int = 1             # optimiser steps per minibatch (Free-AT: m)
+    aae_num_classes: int = 0     # > 0: also count AAEs per class (set by the trainer)
     presets: dict[str, dict[str, Any]] = {}
 
     def __init__(self, eps: float):
@@ -132,25 +133,33 @@ def forward_with_input_grad(model, x_in: Tensor, y: Tensor):
     return z.detach(), l.detach(), grad.detach()
 
 
-def aae_statistics(z0: Tensor, z1: Tensor, l0: Tensor, l1: Tensor) -> dict[str, Tensor]:
+def aae_statistics(z0: Tensor, z1: Tensor, l0: Tensor, l1: Tensor, y: Tensor | None = None,
+                   num_classes: int = 0) -> dict[str, Tensor]:
     """Abnormal-adversarial-example statistics of one batch, as device-resident sums.
 
     AAE: the attack step lowered the loss, l0 > l1 (l0 at the noisy start x+eta).
+    With labels ``y`` and ``num_classes`` > 0, also the AAE count and the number of
+    examples per class (vectors of length num_classes).
     """
     with torch.no_grad():
         z0, z1, l0, l1 = z0.float(), z1.float(), l0.float(), l1.float()
         aae_mask = l0 > l1
         aae = aae_mask.float()
         var = (z1 - z0).pow(2).sum(dim=1)           # ||z1 - z0||^2 per example
-        return {
+        out = {
             "aae_count": aae.sum(),
             "aae_ce_drop_sum": (aae * (l0 - l1)).sum(),
             "aae_var_sum": (aae * var).sum(),
             "nae_var_sum": ((1 - aae) * var).sum(),
         }
+        if y is not None and num_classes > 0:
+            onehot = F.one_hot(y, num_classes).float()      # a matmul: deterministic sums
+            out["aae_count_per_class"] = aae @ onehot
+            out["n_per_class"] = onehot.sum(dim=0)
+        return out
 
 
-def summarize_aae(sums: dict[str, float], n: int) -> dict[str, float]:
+def summarize_aae(sums: dict[str, Any], n: int) -> dict[str, Any]:
     m = sums.get("aae_count", 0.0)
     out = {
         "aae_count": int(round(m)),
@@ -159,6 +168,10 @@ def summarize_aae(sums: dict[str, float], n: int) -> dict[str, float]:
         "aae_logit_var": sums.get("aae_var_sum", 0.0) / m if m else 0.0,
         "nae_logit_var": sums.get("nae_var_sum", 0.0) / (n - m) if n - m else 0.0,
     }
+    if "aae_count_per_class" in sums:
+        counts, totals = sums["aae_count_per_class"], sums["n_per_class"]
+        out["aae_count_per_class"] = [int(round(c)) for c in counts]
+        out["aae_fraction_per_class"] = [c / t if t else 0.0 for c, t in zip(counts, totals)]
     return out
 
 

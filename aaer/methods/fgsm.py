@@ -77,7 +77,8 @@ class SingleStepAttack(Method):
     def step(self, model, x, y, ctx: StepContext) -> StepOutput:
         z0, l0, z1, l1, _ = self.attack(model, x, y, ctx)
         return StepOutput(loss=l1.mean(), logits=z1.detach(),
-                          stats=aae_statistics(z0, z1.detach(), l0, l1.detach()))
+                          stats=aae_statistics(z0, z1.detach(), l0, l1.detach(), y,
+                                                self.aae_num_classes))
 
 
 class FGSM(SingleStepAttack):

@@ -1,0 +1,230 @@
+"""The CPU-scale catastrophic-overfitting fixture and ``aaer demo``.
+
+The fixture (``CO_FIXTURE``) is a setting in which single-step adversarial training
+overfits catastrophically within minutes on a 2-core CPU: Fashion-MNIST (the first
+10,000 training images), the 16-channel ``small-cnn``, eps 0.25 (63.75/255), 10 epochs
+of batch 64 with a cyclic lr 0 -> 0.2 -> 0, and the CO monitor probing PGD-10 and FGSM
+accuracy on the first 500 test points after every epoch. ``co_fixture_config`` turns
+it into a TrainConfig for any method; AAER's lambdas follow the project's published-value
+rule (the CIFAR-10 entry at the nearest eps, here eps 32/255), fixed before any seed
+was looked at.
+
+``aaer demo`` trains RS-FGSM and RS-AAER on it (one seed each), writes report.md and the
+plots, and prints a two-line verdict.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+from aaer.train import TrainConfig
+
+FIXTURE_EPSILON = 63.75         # 0.25 in pixel units, in 1/255 units as every --epsilon
+
+CO_FIXTURE: dict[str, Any] = {
+    "name": "co-fixture",
+    "description": ("Fashion-MNIST, first 10000 training images, small-cnn (width 16), eps "
+                    "0.25 (63.75/255), 10 epochs, batch 64, SGD 0.9 / 5e-4, cyclic lr "
+                    "0 -> 0.2 -> 0 peaking at 1/2, no augmentation; per-epoch CO probe PGD-10 "
+                    "(step eps/4) + FGSM on the first 500 test points; final evaluation "
+                    "PGD-10-1 on the first 1000 test points (protocol 'quick'). AAER lambdas: "
+                    "the CIFAR-10 eps-32 entry (the nearest published eps)."),
+    "dataset": "fashion-mnist",
+    "n_train": 10000,
+    "model": "small-cnn",
+    "epsilon": FIXTURE_EPSILON,
+    "epochs": 10,
+    "batch_size": 64,
+    "lr_max": 0.2,
+    "lr_peak": 0.5,
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "probe_n": 500,
+    "probe_steps": 10,
+    "eval_protocol": "quick",
+    "n_eval": 1000,
+}
+
+DEMO_METHODS = ("rs-fgsm", "rs-aaer")
+
+
+def co_fixture_config(method: str, seed: int, out_dir: str, data_dir=None) -> TrainConfig:
+    """The fixture as a TrainConfig for ``method`` and ``seed`` writing to ``out_dir``."""
+    from aaer.methods import METHODS
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    f = CO_FIXTURE
+    hp: dict[str, Any] = {}
+    notes = [f"co-fixture: {f['description']}"]
+    published = getattr(METHODS[method], "published", None)
+    if published is not None:
+        (l2, l3), how = published(f["dataset"], f["epsilon"])
+        hp.update(lamda2=l2, lamda3=l3)
+        notes.append(f"{method} lamda2={l2}, lamda3={l3}: {how}")
+    return TrainConfig(
+        out_dir=out_dir, dataset=f["dataset"], data_dir=data_dir, n_train=f["n_train"],
+        model=f["model"], method=method, method_hparams=hp, epsilon=f["epsilon"],
+        epochs=f["epochs"], batch_size=f["batch_size"], lr_schedule="cyclic", lr_max=f["lr_max"],
+        lr_peak=f["lr_peak"], momentum=f["momentum"], weight_decay=f["weight_decay"],
+        seed=seed, device="cpu", eval_protocol=f["eval_protocol"], n_eval=f["n_eval"],
+        probe_n=f["probe_n"], probe_steps=f["probe_steps"], notes=notes)
+
+
+DATA_HELP = """Fashion-MNIST was not found{where}.
+Get it in one of three ways:
+  1. Debian/Ubuntu:  sudo apt-get install -y dataset-fashion-mnist
+                     (installs /usr/share/datasets/fashion-mnist, found automatically)
+  2. download:       aaer demo --download --data-dir data/fashion-mnist
+                     (fetches the four official .gz files and checks their MD5 sums)
+  3. by hand:        put train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz,
+                     t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz into a
+                     folder and pass it as --data-dir
+({error})"""
+
+
+def load_fixture_data(data_dir=None, download: bool = False):
+    """Fashion-MNIST for the fixture; FileNotFoundError with the three ways to get it."""
+    from aaer.data import load_dataset
+    try:
+        return load_dataset(CO_FIXTURE["dataset"], data_dir, download=download)
+    except (FileNotFoundError, OSError) as e:
+        where = f" in {data_dir}" if data_dir else " at /usr/share/datasets/fashion-mnist"
+        raise FileNotFoundError(DATA_HELP.format(where=where, error=e)) from None
+
+
+def verdict(runs) -> list[str]:
+    """Two lines: which runs hit CO (with the evidence) and which did not."""
+    co, no = [], []
+    for r in runs:
+        e = r.co_epoch()
+        probe = [row for row in r.rows if "probe_pgd_acc" in row]
+        if e is not None:
+            ev = r.co_events()[0]["evidence"]
+            co.append(f"{r.label} at epoch {e} (probe PGD {ev['pgd_ref']:.3f} at epoch "
+                      f"{ev['ref_epoch']} -> {ev['pgd_now']:.3f}, FGSM {ev['fgsm_now']:.3f})")
+        else:
+            last = probe[-1] if probe else {}
+            no.append(f"{r.label} (final probe PGD {last.get('probe_pgd_acc', float('nan')):.3f}, "
+                      f"clean {last.get('probe_clean_acc', float('nan')):.3f})")
+    return [("CO happened: " + "; ".join(co)) if co else "CO happened in no run.",
+            ("No CO: " + "; ".join(no)) if no else "No run escaped CO."]
+
+
+def _fit_worker(cfg: TrainConfig, data, threads: int) -> dict[str, Any]:
+    """Train one fixture run in a worker process (its log goes to train.log only)."""
+    import torch
+
+    from aaer.train import Trainer
+    torch.set_num_threads(threads)
+    sys.stderr = open(os.devnull, "w")
+    if data is None:
+        data = load_fixture_data(cfg.data_dir, False)
+    return Trainer(cfg, data).fit()
+
+
+def progress_line(method: str, row: dict, epochs: int) -> str:
+    line = (f"  {method:<8} epoch {row['epoch'] + 1:>2}/{epochs} | train acc "
+            f"{row['train_acc']:.3f} | AAEs {row.get('aae_count', 0):>5} | probe clean "
+            f"{row.get('probe_clean_acc', float('nan')):.3f} FGSM "
+            f"{row.get('probe_fgsm_acc', float('nan')):.3f} PGD "
+            f"{row.get('probe_pgd_acc', float('nan')):.3f} | {row['seconds']:.0f} s")
+    for ev in row.get("co_events", []):
+        e = ev["evidence"]
+        line += (f"\n  {method:<8} CO flagged at epoch {ev['epoch']}: probe PGD "
+                 f"{e['pgd_ref']:.3f} -> {e['pgd_now']:.3f}, FGSM {e['fgsm_now']:.3f}")
+    return line
+
+
+def _run_parallel(cfgs, data, jobs: int, threads: int, stream) -> None:
+    """Train the runs in ``jobs`` worker processes, printing each finished epoch."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from aaer.io import read_jsonl
+    seen = {c.out_dir: 0 for c in cfgs}
+
+    def report_new():
+        for c in cfgs:
+            rows = read_jsonl(os.path.join(c.out_dir, "metrics.jsonl"))
+            for row in rows[seen[c.out_dir]:]:
+                print(progress_line(c.method, row, c.epochs), file=stream, flush=True)
+            seen[c.out_dir] = len(rows)
+
+    for c in cfgs:        # a stale metrics.jsonl must not be reported as progress
+        path = os.path.join(c.out_dir, "metrics.jsonl")
+        if os.path.exists(path):
+            os.remove(path)
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(_fit_worker, c, data, threads) for c in cfgs]
+        while not all(f.done() for f in futures):
+            time.sleep(1.0)
+            report_new()
+        report_new()
+        for c, f in zip(cfgs, futures):
+            if f.exception() is not None:
+                raise RuntimeError(f"{c.method} run failed (see {c.out_dir}/train.log): "
+                                   f"{f.exception()}") from f.exception()
+
+
+def run_demo(out_dir: str = "runs/demo", data_dir=None, download: bool = False,
+             seed: int = 0, methods=DEMO_METHODS, progress: bool = True,
+             epochs: int | None = None, jobs: int | None = None, threads: int | None = None,
+             data=None, stream=None) -> dict[str, Any]:
+    """Train the fixture for each method, write the report, print the verdict.
+
+    ``jobs`` runs train side by side in separate processes (default: one per method, at
+    most one per CPU core), each with ``threads`` torch threads (default: the cores
+    divided among the jobs). With one job the runs train here, one after the other.
+    ``data`` replaces the Fashion-MNIST look-up (a stand-in data set for tests).
+    """
+    import torch
+
+    from aaer.report import write_report
+    from aaer.train import Trainer
+    stream = stream or sys.stdout
+    t0 = time.time()
+    cores = os.cpu_count() or 1
+    jobs = jobs or max(1, min(len(methods), cores))
+    threads = threads or max(1, cores // jobs)
+    if data is None:
+        data = load_fixture_data(data_dir, download)
+        worker_data = None
+    else:
+        worker_data = data
+    print(f"Fashion-MNIST: {data.source or data_dir}", file=stream)
+    cfgs = []
+    for method in methods:
+        cfg = co_fixture_config(method, seed, os.path.join(out_dir, method), data_dir)
+        if epochs is not None:
+            cfg.epochs = epochs
+        cfg.progress = progress and jobs == 1
+        cfg.overwrite = True
+        cfg.validate()
+        cfgs.append(cfg)
+    print(f"training {', '.join(methods)} (seed {seed}, {cfgs[0].epochs} epochs on "
+          f"{cfgs[0].n_train} images, eps {cfgs[0].epsilon / 255:.2g}) in {jobs} process(es) "
+          f"with {threads} thread(s) each -> {out_dir}", file=stream, flush=True)
+    if jobs > 1:
+        _run_parallel(cfgs, worker_data, jobs, threads, stream)
+    else:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            for k, cfg in enumerate(cfgs, 1):
+                print(f"[{k}/{len(cfgs)}] {cfg.method} -> {cfg.out_dir}", file=stream,
+                      flush=True)
+                Trainer(cfg, data).fit()
+        finally:
+            torch.set_num_threads(before)
+    rep = write_report([c.out_dir for c in cfgs], out_dir)
+    lines = verdict(rep["runs"])
+    print("", file=stream)
+    print(f"report:  {rep['report']}", file=stream)
+    for p in rep["plots"]:
+        print(f"plot:    {p}", file=stream)
+    print(f"wall time: {time.time() - t0:.0f} s", file=stream)
+    for line in lines:
+        print(line, file=stream)
+    return {**rep, "verdict": lines, "seconds": time.time() - t0}

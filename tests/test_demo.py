@@ -1,0 +1,101 @@
+"""aaer demo and the CO fixture: the fixture's configuration, the AAER lambdas rule, the
+missing-data message, the verdict, and the whole demo flow on a small stand-in data set."""
+import io
+import os
+
+import pytest
+import torch
+
+import aaer.demo as demo
+from aaer.cli import main
+from aaer.data.datasets import Dataset
+from aaer.report import load_run
+from tests.test_report import CO_RUN, OK_RUN, make_run
+
+
+def test_fixture_config():
+    cfg = demo.co_fixture_config("rs-fgsm", 3, "runs/x")
+    assert (cfg.dataset, cfg.n_train, cfg.model, cfg.epsilon) == \
+        ("fashion-mnist", 10000, "small-cnn", 63.75)
+    assert (cfg.epochs, cfg.batch_size, cfg.lr_max, cfg.lr_peak) == (10, 64, 0.2, 0.5)
+    assert (cfg.seed, cfg.out_dir, cfg.method_hparams) == (3, "runs/x", {})
+    assert cfg.probe_n == 500 and cfg.probe_steps == 10 and cfg.on_co == "warn"
+    assert cfg.eps == pytest.approx(0.25) and cfg.eval_protocol == "quick"
+    cfg.validate()
+
+
+@pytest.mark.parametrize("method, lamdas", [("rs-aaer", (5.75, 1.5)), ("n-aaer", (2.75, 0.75))])
+def test_fixture_aaer_lambdas_are_the_nearest_published_eps(method, lamdas):
+    cfg = demo.co_fixture_config(method, 0, "runs/x", data_dir="/d")
+    assert (cfg.method_hparams["lamda2"], cfg.method_hparams["lamda3"]) == lamdas
+    assert cfg.data_dir == "/d"
+    assert any("using cifar10 eps 32" in n for n in cfg.notes)
+
+
+def test_fixture_rejects_unknown_methods():
+    with pytest.raises(ValueError, match="unknown method 'rs-fgsmx'"):
+        demo.co_fixture_config("rs-fgsmx", 0, "runs/x")
+
+
+def test_missing_data_says_exactly_how_to_get_it(tmp_path, capsys):
+    empty = tmp_path / "nothing-here"
+    empty.mkdir()
+    assert main(["demo", "--data-dir", str(empty), "--out-dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"Fashion-MNIST was not found in {empty}" in err
+    assert "sudo apt-get install -y dataset-fashion-mnist" in err
+    assert "aaer demo --download" in err and "t10k-labels-idx1-ubyte.gz" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_verdict_lines(tmp_path):
+    a = load_run(make_run(str(tmp_path / "rs-fgsm"), "rs-fgsm", CO_RUN))
+    b = load_run(make_run(str(tmp_path / "rs-aaer"), "rs-aaer", OK_RUN))
+    a.label, b.label = "rs-fgsm", "rs-aaer"
+    assert demo.verdict([a, b]) == [
+        "CO happened: rs-fgsm at epoch 4 (probe PGD 0.310 at epoch 2 -> 0.050, FGSM 0.700)",
+        "No CO: rs-aaer (final probe PGD 0.280, clean 0.660)"]
+    assert demo.verdict([b]) == ["CO happened in no run.",
+                                 "No CO: rs-aaer (final probe PGD 0.280, clean 0.660)"]
+    assert demo.verdict([a])[1] == "No run escaped CO."
+
+
+def _stand_in(monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    img = lambda n: torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8, generator=g)
+    lab = lambda n: torch.randint(0, 10, (n,), generator=g)
+    monkeypatch.setitem(demo.CO_FIXTURE, "n_train", 128)
+    monkeypatch.setitem(demo.CO_FIXTURE, "probe_n", 40)
+    monkeypatch.setitem(demo.CO_FIXTURE, "n_eval", 40)
+    return Dataset("fashion-mnist", img(160), lab(160), img(80), lab(80),
+                   [str(i) for i in range(10)], (0.286,), (0.353,), source="stand-in")
+
+
+def test_demo_flow_two_processes(tmp_path, monkeypatch):
+    out = io.StringIO()
+    res = demo.run_demo(str(tmp_path / "demo"), epochs=2, jobs=2, threads=1,
+                        data=_stand_in(monkeypatch), stream=out)
+    text = out.getvalue()
+    assert "training rs-fgsm, rs-aaer (seed 0, 2 epochs on 128 images, eps 0.25) in 2 " \
+           "process(es) with 1 thread(s) each" in text
+    for m in ("rs-fgsm", "rs-aaer"):
+        assert os.path.isfile(tmp_path / "demo" / m / "results.json")
+        for e in (1, 2):                          # each epoch reported once, as it finished
+            assert text.count(f"  {m:<8} epoch  {e}/2 | train acc ") == 1
+    assert f"report:  {tmp_path / 'demo' / 'report.md'}" in text
+    assert text.count("plot:    ") == 3
+    assert text.rstrip().splitlines()[-2:] == res["verdict"]
+    assert len(res["runs"]) == 2 and all(len(r.rows) == 2 for r in res["runs"])
+    # the same numbers as a run trained here: the worker process changes nothing
+    rows = res["runs"][0].rows
+    solo = demo.run_demo(str(tmp_path / "solo"), methods=("rs-fgsm",), epochs=2, jobs=1,
+                         threads=1, data=_stand_in(monkeypatch), progress=False,
+                         stream=io.StringIO())
+    assert [r["train_loss"] for r in solo["runs"][0].rows] == [r["train_loss"] for r in rows]
+    assert [r["probe_pgd_acc"] for r in solo["runs"][0].rows] == \
+        [r["probe_pgd_acc"] for r in rows]
+
+
+def test_cli_demo_rejects_bad_jobs(capsys):
+    assert main(["demo", "--jobs", "0"]) == 2
+    assert "invalid --jobs 0" in capsys.readouterr().err

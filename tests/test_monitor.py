@@ -1,0 +1,319 @@
+"""The CO monitor: the rule on given probe values, the probe batch, the responses
+(warn / stop / rollback) inside a real Trainer with scripted probe values, mid-epoch
+probing, that probing leaves training untouched, and per-class AAE counts."""
+import json
+
+import pytest
+import torch
+
+from aaer.data.datasets import Dataset
+from aaer.methods.base import aae_statistics, summarize_aae
+from aaer.monitor import COMonitor, CORule, select_probe_data
+from aaer.train import TrainConfig, Trainer
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one torch thread is faster than two, and far faster on a busy CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _rec(epoch, pgd, fgsm=0.5, clean=0.8):
+    return {"epoch": epoch, "step": (epoch + 1) * 10, "clean": clean, "fgsm": fgsm, "pgd": pgd}
+
+
+# -- the rule --------------------------------------------------------------------------
+
+def test_rule_flags_a_drop_from_the_best_with_fgsm_high():
+    hist = [_rec(0, 0.125), _rec(1, 0.375, 0.5), _rec(2, 0.25)]
+    ev = CORule().check(hist, _rec(3, 0.0625, fgsm=0.75))
+    assert ev is not None
+    assert (ev["pgd_ref"], ev["ref_epoch"], ev["pgd_now"]) == (0.375, 1, 0.0625)
+    assert ev["pgd_drop"] == pytest.approx(0.3125)
+    assert (ev["fgsm_now"], ev["fgsm_ref"]) == (0.75, 0.5)
+    assert "more than 0.2 below its best" in ev["rule"]
+
+
+def test_rule_needs_a_drop_of_more_than_the_threshold():
+    hist = [_rec(0, 0.75)]
+    assert CORule(drop=0.25).check(hist, _rec(1, 0.5)) is None        # exactly 0.25: no
+    assert CORule(drop=0.25).check(hist, _rec(1, 0.49)) is not None
+    assert CORule().check([], _rec(0, 0.0)) is None                     # nothing to compare
+
+
+def test_fgsm_clause_separates_co_from_a_diverging_run():
+    hist = [_rec(0, 0.5, fgsm=0.625)]
+    diverged = _rec(1, 0.125, fgsm=0.375)       # PGD fell 0.375, FGSM 0.25: not < 0.1875
+    assert CORule().check(hist, diverged) is None
+    assert CORule(fgsm_ratio=0.75).check(hist, diverged) is not None     # 0.25 < 0.28125
+    assert CORule(fgsm_ratio=None).check(hist, diverged) is not None     # Wong et al. alone
+    assert CORule().check(hist, _rec(1, 0.125, fgsm=0.5)) is not None    # fell 0.125 < 0.1875
+    assert CORule().check(hist, _rec(1, 0.125, fgsm=0.875)) is not None  # rose
+
+
+def test_previous_reference_is_wong_et_al_rule():
+    hist = [_rec(0, 0.6), _rec(1, 0.35)]
+    cur = _rec(2, 0.25)
+    assert CORule(reference="previous").check(hist, cur) is None        # 0.10 below previous
+    ev = CORule(reference="best").check(hist, cur)
+    assert ev["ref_epoch"] == 0 and ev["pgd_drop"] == pytest.approx(0.35)
+
+
+@pytest.mark.parametrize("kwargs, word", [({"drop": 0}, "drop"), ({"drop": 1.5}, "drop"),
+                                          ({"reference": "worst"}, "reference"),
+                                          ({"fgsm_ratio": 1.5}, "ratio"),
+                                          ({"fgsm_ratio": 0}, "ratio")])
+def test_rule_rejects_bad_settings(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        CORule(**kwargs)
+
+
+# -- the probe batch -------------------------------------------------------------------
+
+def test_probe_data_sources():
+    tx, ty = torch.arange(100).view(100, 1, 1, 1), torch.arange(100)
+    vx, vy = 1000 + torch.arange(30).view(30, 1, 1, 1), 1000 + torch.arange(30)
+    px, py, kx, ky, text = select_probe_data("test", 20, tx, ty, vx, vy)
+    assert py.tolist() == list(range(1000, 1020)) and ky.tolist() == list(range(100))
+    assert text == "the first 20 test points"
+    # holdout after the first n_train images: training keeps all of them
+    px, py, kx, ky, text = select_probe_data("holdout", 20, tx, ty, vx, vy, n_train=60)
+    assert py.tolist() == list(range(60, 80)) and ky.tolist() == list(range(60))
+    # no room after n_train: the last 20 of the training images leave training
+    px, py, kx, ky, text = select_probe_data("holdout", 20, tx, ty, vx, vy, n_train=90)
+    assert py.tolist() == list(range(70, 90)) and ky.tolist() == list(range(70))
+    assert "held out of training" in text
+    px, py, kx, ky, _ = select_probe_data("holdout", 20, tx, ty, vx, vy)
+    assert py.tolist() == list(range(80, 100)) and ky.tolist() == list(range(80))
+    with pytest.raises(ValueError, match="--probe-source 'train'"):
+        select_probe_data("train", 20, tx, ty, vx, vy)
+    with pytest.raises(ValueError, match="exceeds the 30 test points"):
+        select_probe_data("test", 31, tx, ty, vx, vy)
+    with pytest.raises(ValueError, match="leaves no training images"):
+        select_probe_data("holdout", 100, tx, ty, vx, vy)
+
+
+# -- inside the trainer ----------------------------------------------------------------
+
+def _dataset(n_train=192, n_test=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    img = lambda n: torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8, generator=g)
+    lab = lambda n: torch.randint(0, 4, (n,), generator=g)
+    return Dataset("synthetic", img(n_train), lab(n_train), img(n_test), lab(n_test),
+                   ["a", "b", "c", "d"], (0.5,), (0.5,))
+
+
+def _cfg(tmp_path, name, **kw):
+    base = dict(out_dir=str(tmp_path / name), dataset="synthetic", model="small-cnn",
+                method="rs-aaer", method_hparams={"lamda2": 2.5, "lamda3": 1.5}, epsilon=32,
+                epochs=5, batch_size=64, lr_max=0.05, eval_protocol=None, probe_n=32,
+                progress=False, device="cpu", seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _scripted(monkeypatch, pgd, fgsm):
+    """Make every probe return the next (pgd, fgsm) pair, so the rule's input is known."""
+    calls = []
+
+    def measure(self, model):
+        i = len(calls)
+        calls.append(i)
+        return {"clean": 0.9, "fgsm": fgsm[i], "pgd": pgd[i], "seconds": 0.0}
+
+    monkeypatch.setattr(COMonitor, "measure", measure)
+    return calls
+
+
+def _rows(cfg):
+    with open(f"{cfg.out_dir}/metrics.jsonl") as f:
+        return [json.loads(l) for l in f]
+
+
+PGD = [0.25, 0.5, 0.125, 0.0625, 0.0625]
+FGSM = [0.25, 0.375, 0.5, 0.625, 0.625]
+
+
+def test_warn_records_flag_epoch_and_evidence(tmp_path, monkeypatch):
+    _scripted(monkeypatch, PGD, FGSM)
+    cfg = _cfg(tmp_path, "warn")
+    res = Trainer(cfg, _dataset()).fit()
+    rows = _rows(cfg)
+    assert [r["co_flag"] for r in rows] == [False, False, True, True, True]
+    assert [r["co_epoch"] for r in rows] == [None, None, 2, 2, 2]
+    assert [r["probe_pgd_acc"] for r in rows] == PGD
+    ev = rows[2]["co_events"][0]
+    assert ev["response"] == "warn" and ev["evidence"]["ref_epoch"] == 1
+    assert ev["evidence"]["pgd_drop"] == pytest.approx(0.375)
+    mon = res["monitor"]
+    assert mon["co_detected"] and mon["co_epoch"] == 2 and len(mon["events"]) == 3
+    assert mon["best_probe"]["epoch"] == 1 and mon["stopped"] is None
+    assert mon["probe"]["n"] == 32 and mon["probe"]["pgd_steps"] == 10
+    log = (tmp_path / "warn" / "train.log").read_text()
+    assert "CO detected at epoch 2: probe PGD acc 0.1250, 0.3750 below 0.5000 (epoch 1)" in log
+    best = torch.load(tmp_path / "warn" / "best_probe.pt", weights_only=True)
+    assert best["epoch"] == 1 and best["probe"]["pgd"] == 0.5
+
+
+def test_stop_ends_training_with_the_best_probe_weights(tmp_path, monkeypatch):
+    _scripted(monkeypatch, PGD, FGSM)
+    cfg = _cfg(tmp_path, "stop", on_co="stop")
+    trainer = Trainer(cfg, _dataset())
+    reached = {}
+    mon_end = trainer.monitor.end_epoch
+
+    def spy(tr, row):
+        reached[row["epoch"]] = {k: v.clone() for k, v in tr.model.net.state_dict().items()}
+        mon_end(tr, row)
+
+    trainer.monitor.end_epoch = spy
+    res = trainer.fit()
+    rows = _rows(cfg)
+    assert len(rows) == 3 and rows[-1]["co_stop"] and res["final_epoch"]["epoch"] == 2
+    assert res["monitor"]["stopped"]["restored_from"]["epoch"] == 1
+    best = torch.load(tmp_path / "stop" / "best_probe.pt", weights_only=True)["model"]
+    final = torch.load(tmp_path / "stop" / "model.pt", weights_only=True)
+    assert best.keys() == final.keys()
+    assert all(torch.equal(best[k], final[k]) for k in best)
+    assert all(torch.equal(best[k], reached[1][k]) for k in best)       # epoch 1's weights
+    assert not all(torch.equal(best[k], reached[2][k]) for k in best)   # not epoch 2's
+
+
+def test_rollback_restores_and_strengthens_the_regulariser_then_stops(tmp_path, monkeypatch):
+    _scripted(monkeypatch, [0.25, 0.5, 0.125, 0.5, 0.0625], [0.25, 0.375, 0.5, 0.5, 0.625])
+    cfg = _cfg(tmp_path, "rb", on_co="rollback", max_rollbacks=1)
+    trainer = Trainer(cfg, _dataset())
+    res = trainer.fit()
+    rows = _rows(cfg)
+    rb = res["monitor"]["rollbacks"]
+    assert len(rb) == 1 and rb[0]["epoch"] == 2 and rb[0]["restored_from"]["epoch"] == 1
+    assert (rb[0]["param"], rb[0]["old"], rb[0]["new"]) == ("lamda1", 1.0, 2.0)
+    assert trainer.method.lamda1 == 2.0 and rows[2]["method_changes"] == {"lamda1": 2.0}
+    # the second CO (epoch 4, 0.4375 below the best 0.5) exceeds --max-rollbacks 1: stop
+    assert res["monitor"]["stopped"]["epoch"] == 4 and len(rows) == 5
+    assert rows[4]["co_events"][0]["response"] == "stop (max rollbacks reached)"
+    # the best probe was at epoch 1 (0.5 first; the equal 0.5 at epoch 3 is not better)
+    assert res["monitor"]["best_probe"]["epoch"] == 1
+
+
+def test_rollback_of_a_plain_method_shrinks_the_step_and_keeps_the_schedule(tmp_path,
+                                                                             monkeypatch):
+    _scripted(monkeypatch, [0.25, 0.5, 0.125, 0.375, 0.375], [0.25, 0.375, 0.5, 0.5, 0.5])
+    cfg = _cfg(tmp_path, "rb2", method="rs-fgsm", method_hparams={}, on_co="rollback")
+    trainer = Trainer(cfg, _dataset())
+    seen = {}
+    end_epoch = trainer.end_epoch
+
+    def spy(row):
+        end_epoch(row)
+        if row["epoch"] == 2:
+            seen["lr"] = trainer.opt.param_groups[0]["lr"]
+            seen["sched_lr"] = trainer.sched.get_last_lr()[0]
+            seen["w"] = {k: v.clone() for k, v in trainer.model.net.state_dict().items()}
+
+    trainer.end_epoch = spy
+    res = trainer.fit()
+    assert trainer.method.alpha == pytest.approx(1.25 * 0.75)
+    assert res["monitor"]["rollbacks"][0]["param"] == "alpha"
+    assert seen["lr"] == pytest.approx(seen["sched_lr"])   # the schedule's lr, not epoch 1's
+    best = torch.load(tmp_path / "rb2" / "best_probe.pt", weights_only=True)["model"]
+    assert all(torch.equal(best[k], seen["w"][k]) for k in best)
+    assert res["monitor"]["stopped"] is None and len(_rows(cfg)) == 5
+
+
+def test_rollback_that_cannot_apply_fails_before_training(tmp_path):
+    cfg = _cfg(tmp_path, "bad", method="rs-fgsm", method_hparams={}, on_co="rollback",
+               rollback_change="regularizer")
+    with pytest.raises(ValueError, match="no regulariser weight"):
+        Trainer(cfg, _dataset())
+
+
+@pytest.mark.parametrize("kw, msg", [
+    ({"probe_n": 0, "on_co": "stop"}, "--on-co stop needs the CO probe"),
+    ({"on_co": "panic"}, "invalid --on-co 'panic'"),
+    ({"probe_every": -1}, "--probe-every"),
+    ({"co_drop": 0.0}, "CO drop"),
+    ({"co_fgsm_ratio": -1.0}, "--co-fgsm-ratio"),
+    ({"probe_source": "train"}, "--probe-source"),
+    ({"rollback_step_factor": 1.5}, "--rollback-step-factor"),
+    ({"rollback_reg_factor": 0.5}, "--rollback-reg-factor"),
+])
+def test_config_errors_name_the_bad_value(tmp_path, kw, msg):
+    with pytest.raises(ValueError, match=msg.replace("(", r"\(")):
+        _cfg(tmp_path, "x", **kw).validate()
+
+
+def test_probe_every_n_steps_and_a_mid_epoch_stop(tmp_path, monkeypatch):
+    # 3 steps per epoch, a probe every 2 steps plus one at each epoch end
+    _scripted(monkeypatch, [0.25, 0.5, 0.5, 0.0625, 0.0], [0.25, 0.5, 0.5, 0.5, 0.5])
+    cfg = _cfg(tmp_path, "steps", probe_every=2, on_co="stop", epochs=3)
+    res = Trainer(cfg, _dataset()).fit()
+    with open(tmp_path / "steps" / "probes.jsonl") as f:
+        probes = [json.loads(l) for l in f]
+    assert [(p["epoch"], p["step"]) for p in probes] == [(0, 2), (0, 3), (1, 4), (1, 6)]
+    assert probes[-1]["co"] is True
+    rows = _rows(cfg)
+    # CO at step 6 = the end of epoch 1: training stops there, epoch 2 never runs
+    assert len(rows) == 2 and rows[1]["co_stop"] and res["monitor"]["stopped"]["step"] == 6
+    assert res["monitor"]["stopped"]["restored_from"]["step"] == 3  # first 0.5 (step 3)
+
+
+def test_mid_epoch_stop_cuts_the_epoch_short(tmp_path, monkeypatch):
+    _scripted(monkeypatch, [0.5, 0.0, 0.0], [0.5, 0.5, 0.5])
+    cfg = _cfg(tmp_path, "cut", probe_every=1, on_co="stop", epochs=2)
+    Trainer(cfg, _dataset()).fit()
+    rows = _rows(cfg)
+    assert len(rows) == 1 and rows[0]["n"] == 128         # 2 of 3 batches of 64
+    assert rows[0]["co_flag"] and rows[0]["probe_pgd_acc"] == 0.0
+
+
+def test_probing_does_not_change_training(tmp_path):
+    ds = _dataset()
+    plain = Trainer(_cfg(tmp_path, "plain", probe_n=0, epochs=2), ds).fit()
+    probed = Trainer(_cfg(tmp_path, "probed", probe_every=2, probe_steps=3, epochs=2),
+                     ds).fit()
+    a, b = plain["final_epoch"], probed["final_epoch"]
+    assert a["train_loss"] == b["train_loss"] and a["aae_count"] == b["aae_count"]
+    assert "probe_pgd_acc" in b and "probe_pgd_acc" not in a
+
+
+def test_measure_equals_the_evaluation_suite(tmp_path):
+    from aaer.evaluate import Protocol, evaluate
+    ds = _dataset()
+    trainer = Trainer(_cfg(tmp_path, "m", epochs=1), ds)
+    trainer.fit()
+    got = trainer.monitor.measure(trainer.model)
+    rep = evaluate(trainer.model, ds.test_x[:32], ds.test_y[:32], 32 / 255,
+                   Protocol("p", pgd_steps=10, pgd_restarts=1), seed=0)["results"]
+    assert (got["clean"], got["fgsm"], got["pgd"]) == \
+        (rep["clean"]["acc"], rep["fgsm"]["acc"], rep["pgd"]["acc"])
+    assert trainer.model.training            # the probe restores train mode
+
+
+# -- per-class AAE counts --------------------------------------------------------------
+
+def test_aae_statistics_per_class():
+    l0 = torch.tensor([1.0, 2.0, 0.5, 3.0, 1.0])
+    l1 = torch.tensor([0.5, 2.5, 0.25, 1.0, 1.0])   # AAEs: 0, 2, 3 (l0 > l1)
+    y = torch.tensor([0, 1, 0, 2, 2])
+    z = torch.zeros(5, 3)
+    s = aae_statistics(z, z, l0, l1, y, num_classes=4)
+    assert s["aae_count"].item() == 3
+    assert s["aae_count_per_class"].tolist() == [2.0, 0.0, 1.0, 0.0]
+    assert s["n_per_class"].tolist() == [2.0, 1.0, 2.0, 0.0]
+    out = summarize_aae({k: v.tolist() if v.dim() else float(v) for k, v in s.items()}, 5)
+    assert out["aae_count_per_class"] == [2, 0, 1, 0]
+    assert out["aae_fraction_per_class"] == [1.0, 0.0, 0.5, 0.0]
+    assert "aae_count_per_class" not in aae_statistics(z, z, l0, l1)
+
+
+def test_trainer_logs_per_class_counts(tmp_path):
+    cfg = _cfg(tmp_path, "pc", probe_n=0, epochs=1, aae_per_class=True, method="rs-fgsm",
+               method_hparams={})
+    row = Trainer(cfg, _dataset()).fit()["final_epoch"]
+    assert len(row["aae_count_per_class"]) == 4
+    assert sum(row["aae_count_per_class"]) == row["aae_count"]
+    assert all(0.0 <= f <= 1.0 for f in row["aae_fraction_per_class"])

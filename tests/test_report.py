@@ -1,0 +1,172 @@
+"""aaer report: report.md numbers and protocols, the PNG plots, output locations, errors,
+TensorBoard event files (CRC32C, round trip) and the CLI."""
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+
+from aaer.cli import main
+from aaer.report import (crc32c, event_bytes, load_run, read_tensorboard, tf_record,
+                         write_report)
+
+CO_RUN = dict(pgd=[0.12, 0.25, 0.31, 0.2, 0.05, 0.004], fgsm=[0.2, 0.3, 0.35, 0.5, 0.7, 0.8],
+              clean=[0.6, 0.7, 0.75, 0.77, 0.78, 0.78], aae=[300, 280, 450, 1900, 4800, 5200],
+              co=4)
+OK_RUN = dict(pgd=[0.12, 0.2, 0.24, 0.26, 0.27, 0.28], fgsm=[0.2, 0.3, 0.33, 0.35, 0.36, 0.37],
+              clean=[0.55, 0.6, 0.62, 0.64, 0.65, 0.66], aae=[300, 250, 200, 180, 170, 160],
+              co=None)
+EVAL = {"protocol": {"name": "lineage"}, "eps": 8 / 255, "n": 10000, "seed": 0,
+        "results": {"clean": {"acc": 0.81}, "fgsm": {"acc": 0.52},
+                    "pgd": {"acc": 0.4567, "steps": 50, "restarts": 10, "alpha": 2 / 255,
+                            "selection": "worst"}}}
+
+
+def make_run(d, method, spec, evaluation=None):
+    """A run directory as the trainer writes it (config.json, metrics.jsonl, results.json)."""
+    os.makedirs(d, exist_ok=True)
+    n = len(spec["pgd"])
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump({"method": method, "dataset": "fashion-mnist", "model": "small-cnn",
+                   "epsilon": 76.5, "seed": 3, "epochs": n, "probe_n": 500, "probe_steps": 10,
+                   "data": {"n_train": 10000},
+                   "method_resolved": {"alpha": 1.25, "clamp": 1}}, f)
+    events = []
+    with open(os.path.join(d, "metrics.jsonl"), "w") as f:
+        for e in range(n):
+            flag = spec["co"] is not None and e >= spec["co"]
+            row = {"epoch": e, "lr": 0.05 * min(e + 1, n - e) / n, "train_loss": 2.0 - 0.1 * e,
+                   "train_acc": 0.3 + 0.05 * e, "aae_count": spec["aae"][e],
+                   "aae_fraction": spec["aae"][e] / 10000, "probe_clean_acc": spec["clean"][e],
+                   "probe_fgsm_acc": spec["fgsm"][e], "probe_pgd_acc": spec["pgd"][e],
+                   "co_flag": flag, "co_epoch": spec["co"] if flag else None}
+            if flag:
+                b = int(np.argmax(spec["pgd"][:e]))
+                ev = {"epoch": e, "step": (e + 1) * 79, "response": "warn", "evidence": {
+                    "pgd_now": spec["pgd"][e], "pgd_ref": spec["pgd"][b],
+                    "pgd_drop": spec["pgd"][b] - spec["pgd"][e], "ref_epoch": b,
+                    "ref_step": (b + 1) * 79, "fgsm_now": spec["fgsm"][e],
+                    "fgsm_ref": spec["fgsm"][b], "clean_now": spec["clean"][e],
+                    "clean_ref": spec["clean"][b], "rule": "r"}}
+                row["co_events"] = [ev]
+                events.append(ev)
+            f.write(json.dumps(row) + "\n")
+    results = {"train_seconds": 123.4, "monitor": {
+        "probe": {"n": 500, "source": "the first 500 test points", "pgd_steps": 10,
+                  "pgd_alpha": 0.075, "seed": 3, "rule": {"text": "the rule text"}},
+        "co_detected": spec["co"] is not None, "co_epoch": spec["co"], "events": events,
+        "rollbacks": [], "stopped": None}}
+    if evaluation:
+        results["evaluation"] = evaluation
+    with open(os.path.join(d, "results.json"), "w") as f:
+        json.dump(results, f)
+    return d
+
+
+@pytest.fixture
+def two_runs(tmp_path):
+    a = make_run(str(tmp_path / "runs" / "rs-fgsm"), "rs-fgsm", CO_RUN, EVAL)
+    b = make_run(str(tmp_path / "runs" / "rs-aaer"), "rs-aaer", OK_RUN)
+    return a, b
+
+
+def _colour_pixels(path, rgb):
+    import matplotlib.image as mpimg
+    img = mpimg.imread(path)[..., :3]
+    target = np.array(rgb) / 255
+    return int((np.abs(img - target).max(axis=-1) < 0.02).sum())
+
+
+def test_report_numbers_protocols_and_co(two_runs, tmp_path):
+    rep = write_report(list(two_runs))
+    out = str(tmp_path / "runs")                          # the runs' common parent
+    assert rep["report"] == os.path.join(out, "report.md")
+    md = open(rep["report"]).read()
+    assert ("| rs-fgsm | 0.7800 | 0.8000 | 0.0040 | 0.3100 (2) | 4 | 300 → max 5200 → 5200 | "
+            "probe: PGD-10-1 step 19.12/255 and FGSM on the first 500 test points, eval mode, "
+            "seed 3 |") in md
+    assert "| rs-aaer | 0.6600 | 0.3700 | 0.2800 | 0.2800 (5) | none | 300 → max 300 → 160 |" in md
+    assert ("| rs-fgsm | 0.8100 | 0.5200 | 0.4567 | lineage, PGD-50-10 step 2/255 (worst "
+            "restart rule), FGSM zero start, eps 8/255, n=10000, seed 0 |") in md
+    assert ("rs-fgsm: **CO at epoch 4**: probe PGD accuracy 0.0500, 0.2600 below 0.3100 at "
+            "epoch 2; FGSM accuracy 0.7000 (was 0.3500); clean 0.7800. Response: warn. "
+            "Flagged in 2 probes in all.") in md
+    assert "rs-aaer: no CO flagged (rule: the rule text)." in md
+    assert "| rs-fgsm | rs-fgsm (alpha 1.25, clamp 1) | fashion-mnist (10000 train) |" in md
+    assert "| 4 | " in md and "| 0.0500 | CO |" in md      # the per-epoch table marks CO
+    for name in ("probe_accuracy.png", "aae_count.png", "lr.png"):
+        path = os.path.join(out, name)
+        assert path in rep["plots"] and f"]({name})" in md
+        with open(path, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+        # one line per run, in tab10's first two colours
+        assert _colour_pixels(path, (31, 119, 180)) > 50, name
+        assert _colour_pixels(path, (255, 127, 14)) > 50, name
+
+
+def test_single_run_report_goes_into_the_run(two_runs):
+    rep = write_report([two_runs[1]])
+    assert rep["report"] == os.path.join(two_runs[1], "report.md")
+    assert sorted(os.listdir(two_runs[1])) == ["aae_count.png", "config.json", "lr.png",
+                                               "metrics.jsonl", "probe_accuracy.png",
+                                               "report.md", "results.json"]
+
+
+def test_same_names_are_told_apart_and_unfinished_runs_reported(tmp_path):
+    a = make_run(str(tmp_path / "x" / "run"), "rs-fgsm", CO_RUN)
+    b = make_run(str(tmp_path / "y" / "run"), "fgsm", OK_RUN)
+    os.remove(os.path.join(b, "results.json"))             # still training
+    rep = write_report([a, b], str(tmp_path / "out"))
+    assert [r.label for r in rep["runs"]] == [os.path.join("x", "run"), os.path.join("y", "run")]
+    md = open(rep["report"]).read()
+    assert "| unfinished |" in md and "| 6/6 |" in md
+
+
+def test_bad_run_directories_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_run(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_run(str(tmp_path / "empty"))
+    (tmp_path / "empty" / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="no finished epoch"):
+        load_run(str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="at least one run"):
+        write_report([])
+
+
+def test_crc32c_and_record_framing():
+    assert crc32c(b"123456789") == 0xE3069283            # the standard check value
+    assert crc32c(b"") == 0
+    data = event_bytes(1.5, 7, {"a/b": 0.25})
+    rec = tf_record(data)
+    assert struct.unpack("<Q", rec[:8])[0] == len(data) and rec[12:-4] == data
+
+
+def test_tensorboard_events_round_trip(two_runs, tmp_path):
+    rep = write_report(list(two_runs), str(tmp_path / "rep"), tensorboard=True)
+    tb = rep["tensorboard"]
+    assert sorted(os.listdir(tb)) == ["rs-aaer", "rs-fgsm"]
+    files = os.listdir(os.path.join(tb, "rs-fgsm"))
+    assert len(files) == 1 and files[0].startswith("events.out.tfevents.")
+    events = read_tensorboard(os.path.join(tb, "rs-fgsm", files[0]))
+    assert events[0]["file_version"] == "brain.Event:2"
+    assert [e["step"] for e in events[1:]] == list(range(6))
+    assert [e["scalars"]["probe/pgd_acc"] for e in events[1:]] == \
+        pytest.approx(CO_RUN["pgd"], abs=1e-7)
+    assert [e["scalars"]["aae/count"] for e in events[1:]] == CO_RUN["aae"]
+    assert [e["scalars"]["co/flag"] for e in events[1:]] == [0, 0, 0, 0, 1, 1]
+    # a second report replaces the run's event file instead of adding one
+    write_report(list(two_runs), str(tmp_path / "rep"), tensorboard=True)
+    assert len(os.listdir(os.path.join(tb, "rs-fgsm"))) == 1
+
+
+def test_cli_report(two_runs, tmp_path, capsys):
+    out = str(tmp_path / "cli")
+    assert main(["report", *two_runs, "--out", out, "--tensorboard"]) == 0
+    text = capsys.readouterr().out
+    assert "rs-fgsm: CO at epoch 4" in text and f"report: {out}/report.md" in text
+    assert f"tensorboard --logdir {out}/tensorboard" in text
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
