@@ -71,11 +71,26 @@ def aaer_suite(dataset: str) -> list[tuple[str, str, float, list[str]]]:
     return rows
 
 
+FIXTURE_METHODS = ("fgsm", "rs-fgsm", "n-fgsm", "rs-aaer", "n-aaer")
+
+
+def fixture_flags(method: str) -> list[str]:
+    """`aaer train` flags of the CPU-scale CO fixture (aaer.demo.CO_FIXTURE) for a method."""
+    from aaer.demo import CO_FIXTURE as f
+    keys = ("dataset", "n_train", "model", "epsilon", "epochs", "batch_size", "lr_max",
+            "lr_peak", "momentum", "weight_decay", "probe_n", "probe_steps", "eval_protocol",
+            "n_eval")
+    flags = ["--method", method, "--device", "cpu"]
+    for k in keys:
+        flags += ["--" + k.replace("_", "-"), _fmt(f[k])]
+    return flags
+
+
 def co_fixture_suite() -> list[tuple[str, str, float, list[str]]]:
-    from aaer.demo import CO_FIXTURE, FIXTURE_METHODS, fixture_flags
-    eps = CO_FIXTURE["epsilon"]
-    return [(f"co-fixture_{METHOD_LABELS.get(m, m)}", METHOD_LABELS.get(m, m), float(eps),
-             fixture_flags(m)) for m in FIXTURE_METHODS]
+    from aaer.demo import CO_FIXTURE
+    eps = float(CO_FIXTURE["epsilon"])
+    return [(f"co-fixture_{METHOD_LABELS[m]}", METHOD_LABELS[m], eps, fixture_flags(m))
+            for m in FIXTURE_METHODS]
 
 
 def user_suite(path: str) -> list[tuple[str, str, float, list[str]]]:
@@ -254,12 +269,16 @@ def co_flag(run_dir: str) -> tuple[bool | None, int | None]:
             co = json.load(f).get("co")
         if isinstance(co, dict) and "detected" in co:
             return bool(co["detected"]), co.get("epoch")
+        with open(res_path) as f:
+            mon = json.load(f).get("monitor")
+        if isinstance(mon, dict) and "co_detected" in mon:
+            return bool(mon["co_detected"]), mon.get("co_epoch")
     rows = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
-    if not rows or not any("co" in r for r in rows):
+    if not rows or not any("co_flag" in r for r in rows):
         return None, None
     for r in rows:
-        if r.get("co"):
-            return True, r["epoch"]
+        if r.get("co_flag"):
+            return True, r.get("co_epoch", r["epoch"])
     return False, None
 
 

@@ -100,3 +100,20 @@ def test_tiny_user_suite_end_to_end(tmp_path, capsys):
     assert main(argv) == 0
     assert "4 finished run(s) skipped" in capsys.readouterr().out
     assert mtimes == {d: os.path.getmtime(out / d / "results.json") for d in runs}
+
+
+def test_co_fixture_suite_and_co_flag_from_the_monitor(tmp_path):
+    runs = rp.build_runs("co-fixture", seeds=2)
+    assert [r.label for r in runs[::2]] == ["FGSM", "RS-FGSM", "N-FGSM", "RS-AAER", "N-AAER"]
+    f = _flags(runs[0].argv("o"))
+    assert f["--dataset"] == "fashion-mnist" and f["--epsilon"] == "63.75"
+    assert int(f["--probe-n"]) > 0                      # the CO monitor is on
+    d = tmp_path / "run"
+    d.mkdir()
+    (d / "results.json").write_text(json.dumps({"monitor": {"co_detected": True, "co_epoch": 3}}))
+    assert rp.co_flag(str(d)) == (True, 3)
+    (d / "results.json").write_text(json.dumps({"monitor": {"co_detected": False,
+                                                            "co_epoch": None}}))
+    assert rp.co_flag(str(d)) == (False, None)
+    (d / "results.json").write_text("{}")                # not monitored
+    assert rp.co_flag(str(d)) == (None, None)
