@@ -3,5 +3,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$ROOT/scripts/setup.sh"
+# the slow CO-fixture test trains on the real Fashion-MNIST (Debian's package)
+bash "$ROOT/scripts/get_fashion_mnist.sh"
 cd "$ROOT"
 exec "${AAER_VENV:-$ROOT/.venv}/bin/python" -m pytest "$@"
