@@ -61,18 +61,22 @@ class SingleStepAttack(Method):
         radius = self.eps if self.clamp else 2 * self.eps
         return uniform_noise(x, radius)
 
+    def step_direction(self, grad):
+        """The attack's step direction from the input gradient (ZeroGrad overrides it)."""
+        return grad.sign()
+
     def attack(self, model, x, y, ctx: StepContext):
-        """Steps 1-4 of SPEC §2. Returns (z0, l0, z1, l1, x_adv); z1/l1 carry gradient."""
+        """Steps 1-4 of SPEC §2. Returns (z0, l0, z1, l1, grad): z1/l1 carry gradient;
+        grad is the (constant) input gradient at the start point x + eta."""
         eps, w = self.eps, self.warmup(ctx)
         eta = clip_to_box(x, self.initial_noise(x))
         z0, l0, grad = forward_with_input_grad(model, x + eta, y)
-        delta = eta + self.alpha * eps * w * grad.sign()
+        delta = eta + self.alpha * eps * w * self.step_direction(grad)
         if self.clamp:
             delta = delta.clamp(-eps * w, eps * w)
-        x_adv = (x + delta).clamp(0.0, 1.0)
-        z1 = model(x_adv)
+        z1 = model((x + delta).clamp(0.0, 1.0))
         l1 = F.cross_entropy(z1.float(), y, reduction="none")
-        return z0, l0, z1, l1, x_adv
+        return z0, l0, z1, l1, grad
 
     def step(self, model, x, y, ctx: StepContext) -> StepOutput:
         z0, l0, z1, l1, _ = self.attack(model, x, y, ctx)

@@ -22,8 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from aaer.methods.base import (Cost, StepContext, StepOutput, aae_statistics, clip_to_box,
-                               forward_with_input_grad, uniform_noise)
+from aaer.methods.base import Cost, StepContext, StepOutput, aae_statistics, uniform_noise
 from aaer.methods.fgsm import SingleStepAttack
 from aaer.methods.noise import check_nonnegative, noise_settings
 
@@ -78,18 +77,11 @@ class GradAlign(SingleStepAttack):
         return Cost(forward=3, backward=3, double_backprop=True)
 
     def step(self, model, x, y, ctx: StepContext) -> StepOutput:
-        eps, w = self.eps, self.warmup(ctx)
-        eta = clip_to_box(x, self.initial_noise(x))
-        z0, l0, g1 = forward_with_input_grad(model, x + eta, y)
-        delta = eta + self.alpha * eps * w * g1.sign()
-        if self.clamp:
-            delta = delta.clamp(-eps * w, eps * w)
-        z1 = model((x + delta).clamp(0.0, 1.0))
-        l1 = F.cross_entropy(z1.float(), y, reduction="none")
+        z0, l0, z1, l1, g1 = self.attack(model, x, y, ctx)
         stats = aae_statistics(z0, z1.detach(), l0, l1.detach())
         loss = l1.mean()
         if self.lamda > 0:
-            x2 = (x + uniform_noise(x, eps)).requires_grad_(True)
+            x2 = (x + uniform_noise(x, self.eps)).requires_grad_(True)
             l2 = F.cross_entropy(model(x2).float(), y)
             (g2,) = torch.autograd.grad(l2, x2, create_graph=True)
             cos, valid = gradient_cosine(g1, g2)

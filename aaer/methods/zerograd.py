@@ -11,11 +11,7 @@ computed by sorting, so it also works for inputs larger than torch.quantile acce
 """
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-
-from aaer.methods.base import (Cost, StepContext, StepOutput, aae_statistics, clip_to_box,
-                               forward_with_input_grad)
+from aaer.methods.base import Cost, StepContext, StepOutput, aae_statistics
 from aaer.methods.fgsm import SingleStepAttack
 from aaer.methods.noise import noise_settings
 
@@ -67,18 +63,14 @@ class ZeroGrad(SingleStepAttack):
     def cost(self) -> Cost:
         return Cost(forward=2, backward=2)
 
+    def step_direction(self, grad):
+        grad, self._zeroed = zero_small_gradients(grad, self.q)
+        return grad.sign()
+
     def step(self, model, x, y, ctx: StepContext) -> StepOutput:
-        eps, w = self.eps, self.warmup(ctx)
-        eta = clip_to_box(x, self.initial_noise(x))
-        z0, l0, grad = forward_with_input_grad(model, x + eta, y)
-        grad, zeroed = zero_small_gradients(grad, self.q)
-        delta = eta + self.alpha * eps * w * grad.sign()
-        if self.clamp:
-            delta = delta.clamp(-eps * w, eps * w)
-        z1 = model((x + delta).clamp(0.0, 1.0))
-        l1 = F.cross_entropy(z1.float(), y, reduction="none")
+        z0, l0, z1, l1, _ = self.attack(model, x, y, ctx)
         stats = aae_statistics(z0, z1.detach(), l0, l1.detach())
-        stats["zerograd_zeroed_sum"] = zeroed.flatten(1).float().mean(1).sum()
+        stats["zerograd_zeroed_sum"] = self._zeroed.flatten(1).float().mean(1).sum()
         return StepOutput(loss=l1.mean(), logits=z1.detach(), stats=stats)
 
     def summarize(self, sums, n):
