@@ -243,6 +243,20 @@ def _image_tree(root, rng, size=8, gray=False, ext=".png"):
     return out
 
 
+def folder_order(d):
+    """Undo load_dataset's fixed interleaving of a folder data set: the on-disk order."""
+    from aaer.data.datasets import ORDER_SEED
+    out = {}
+    for split in ("train", "test"):
+        x, y = getattr(d, split + "_x"), getattr(d, split + "_y")
+        perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(ORDER_SEED))
+        inv = torch.argsort(perm)
+        out[split] = (x[inv], y[inv])
+    import dataclasses
+    return dataclasses.replace(d, train_x=out["train"][0], train_y=out["train"][1],
+                               test_x=out["test"][0], test_y=out["test"][1])
+
+
 def _chw(a):
     return torch.from_numpy(a[None] if a.ndim == 2 else a.transpose(2, 0, 1).copy())
 
@@ -254,7 +268,7 @@ def test_image_folder_dir_and_zip_exact_pixels(tmp_path, rng):
     z = zip_folder(str(root), str(tmp_path / "flowers.zip"), arc_prefix="flowers/")
     z2 = zip_folder(str(root), str(tmp_path / "flat.zip"))
     for src in (str(root), z, z2):
-        d = load_dataset("imagefolder", src, cache_dir=str(tmp_path / "c"))
+        d = folder_order(load_dataset("imagefolder", src, cache_dir=str(tmp_path / "c")))
         assert d.classes == ["ant", "mole", "zebra"]
         assert d.train_x.shape == (9, 3, 8, 8) and d.test_x.shape == (6, 3, 8, 8)
         assert d.train_y.tolist() == [t[1] for t in want["train"]]
@@ -266,13 +280,29 @@ def test_image_folder_dir_and_zip_exact_pixels(tmp_path, rng):
         assert augmentation_for(d) == (1, True)  # 8 // 8
 
 
+def test_folder_data_sets_come_interleaved(tmp_path, rng):
+    # on disk the images are grouped by class: "the first N" must not be one class
+    root = tmp_path / "many"
+    for c in ("a", "b", "c", "d"):
+        for i in range(12):
+            save_image(str(root / "train" / c / f"{i:02d}.png"),
+                       rng.integers(0, 256, (4, 4, 3), dtype=np.uint8))
+            save_image(str(root / "test" / c / f"{i:02d}.png"),
+                       rng.integers(0, 256, (4, 4, 3), dtype=np.uint8))
+    d = load_dataset("imagefolder", str(root), cache_dir=str(tmp_path / "c"))
+    assert len(set(d.train_y[:12].tolist())) >= 3 and len(set(d.test_y[:12].tolist())) >= 3
+    assert sorted(d.train_y.tolist()) == [k for k in range(4) for _ in range(12)]
+    again = load_dataset("imagefolder", str(root), cache_dir=str(tmp_path / "c"))   # cached
+    assert torch.equal(again.train_x, d.train_x) and torch.equal(again.test_y, d.test_y)
+
+
 def test_image_folder_val_split_jpeg_and_gray(tmp_path, rng):
     from PIL import Image
 
     root = tmp_path / "g"
     want = _image_tree(str(root), rng, size=16, gray=True)
     os.rename(root / "test", root / "val")
-    d = load_dataset("imagefolder", str(root), cache_dir=str(tmp_path / "c"))
+    d = folder_order(load_dataset("imagefolder", str(root), cache_dir=str(tmp_path / "c")))
     assert d.train_x.shape == (9, 1, 16, 16) and d.test_x.shape == (6, 1, 16, 16)
     assert torch.equal(d.test_x[0], _chw(want["test"][0][0]))
     # no published statistics for one channel: measured on the train set
@@ -281,7 +311,7 @@ def test_image_folder_val_split_jpeg_and_gray(tmp_path, rng):
     # one colour JPEG among gray PNGs -> all RGB, gray ones replicated into 3 channels
     jpg = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
     save_image(str(root / "train" / "ant" / "zzz.jpg"), jpg)
-    d = load_dataset("imagefolder", str(root), cache_dir=str(tmp_path / "c"))
+    d = folder_order(load_dataset("imagefolder", str(root), cache_dir=str(tmp_path / "c")))
     assert d.train_x.shape == (10, 3, 16, 16)
     g = _chw(want["train"][0][0])
     assert torch.equal(d.train_x[0], g.expand(3, 16, 16))
@@ -344,7 +374,7 @@ def test_tinyimagenet_dir_and_zip(tmp_path, rng):
     _tiny_imagenet(root, rng)
     z = zip_folder(str(root), str(tmp_path / "tiny-imagenet-200.zip"), arc_prefix="tiny-imagenet-200/")
     for src in (str(tmp_path), str(root), z):
-        d = load_dataset("tinyimagenet", src, cache_dir=str(tmp_path / "c"))
+        d = folder_order(load_dataset("tinyimagenet", src, cache_dir=str(tmp_path / "c")))
         assert d.classes == ["n0100", "n0200", "n0300"]
         assert d.train_x.shape == (6, 3, 64, 64) and d.test_x.shape == (4, 3, 64, 64)
         assert d.train_y.tolist() == [0, 0, 1, 1, 2, 2] and d.test_y.tolist() == [1, 2, 0, 1]

@@ -146,6 +146,27 @@ def _default_root(name: str, download: bool) -> str:
     return os.path.join(os.environ.get("AAER_DATA_DIR", "data"), name)
 
 
+# Folder layouts list their images class by class; these data sets get a fixed shuffle.
+FOLDER_ORDERED = ("imagefolder", "tinyimagenet")
+ORDER_SEED = 0
+
+
+def interleave(entry: dict) -> dict:
+    """Put a folder data set's images in one fixed pseudo-random order (seed ORDER_SEED).
+
+    On disk they are grouped by class, so "the first N" images (--n-train, --n-eval, the
+    monitor's probe) would be one class. The order is the same on every machine and run;
+    training batches are shuffled per epoch as usual.
+    """
+    out = dict(entry)
+    for split in ("train", "test"):
+        n = entry[split + "_y"].shape[0]
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(ORDER_SEED))
+        out[split + "_x"] = entry[split + "_x"][perm]
+        out[split + "_y"] = entry[split + "_y"][perm]
+    return out
+
+
 def load_dataset(name: str, data_dir: str | None = None, *, download: bool = False,
                  cache_dir: str | None = None) -> Dataset:
     """Load data set `name` (one of DATASETS) from `data_dir`.
@@ -183,6 +204,8 @@ def load_dataset(name: str, data_dir: str | None = None, *, download: bool = Fal
             "classes": list(parsed["classes"]), "files": parsed["files"],
         }
         cache.save(entry_path, name, source, entry)
+    if name in FOLDER_ORDERED:
+        entry = interleave(entry)
     mean, std = NORMALIZATION[name]
     if entry["train_x"].shape[1] != len(mean):
         # e.g. a grayscale image folder: no published statistics, so measure the train set
