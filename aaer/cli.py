@@ -609,7 +609,7 @@ def build_parser(prog: str = "aaer") -> argparse.ArgumentParser:
     add_report_args(r)
     d = sub.add_parser("demo", help="see catastrophic overfitting on a CPU in minutes "
                        "(RS-FGSM vs RS-AAER on Fashion-MNIST)", formatter_class=_fmt(),
-                       description="Train the CO fixture (Fashion-MNIST, small CNN, eps 0.25) "
+                       description="Train the CO fixture (Fashion-MNIST, small CNN, eps 70/255) "
                        "with RS-FGSM and RS-AAER, one seed each, then write report.md and "
                        "plots to --out-dir and print whether CO happened, in which run.")
     add_demo_args(d)

@@ -179,10 +179,6 @@ class COMonitor:
                                                           "text": self.rule.describe()},
                 "on_co": self.on_co}
 
-    def protocol_text(self) -> str:
-        return (f"probe: PGD-{self.pgd_steps}-1 step {self.pgd_alpha * 255:.4g}/255 and FGSM on "
-                f"{self.source}, eval mode, seed {self.seed}")
-
     # -- measuring -----------------------------------------------------------------
     def measure(self, model) -> dict[str, float]:
         """Clean, FGSM and PGD accuracy on the probe batch (the model's mode is kept)."""
@@ -225,8 +221,9 @@ class COMonitor:
     # -- responses -----------------------------------------------------------------
     def _restore_best(self, trainer, with_optimizer: bool) -> dict:
         state = self._best_state
-        if state is None:          # CO on the very first comparison cannot happen, but be safe
-            raise RuntimeError("CO flagged before any probe was recorded")
+        if state is None:          # only after a resume that lost best_probe.pt
+            raise RuntimeError("CO flagged but the best probe's weights are not available "
+                               "(best_probe.pt is missing from the run directory)")
         trainer.model.net.load_state_dict(state["model"])
         if with_optimizer:
             # keep the schedule where it is: the restored state carries stale lr/momentum

@@ -16,11 +16,12 @@ from tests.test_report import CO_RUN, OK_RUN, make_run
 def test_fixture_config():
     cfg = demo.co_fixture_config("rs-fgsm", 3, "runs/x")
     assert (cfg.dataset, cfg.n_train, cfg.model, cfg.epsilon) == \
-        ("fashion-mnist", 10000, "small-cnn", 63.75)
+        ("fashion-mnist", 10000, "small-cnn", 70.0)
     assert (cfg.epochs, cfg.batch_size, cfg.lr_max, cfg.lr_peak) == (10, 64, 0.2, 0.5)
     assert (cfg.seed, cfg.out_dir, cfg.method_hparams) == (3, "runs/x", {})
     assert cfg.probe_n == 500 and cfg.probe_steps == 10 and cfg.on_co == "warn"
-    assert cfg.eps == pytest.approx(0.25) and cfg.eval_protocol == "quick"
+    assert cfg.eps == pytest.approx(70 / 255) and cfg.eval_protocol == "quick"
+    assert cfg.n_eval is None                   # 'quick' evaluates the first 1000 test points
     cfg.validate()
 
 
@@ -76,7 +77,7 @@ def test_demo_flow_two_processes(tmp_path, monkeypatch):
     res = demo.run_demo(str(tmp_path / "demo"), epochs=2, jobs=2, threads=1,
                         data=_stand_in(monkeypatch), stream=out)
     text = out.getvalue()
-    assert "training rs-fgsm, rs-aaer (seed 0, 2 epochs on 128 images, eps 0.25) in 2 " \
+    assert "training rs-fgsm, rs-aaer (seed 0, 2 epochs on 128 images, eps 70/255) in 2 " \
            "process(es) with 1 thread(s) each" in text
     for m in ("rs-fgsm", "rs-aaer"):
         assert os.path.isfile(tmp_path / "demo" / m / "results.json")
