@@ -82,7 +82,8 @@ def fixture_flags(method: str) -> list[str]:
             "n_eval")
     flags = ["--method", method, "--device", "cpu"]
     for k in keys:
-        flags += ["--" + k.replace("_", "-"), _fmt(f[k])]
+        if f.get(k) is not None:
+            flags += ["--" + k.replace("_", "-"), _fmt(f[k])]
     return flags
 
 

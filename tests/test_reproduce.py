@@ -106,7 +106,9 @@ def test_co_fixture_suite_and_co_flag_from_the_monitor(tmp_path):
     runs = rp.build_runs("co-fixture", seeds=2)
     assert [r.label for r in runs[::2]] == ["FGSM", "RS-FGSM", "N-FGSM", "RS-AAER", "N-AAER"]
     f = _flags(runs[0].argv("o"))
-    assert f["--dataset"] == "fashion-mnist" and f["--epsilon"] == "63.75"
+    from aaer.demo import CO_FIXTURE
+    assert f["--dataset"] == "fashion-mnist" and float(f["--epsilon"]) == CO_FIXTURE["epsilon"]
+    assert "None" not in runs[0].flags
     assert int(f["--probe-n"]) > 0                      # the CO monitor is on
     d = tmp_path / "run"
     d.mkdir()
