@@ -121,10 +121,16 @@ def add_monitor_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--co-drop", type=float, default=0.2,
                    help="CO when probe PGD accuracy falls more than this below the reference")
     g.add_argument("--co-reference", choices=["best", "previous"], default="best",
-                   help="the reference: best probe so far, or the previous probe (Wong et al.)")
+                   help="the reference: best probe so far, or the probe before the drop "
+                        "(Wong et al.)")
     g.add_argument("--co-fgsm-ratio", type=float, default=0.5,
                    help="... while probe FGSM accuracy fell by less than this times the PGD "
                         "fall since the reference (0: not checked, Wong et al.'s rule alone)")
+    g.add_argument("--co-rel-drop", type=float, default=0.75,
+                   help="... or by more than this fraction of the reference, whichever is "
+                        "smaller (matters when best PGD accuracy < 0.2 / this; 0: off)")
+    g.add_argument("--co-patience", type=int, default=2,
+                   help="consecutive probes that must meet the rule (Wong et al.: 1)")
     g.add_argument("--rollback-change", choices=["auto", "step", "regularizer"], default="auto",
                    help="what a rollback changes (auto: AAER's lamda1, else the step alpha)")
     g.add_argument("--rollback-step-factor", type=float, default=0.75,
@@ -140,7 +146,8 @@ def add_monitor_args(p: argparse.ArgumentParser) -> None:
 def monitor_config_kwargs(args) -> dict:
     return {"probe_source": args.probe_source, "probe_every": args.probe_every,
             "on_co": args.on_co, "co_drop": args.co_drop, "co_reference": args.co_reference,
-            "co_fgsm_ratio": args.co_fgsm_ratio, "rollback_change": args.rollback_change,
+            "co_fgsm_ratio": args.co_fgsm_ratio,
+            "co_rel_drop": args.co_rel_drop, "co_patience": args.co_patience, "rollback_change": args.rollback_change,
             "rollback_step_factor": args.rollback_step_factor,
             "rollback_reg_factor": args.rollback_reg_factor,
             "max_rollbacks": args.max_rollbacks, "aae_per_class": args.aae_per_class}

@@ -101,9 +101,11 @@ def verdict(runs) -> list[str]:
         e = r.co_epoch()
         probe = [row for row in r.rows if "probe_pgd_acc" in row]
         if e is not None:
-            ev = r.co_events()[0]["evidence"]
+            first = r.co_events()[0]
+            ev = first["evidence"]
             co.append(f"{r.label} at epoch {e} (probe PGD {ev['pgd_ref']:.3f} at epoch "
-                      f"{ev['ref_epoch']} -> {ev['pgd_now']:.3f}, FGSM {ev['fgsm_now']:.3f})")
+                      f"{ev['ref_epoch']} -> {ev['pgd_now']:.3f} at epoch {first['epoch']}, "
+                      f"FGSM {ev['fgsm_now']:.3f})")
         else:
             last = probe[-1] if probe else {}
             no.append(f"{r.label} (final probe PGD {last.get('probe_pgd_acc', float('nan')):.3f}, "

@@ -7,13 +7,20 @@ excluded from training (``"holdout"``). The PGD random start is drawn from a gen
 seeded once, so every probe sees the same starting noise.
 
 CO rule (SPEC §7, after Wong et al. 2020's early stop): the probe's PGD accuracy has
-dropped by more than ``drop`` (0.2) below a reference -- its best so far (default) or
-the previous probe (the rule exactly as in Wong et al.'s code) -- while FGSM accuracy
-has stayed high: since that reference probe it fell by less than ``fgsm_ratio`` (0.5)
-times the fall of PGD accuracy (a rise always counts as high). The FGSM clause separates
-CO (still robust to the single-step attack, broken by PGD) from a run that simply
-diverges (every accuracy falls together); ``fgsm_ratio=None`` turns it off, leaving
-Wong et al.'s rule alone.
+dropped below a reference -- its best so far (default) or the last probe before the
+drop (as in Wong et al.'s code) -- by more than ``drop`` (0.2) or, for a reference
+below 0.2 / ``rel_drop``, by more than ``rel_drop`` (0.75) of it, on ``patience`` (2)
+consecutive probes, while FGSM accuracy has stayed high: since the reference it fell by
+less than ``fgsm_ratio`` (0.5) times the PGD fall (a rise always counts as high).
+- The relative threshold matters only for weakly robust models (best PGD accuracy under
+  0.27): Wong et al.'s absolute 0.2 can never fire when the best is below 0.2, however
+  completely PGD accuracy then collapses.
+- Patience 2 ignores a single noisy dip (seen early in training at CPU scale); the CO
+  epoch reported is the first probe of the confirmed run of CO probes.
+- The FGSM clause separates CO (still robust to the single-step attack, broken by PGD)
+  from a run that simply diverges (every accuracy falls together).
+``CORule(reference="previous", rel_drop=None, patience=1, fgsm_ratio=None)`` is Wong et
+al.'s rule exactly.
 
 Responses when the rule fires:
 - ``warn``: log it and record the evidence (metrics.jsonl, results.json).
@@ -50,6 +57,8 @@ class CORule:
     drop: float = 0.2
     reference: str = "best"
     fgsm_ratio: float | None = 0.5
+    rel_drop: float | None = 0.75
+    patience: int = 2
 
     def __post_init__(self):
         if not (0 < self.drop < 1):
@@ -61,30 +70,50 @@ class CORule:
         if self.fgsm_ratio is not None and not (0 < self.fgsm_ratio <= 1):
             raise ValueError(f"invalid CO fgsm ratio {self.fgsm_ratio!r}: must be in (0, 1] "
                              "or None (not checked)")
+        if self.rel_drop is not None and not (0 < self.rel_drop <= 1):
+            raise ValueError(f"invalid CO relative drop {self.rel_drop!r}: must be in (0, 1] "
+                             "or None (absolute drop only)")
+        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or \
+                self.patience < 1:
+            raise ValueError(f"invalid CO patience {self.patience!r}: must be an integer >= 1 "
+                             "(consecutive probes)")
 
     def describe(self) -> str:
-        ref = "its best so far" if self.reference == "best" else "the previous probe"
-        text = f"probe PGD accuracy more than {self.drop:g} below {ref}"
+        ref = "its best so far" if self.reference == "best" else "the probe before the drop"
+        by = f"{self.drop:g}" if self.rel_drop is None else \
+            f"min({self.drop:g}, {self.rel_drop:g} x that accuracy)"
+        text = f"probe PGD accuracy more than {by} below {ref}"
+        if self.patience > 1:
+            text += f" on {self.patience} consecutive probes"
         if self.fgsm_ratio is not None:
             text += (f", while probe FGSM accuracy fell by less than {self.fgsm_ratio:g} times "
-                     "as much since that probe")
+                     "as much")
         return text
 
-    def check(self, history: list[dict], current: dict) -> dict | None:
-        """Evidence (a dict) if ``current`` is CO given the earlier probes, else None."""
-        if not history:
+    def threshold(self, ref_pgd: float) -> float:
+        return self.drop if self.rel_drop is None else min(self.drop, self.rel_drop * ref_pgd)
+
+    def check(self, history: list[dict], current: dict, pending: int = 0) -> dict | None:
+        """Evidence (a dict) if ``current`` meets the rule given the earlier probes, else None.
+
+        ``pending``: how many of the latest probes in ``history`` already met it (they are
+        not a "previous" reference). Patience is counted by the caller.
+        """
+        earlier = history[:len(history) - pending]
+        if not earlier:
             return None
         if self.reference == "best":
-            ref = max(history, key=lambda r: r["pgd"])       # the first of equal bests
+            ref = max(earlier, key=lambda r: r["pgd"])       # the first of equal bests
         else:
-            ref = history[-1]
+            ref = earlier[-1]
         drop = ref["pgd"] - current["pgd"]
-        if not drop > self.drop:
+        if not drop > self.threshold(ref["pgd"]):
             return None
         if self.fgsm_ratio is not None and \
                 not ref["fgsm"] - current["fgsm"] < self.fgsm_ratio * drop:
             return None
         return {"pgd_now": current["pgd"], "pgd_ref": ref["pgd"], "pgd_drop": round(drop, 6),
+                "threshold": round(self.threshold(ref["pgd"]), 6),
                 "ref_epoch": ref["epoch"], "ref_step": ref["step"], "fgsm_now": current["fgsm"],
                 "fgsm_ref": ref["fgsm"], "clean_now": current["clean"],
                 "clean_ref": ref["clean"], "rule": self.describe()}
@@ -169,6 +198,7 @@ class COMonitor:
         self._best_state: dict | None = None
         self._best: dict | None = None
         self._reported = 0                   # events already written into a metrics row
+        self._streak: list[dict] = []        # the latest consecutive probes meeting the rule
 
     # -- description ---------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
@@ -194,18 +224,31 @@ class COMonitor:
     def observe(self, trainer, epoch: int, step: int) -> dict:
         """Probe now, apply the rule and respond; returns the probe record."""
         rec = {"epoch": epoch, "step": step, **self.measure(trainer.model)}
-        evidence = self.rule.check(self.history, rec)
+        evidence = self.rule.check(self.history, rec, pending=len(self._streak))
         self.history.append(rec)
         if evidence is None:
+            self._streak = []
             if self._best is None or rec["pgd"] > self._best["pgd"]:
                 self._remember_best(trainer, rec)
             return rec
+        self._streak.append(rec)
+        rec["co_candidate"] = True
+        if len(self._streak) < self.rule.patience:
+            trainer.log.info("CO candidate at epoch %d: probe PGD acc %.4f, %.4f below %.4f "
+                             "(epoch %d); CO if the next probe agrees (patience %d)", epoch,
+                             evidence["pgd_now"], evidence["pgd_drop"], evidence["pgd_ref"],
+                             evidence["ref_epoch"], self.rule.patience)
+            return rec
         rec["co"] = True
+        onset = self._streak[0]
         if self.co_epoch is None:
-            self.co_epoch = epoch
-        event = {"epoch": epoch, "step": step, "evidence": evidence, "response": self.on_co}
+            self.co_epoch = onset["epoch"]
+        event = {"epoch": epoch, "step": step, "onset_epoch": onset["epoch"],
+                 "onset_step": onset["step"], "evidence": evidence, "response": self.on_co}
         self._respond(trainer, event)
         self.events.append(event)
+        if self.on_co != "warn":           # weights were restored: a new run must build up
+            self._streak = []
         return rec
 
     def _remember_best(self, trainer, rec: dict) -> None:
@@ -258,10 +301,10 @@ class COMonitor:
         log = trainer.log
         ev = event["evidence"]
         where = f"epoch {event['epoch']}" + (f" step {event['step']}" if self.every_steps else "")
-        log.warning("CO detected at %s: probe PGD acc %.4f, %.4f below %.4f (epoch %d); FGSM "
-                    "acc %.4f (was %.4f); clean acc %.4f", where, ev["pgd_now"], ev["pgd_drop"],
-                    ev["pgd_ref"], ev["ref_epoch"], ev["fgsm_now"], ev["fgsm_ref"],
-                    ev["clean_now"])
+        log.warning("CO detected at %s (since epoch %d): probe PGD acc %.4f, %.4f below %.4f "
+                    "(epoch %d); FGSM acc %.4f (was %.4f); clean acc %.4f", where,
+                    event["onset_epoch"], ev["pgd_now"], ev["pgd_drop"], ev["pgd_ref"],
+                    ev["ref_epoch"], ev["fgsm_now"], ev["fgsm_ref"], ev["clean_now"])
         response = self.on_co
         if response == "rollback" and len(self.rollbacks) >= self.max_rollbacks:
             log.warning("CO again after %d rollbacks (--max-rollbacks): stopping",
@@ -305,16 +348,17 @@ class COMonitor:
         """Probe at the end of an epoch (unless a mid-epoch probe stopped training) and
         write the probe, the CO flag and any response into the epoch's metrics row."""
         epoch = row["epoch"]
-        if not self.should_stop:
-            step = (epoch + 1) * len(trainer.loader)
+        step = (epoch + 1) * len(trainer.loader)
+        if self.should_stop or (self.history and self.history[-1]["step"] == step):
+            rec = self.history[-1]           # stopped mid-epoch, or probed at this very step
+        else:
             rec = self.observe(trainer, epoch, step)
             if self.every_steps:
                 append_jsonl(trainer.path("probes.jsonl"), rec)
-        else:
-            rec = self.history[-1]
         row.update({"probe_clean_acc": rec["clean"], "probe_fgsm_acc": rec["fgsm"],
                     "probe_pgd_acc": rec["pgd"], "probe_seconds": rec["seconds"],
-                    "co_flag": len(self.events) > self._reported, "co_epoch": self.co_epoch})
+                    "co_flag": len(self.events) > self._reported, "co_epoch": self.co_epoch,
+                    "co_candidate": bool(rec.get("co_candidate"))})
         new = self.events[self._reported:]
         self._reported = len(self.events)
         if new:
@@ -342,7 +386,8 @@ class COMonitor:
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs (the best probe's weights are in best_probe.pt)."""
         return {"history": self.history, "events": self.events, "rollbacks": self.rollbacks,
-                "co_epoch": self.co_epoch, "stopped": self.stopped, "best": self._best}
+                "co_epoch": self.co_epoch, "stopped": self.stopped, "best": self._best,
+                "streak": self._streak}
 
     def load_state_dict(self, state: dict[str, Any], trainer=None) -> None:
         """Restore the monitor; with ``trainer``, re-apply rollback changes to its method
@@ -355,6 +400,7 @@ class COMonitor:
         self.should_stop = self.stopped is not None
         self._reported = len(self.events)
         self._best = state.get("best")
+        self._streak = list(state.get("streak", []))
         if trainer is not None:
             for attr, value in self.method_changes().items():
                 setattr(trainer.method, attr, value)
@@ -382,8 +428,10 @@ def validate_monitor_config(cfg) -> None:
     if cfg.co_fgsm_ratio < 0:
         raise ValueError(f"invalid --co-fgsm-ratio {cfg.co_fgsm_ratio!r}: must be in [0, 1] "
                          "(0: the FGSM clause is off)")
-    CORule(drop=cfg.co_drop, reference=cfg.co_reference,
-           fgsm_ratio=None if cfg.co_fgsm_ratio <= 0 else cfg.co_fgsm_ratio)
+    if cfg.co_rel_drop < 0:
+        raise ValueError(f"invalid --co-rel-drop {cfg.co_rel_drop!r}: must be in [0, 1] "
+                         "(0: absolute drop only)")
+    rule_from_config(cfg)
     if cfg.rollback_change not in ROLLBACK_CHANGES:
         raise ValueError(f"invalid --rollback-change {cfg.rollback_change!r}; valid: "
                          f"{', '.join(ROLLBACK_CHANGES)}")
@@ -395,6 +443,13 @@ def validate_monitor_config(cfg) -> None:
                          "must be > 1")
     if cfg.max_rollbacks < 0:
         raise ValueError(f"invalid --max-rollbacks {cfg.max_rollbacks!r}: must be >= 0")
+
+
+def rule_from_config(cfg) -> CORule:
+    return CORule(drop=cfg.co_drop, reference=cfg.co_reference,
+                  fgsm_ratio=None if cfg.co_fgsm_ratio <= 0 else cfg.co_fgsm_ratio,
+                  rel_drop=None if cfg.co_rel_drop <= 0 else cfg.co_rel_drop,
+                  patience=cfg.co_patience)
 
 
 def build_monitor(cfg, dataset, train_x, train_y):
@@ -409,8 +464,7 @@ def build_monitor(cfg, dataset, train_x, train_y):
     else:
         px, py, _, _, source = select_probe_data(cfg.probe_source, cfg.probe_n, train_x,
                                                  train_y, dataset.test_x, dataset.test_y)
-    rule = CORule(drop=cfg.co_drop, reference=cfg.co_reference,
-                  fgsm_ratio=None if cfg.co_fgsm_ratio <= 0 else cfg.co_fgsm_ratio)
+    rule = rule_from_config(cfg)
     mon = COMonitor(px, py, cfg.eps, pgd_steps=cfg.probe_steps, rule=rule, on_co=cfg.on_co,
                     every_steps=cfg.probe_every, seed=cfg.seed, source=source,
                     batch_size=cfg.eval_batch_size, rollback_change=cfg.rollback_change,

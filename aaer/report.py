@@ -57,11 +57,12 @@ class Run:
         return [p[0] for p in pts], [p[1] for p in pts]
 
     def co_epoch(self) -> int | None:
+        """The epoch CO began (the first probe of the confirmed run), or None."""
         mon = (self.results or {}).get("monitor")
         if mon is not None:
             return mon.get("co_epoch")
-        flagged = [r["epoch"] for r in self.rows if r.get("co_flag")]
-        return flagged[0] if flagged else None
+        epochs = [r["co_epoch"] for r in self.rows if r.get("co_epoch") is not None]
+        return epochs[0] if epochs else None
 
     def co_events(self) -> list[dict]:
         mon = (self.results or {}).get("monitor")
@@ -154,7 +155,9 @@ def co_text(run: Run) -> str:
         return f"{run.label}: no CO flagged (rule: {rule})."
     e = events[0]
     ev = e["evidence"]
-    text = (f"{run.label}: **CO at epoch {e['epoch']}**: probe PGD accuracy "
+    onset = e.get("onset_epoch", e["epoch"])
+    confirmed = "" if onset == e["epoch"] else f" (confirmed at epoch {e['epoch']})"
+    text = (f"{run.label}: **CO at epoch {onset}**{confirmed}: probe PGD accuracy "
             f"{ev['pgd_now']:.4f}, {ev['pgd_drop']:.4f} below {ev['pgd_ref']:.4f} at epoch "
             f"{ev['ref_epoch']}; FGSM accuracy {ev['fgsm_now']:.4f} (was {ev['fgsm_ref']:.4f}); "
             f"clean {ev['clean_now']:.4f}. Response: {e['response']}.")

@@ -34,7 +34,10 @@ def test_rule_flags_a_drop_from_the_best_with_fgsm_high():
     assert (ev["pgd_ref"], ev["ref_epoch"], ev["pgd_now"]) == (0.375, 1, 0.0625)
     assert ev["pgd_drop"] == pytest.approx(0.3125)
     assert (ev["fgsm_now"], ev["fgsm_ref"]) == (0.75, 0.5)
-    assert "more than 0.2 below its best" in ev["rule"]
+    assert ev["threshold"] == 0.2
+    assert ev["rule"] == ("probe PGD accuracy more than min(0.2, 0.75 x that accuracy) below "
+                          "its best so far on 2 consecutive probes, while probe FGSM accuracy "
+                          "fell by less than 0.5 times as much")
 
 
 def test_rule_needs_a_drop_of_more_than_the_threshold():
@@ -42,6 +45,17 @@ def test_rule_needs_a_drop_of_more_than_the_threshold():
     assert CORule(drop=0.25).check(hist, _rec(1, 0.5)) is None        # exactly 0.25: no
     assert CORule(drop=0.25).check(hist, _rec(1, 0.49)) is not None
     assert CORule().check([], _rec(0, 0.0)) is None                     # nothing to compare
+
+
+def test_weak_models_need_a_relative_fall():
+    # best 0.125 < 0.2: the absolute rule can never fire; 0.75 x 0.125 = 0.09375 can
+    hist = [_rec(0, 0.125)]
+    assert CORule().check(hist, _rec(1, 0.03125)) is None             # fell exactly 0.09375
+    ev = CORule().check(hist, _rec(1, 0.0))
+    assert ev["threshold"] == 0.09375 and ev["pgd_drop"] == 0.125
+    assert CORule(rel_drop=None).check(hist, _rec(1, 0.0)) is None
+    # a strong model: min(0.2, 0.75 x 0.5) = 0.2, Wong et al.'s threshold
+    assert CORule().check([_rec(0, 0.5)], _rec(1, 0.25))["threshold"] == 0.2
 
 
 def test_fgsm_clause_separates_co_from_a_diverging_run():
@@ -57,15 +71,22 @@ def test_fgsm_clause_separates_co_from_a_diverging_run():
 def test_previous_reference_is_wong_et_al_rule():
     hist = [_rec(0, 0.6), _rec(1, 0.35)]
     cur = _rec(2, 0.25)
-    assert CORule(reference="previous").check(hist, cur) is None        # 0.10 below previous
+    wong = CORule(reference="previous", rel_drop=None, patience=1, fgsm_ratio=None)
+    assert wong.check(hist, cur) is None                                # 0.10 below previous
     ev = CORule(reference="best").check(hist, cur)
     assert ev["ref_epoch"] == 0 and ev["pgd_drop"] == pytest.approx(0.35)
+    # while a drop is pending confirmation, "previous" is the probe before the drop
+    ev = CORule(reference="previous").check(hist, cur, pending=1)
+    assert ev["ref_epoch"] == 0
 
 
 @pytest.mark.parametrize("kwargs, word", [({"drop": 0}, "drop"), ({"drop": 1.5}, "drop"),
                                           ({"reference": "worst"}, "reference"),
                                           ({"fgsm_ratio": 1.5}, "ratio"),
-                                          ({"fgsm_ratio": 0}, "ratio")])
+                                          ({"fgsm_ratio": 0}, "ratio"),
+                                          ({"rel_drop": 1.5}, "relative"),
+                                          ({"patience": 0}, "patience"),
+                                          ({"patience": 1.5}, "patience")])
 def test_rule_rejects_bad_settings(kwargs, word):
     with pytest.raises(ValueError, match=word):
         CORule(**kwargs)
@@ -142,20 +163,32 @@ def test_warn_records_flag_epoch_and_evidence(tmp_path, monkeypatch):
     cfg = _cfg(tmp_path, "warn")
     res = Trainer(cfg, _dataset()).fit()
     rows = _rows(cfg)
-    assert [r["co_flag"] for r in rows] == [False, False, True, True, True]
-    assert [r["co_epoch"] for r in rows] == [None, None, 2, 2, 2]
+    # epoch 2 meets the rule, epoch 3 confirms it (patience 2): CO since epoch 2
+    assert [r["co_candidate"] for r in rows] == [False, False, True, True, True]
+    assert [r["co_flag"] for r in rows] == [False, False, False, True, True]
+    assert [r["co_epoch"] for r in rows] == [None, None, None, 2, 2]
     assert [r["probe_pgd_acc"] for r in rows] == PGD
-    ev = rows[2]["co_events"][0]
-    assert ev["response"] == "warn" and ev["evidence"]["ref_epoch"] == 1
-    assert ev["evidence"]["pgd_drop"] == pytest.approx(0.375)
+    ev = rows[3]["co_events"][0]
+    assert ev["response"] == "warn" and ev["onset_epoch"] == 2 and ev["epoch"] == 3
+    assert ev["evidence"]["ref_epoch"] == 1 and ev["evidence"]["pgd_drop"] == 0.4375
     mon = res["monitor"]
-    assert mon["co_detected"] and mon["co_epoch"] == 2 and len(mon["events"]) == 3
+    assert mon["co_detected"] and mon["co_epoch"] == 2 and len(mon["events"]) == 2
     assert mon["best_probe"]["epoch"] == 1 and mon["stopped"] is None
     assert mon["probe"]["n"] == 32 and mon["probe"]["pgd_steps"] == 10
     log = (tmp_path / "warn" / "train.log").read_text()
-    assert "CO detected at epoch 2: probe PGD acc 0.1250, 0.3750 below 0.5000 (epoch 1)" in log
+    assert "CO candidate at epoch 2: probe PGD acc 0.1250, 0.3750 below 0.5000 (epoch 1)" in log
+    assert ("CO detected at epoch 3 (since epoch 2): probe PGD acc 0.0625, 0.4375 below "
+            "0.5000 (epoch 1)") in log
     best = torch.load(tmp_path / "warn" / "best_probe.pt", weights_only=True)
     assert best["epoch"] == 1 and best["probe"]["pgd"] == 0.5
+
+
+def test_a_single_dip_is_not_co(tmp_path, monkeypatch):
+    _scripted(monkeypatch, [0.5, 0.125, 0.5, 0.125, 0.0625], [0.5] * 5)
+    res = Trainer(_cfg(tmp_path, "dip"), _dataset()).fit()
+    rows = _rows(_cfg(tmp_path, "dip"))
+    assert [r["co_candidate"] for r in rows] == [False, True, False, True, True]
+    assert res["monitor"]["co_epoch"] == 3 and len(res["monitor"]["events"]) == 1
 
 
 def test_stop_ends_training_with_the_best_probe_weights(tmp_path, monkeypatch):
@@ -172,44 +205,47 @@ def test_stop_ends_training_with_the_best_probe_weights(tmp_path, monkeypatch):
     trainer.monitor.end_epoch = spy
     res = trainer.fit()
     rows = _rows(cfg)
-    assert len(rows) == 3 and rows[-1]["co_stop"] and res["final_epoch"]["epoch"] == 2
+    assert len(rows) == 4 and rows[-1]["co_stop"] and res["final_epoch"]["epoch"] == 3
     assert res["monitor"]["stopped"]["restored_from"]["epoch"] == 1
     best = torch.load(tmp_path / "stop" / "best_probe.pt", weights_only=True)["model"]
     final = torch.load(tmp_path / "stop" / "model.pt", weights_only=True)
     assert best.keys() == final.keys()
     assert all(torch.equal(best[k], final[k]) for k in best)
     assert all(torch.equal(best[k], reached[1][k]) for k in best)       # epoch 1's weights
-    assert not all(torch.equal(best[k], reached[2][k]) for k in best)   # not epoch 2's
+    assert not all(torch.equal(best[k], reached[3][k]) for k in best)   # not epoch 3's
 
 
 def test_rollback_restores_and_strengthens_the_regulariser_then_stops(tmp_path, monkeypatch):
-    _scripted(monkeypatch, [0.25, 0.5, 0.125, 0.5, 0.0625], [0.25, 0.375, 0.5, 0.5, 0.625])
-    cfg = _cfg(tmp_path, "rb", on_co="rollback", max_rollbacks=1)
+    _scripted(monkeypatch, [0.25, 0.5, 0.125, 0.125, 0.5, 0.0625, 0.0625],
+              [0.25, 0.375, 0.5, 0.5, 0.5, 0.625, 0.625])
+    cfg = _cfg(tmp_path, "rb", on_co="rollback", max_rollbacks=1, epochs=7)
     trainer = Trainer(cfg, _dataset())
     res = trainer.fit()
     rows = _rows(cfg)
     rb = res["monitor"]["rollbacks"]
-    assert len(rb) == 1 and rb[0]["epoch"] == 2 and rb[0]["restored_from"]["epoch"] == 1
+    assert len(rb) == 1 and rb[0]["epoch"] == 3 and rb[0]["restored_from"]["epoch"] == 1
     assert (rb[0]["param"], rb[0]["old"], rb[0]["new"]) == ("lamda1", 1.0, 2.0)
-    assert trainer.method.lamda1 == 2.0 and rows[2]["method_changes"] == {"lamda1": 2.0}
-    # the second CO (epoch 4, 0.4375 below the best 0.5) exceeds --max-rollbacks 1: stop
-    assert res["monitor"]["stopped"]["epoch"] == 4 and len(rows) == 5
-    assert rows[4]["co_events"][0]["response"] == "stop (max rollbacks reached)"
-    # the best probe was at epoch 1 (0.5 first; the equal 0.5 at epoch 3 is not better)
+    assert trainer.method.lamda1 == 2.0 and rows[3]["method_changes"] == {"lamda1": 2.0}
+    # CO again (epochs 5-6) exceeds --max-rollbacks 1: stop
+    assert res["monitor"]["stopped"]["epoch"] == 6 and len(rows) == 7
+    assert rows[6]["co_events"][0]["response"] == "stop (max rollbacks reached)"
+    assert rows[6]["co_events"][0]["onset_epoch"] == 5
+    # the best probe stays epoch 1 (0.5 first; the equal 0.5 at epoch 4 is not better)
     assert res["monitor"]["best_probe"]["epoch"] == 1
 
 
 def test_rollback_of_a_plain_method_shrinks_the_step_and_keeps_the_schedule(tmp_path,
                                                                              monkeypatch):
-    _scripted(monkeypatch, [0.25, 0.5, 0.125, 0.375, 0.375], [0.25, 0.375, 0.5, 0.5, 0.5])
-    cfg = _cfg(tmp_path, "rb2", method="rs-fgsm", method_hparams={}, on_co="rollback")
+    _scripted(monkeypatch, [0.25, 0.5, 0.125, 0.125, 0.375, 0.375], [0.25, 0.375] + [0.5] * 4)
+    cfg = _cfg(tmp_path, "rb2", method="rs-fgsm", method_hparams={}, on_co="rollback",
+               epochs=6)
     trainer = Trainer(cfg, _dataset())
     seen = {}
     end_epoch = trainer.end_epoch
 
     def spy(row):
         end_epoch(row)
-        if row["epoch"] == 2:
+        if row["epoch"] == 3:
             seen["lr"] = trainer.opt.param_groups[0]["lr"]
             seen["sched_lr"] = trainer.sched.get_last_lr()[0]
             seen["w"] = {k: v.clone() for k, v in trainer.model.net.state_dict().items()}
@@ -221,7 +257,7 @@ def test_rollback_of_a_plain_method_shrinks_the_step_and_keeps_the_schedule(tmp_
     assert seen["lr"] == pytest.approx(seen["sched_lr"])   # the schedule's lr, not epoch 1's
     best = torch.load(tmp_path / "rb2" / "best_probe.pt", weights_only=True)["model"]
     assert all(torch.equal(best[k], seen["w"][k]) for k in best)
-    assert res["monitor"]["stopped"] is None and len(_rows(cfg)) == 5
+    assert res["monitor"]["stopped"] is None and len(_rows(cfg)) == 6
 
 
 def test_rollback_that_cannot_apply_fails_before_training(tmp_path):
@@ -236,6 +272,8 @@ def test_rollback_that_cannot_apply_fails_before_training(tmp_path):
     ({"on_co": "panic"}, "invalid --on-co 'panic'"),
     ({"probe_every": -1}, "--probe-every"),
     ({"co_drop": 0.0}, "CO drop"),
+    ({"co_patience": 0}, "CO patience"),
+    ({"co_rel_drop": -0.5}, "--co-rel-drop"),
     ({"co_fgsm_ratio": -1.0}, "--co-fgsm-ratio"),
     ({"probe_source": "train"}, "--probe-source"),
     ({"rollback_step_factor": 1.5}, "--rollback-step-factor"),
@@ -253,21 +291,15 @@ def test_probe_every_n_steps_and_a_mid_epoch_stop(tmp_path, monkeypatch):
     res = Trainer(cfg, _dataset()).fit()
     with open(tmp_path / "steps" / "probes.jsonl") as f:
         probes = [json.loads(l) for l in f]
-    assert [(p["epoch"], p["step"]) for p in probes] == [(0, 2), (0, 3), (1, 4), (1, 6)]
-    assert probes[-1]["co"] is True
+    assert [(p["epoch"], p["step"]) for p in probes] == [(0, 2), (0, 3), (1, 4), (1, 6), (2, 8)]
+    assert probes[3]["co_candidate"] and "co" not in probes[3] and probes[4]["co"] is True
     rows = _rows(cfg)
-    # CO at step 6 = the end of epoch 1: training stops there, epoch 2 never runs
-    assert len(rows) == 2 and rows[1]["co_stop"] and res["monitor"]["stopped"]["step"] == 6
-    assert res["monitor"]["stopped"]["restored_from"]["step"] == 3  # first 0.5 (step 3)
-
-
-def test_mid_epoch_stop_cuts_the_epoch_short(tmp_path, monkeypatch):
-    _scripted(monkeypatch, [0.5, 0.0, 0.0], [0.5, 0.5, 0.5])
-    cfg = _cfg(tmp_path, "cut", probe_every=1, on_co="stop", epochs=2)
-    Trainer(cfg, _dataset()).fit()
-    rows = _rows(cfg)
-    assert len(rows) == 1 and rows[0]["n"] == 128         # 2 of 3 batches of 64
-    assert rows[0]["co_flag"] and rows[0]["probe_pgd_acc"] == 0.0
+    # CO confirmed at step 8, the 2nd of epoch 2's 3 batches: the epoch is cut short there
+    assert len(rows) == 3 and rows[2]["co_stop"] and rows[2]["n"] == 128
+    assert rows[2]["co_flag"] and rows[2]["probe_pgd_acc"] == 0.0
+    stopped = res["monitor"]["stopped"]
+    assert stopped["step"] == 8 and stopped["restored_from"]["step"] == 3  # the first 0.5
+    assert res["monitor"]["co_epoch"] == 1 and res["monitor"]["events"][0]["onset_step"] == 6
 
 
 def test_probing_does_not_change_training(tmp_path):
