@@ -139,8 +139,10 @@ def progress_line(method: str, row: dict, epochs: int) -> str:
     return line
 
 
-def _run_parallel(cfgs, data, jobs: int, threads: int, stream) -> None:
-    """Train the runs in ``jobs`` worker processes, printing each finished epoch."""
+def train_side_by_side(cfgs, data, jobs: int, threads: int, stream) -> None:
+    """Train the TrainConfigs ``cfgs`` in ``jobs`` worker processes with ``threads`` torch
+    threads each, printing each finished epoch to ``stream``. ``data``: a Dataset to use
+    instead of loading Fashion-MNIST in each worker (None: load it)."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
@@ -209,7 +211,7 @@ def run_demo(out_dir: str = "runs/demo", data_dir=None, download: bool = False,
           f"{cfgs[0].n_train} images, eps {cfgs[0].epsilon:g}/255) in {jobs} process(es) "
           f"with {threads} thread(s) each -> {out_dir}", file=stream, flush=True)
     if jobs > 1:
-        _run_parallel(cfgs, worker_data, jobs, threads, stream)
+        train_side_by_side(cfgs, worker_data, jobs, threads, stream)
     else:
         before = torch.get_num_threads()
         torch.set_num_threads(threads)
