@@ -115,6 +115,9 @@ def add_monitor_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--co-rel-drop", type=float, default=0.75,
                    help="... or by more than this fraction of the reference, whichever is "
                         "smaller (matters when best PGD accuracy < 0.2 / this; 0: off)")
+    g.add_argument("--co-min-drop", type=float, default=0.05,
+                   help="the relative threshold is never below this (a model whose best PGD "
+                        "accuracy is under it was never robust: no CO to detect)")
     g.add_argument("--co-patience", type=int, default=2,
                    help="consecutive probes that must meet the rule (Wong et al.: 1)")
     g.add_argument("--rollback-change", choices=["auto", "step", "regularizer"], default="auto",
@@ -133,7 +136,8 @@ def monitor_config_kwargs(args) -> dict:
     return {"probe_source": args.probe_source, "probe_every": args.probe_every,
             "on_co": args.on_co, "co_drop": args.co_drop, "co_reference": args.co_reference,
             "co_fgsm_ratio": args.co_fgsm_ratio,
-            "co_rel_drop": args.co_rel_drop, "co_patience": args.co_patience, "rollback_change": args.rollback_change,
+            "co_rel_drop": args.co_rel_drop, "co_patience": args.co_patience,
+            "co_min_drop": args.co_min_drop, "rollback_change": args.rollback_change,
             "rollback_step_factor": args.rollback_step_factor,
             "rollback_reg_factor": args.rollback_reg_factor,
             "max_rollbacks": args.max_rollbacks, "aae_per_class": args.aae_per_class}

@@ -35,9 +35,9 @@ def test_rule_flags_a_drop_from_the_best_with_fgsm_high():
     assert ev["pgd_drop"] == pytest.approx(0.3125)
     assert (ev["fgsm_now"], ev["fgsm_ref"]) == (0.75, 0.5)
     assert ev["threshold"] == 0.2
-    assert ev["rule"] == ("probe PGD accuracy more than min(0.2, 0.75 x that accuracy) below "
-                          "its best so far on 2 consecutive probes, while probe FGSM accuracy "
-                          "fell by less than 0.5 times as much")
+    assert ev["rule"] == ("probe PGD accuracy more than min(0.2, max(0.75 x that accuracy, "
+                          "0.05)) below its best so far on 2 consecutive probes, while probe "
+                          "FGSM accuracy fell by less than 0.5 times as much")
 
 
 def test_rule_needs_a_drop_of_more_than_the_threshold():
@@ -54,6 +54,9 @@ def test_weak_models_need_a_relative_fall():
     ev = CORule().check(hist, _rec(1, 0.0))
     assert ev["threshold"] == 0.09375 and ev["pgd_drop"] == 0.125
     assert CORule(rel_drop=None).check(hist, _rec(1, 0.0)) is None
+    # a model that was never robust has nothing to collapse from: the fall must exceed 0.05
+    assert CORule().check([_rec(0, 0.046875)], _rec(1, 0.0)) is None
+    assert CORule(min_drop=0.0).check([_rec(0, 0.046875)], _rec(1, 0.0)) is not None
     # a strong model: min(0.2, 0.75 x 0.5) = 0.2, Wong et al.'s threshold
     assert CORule().check([_rec(0, 0.5)], _rec(1, 0.25))["threshold"] == 0.2
 
@@ -86,6 +89,7 @@ def test_previous_reference_is_wong_et_al_rule():
                                           ({"fgsm_ratio": 0}, "ratio"),
                                           ({"rel_drop": 1.5}, "relative"),
                                           ({"patience": 0}, "patience"),
+                                          ({"min_drop": 0.3}, "min drop"),
                                           ({"patience": 1.5}, "patience")])
 def test_rule_rejects_bad_settings(kwargs, word):
     with pytest.raises(ValueError, match=word):
