@@ -48,6 +48,10 @@ CO_FIXTURE: dict[str, Any] = {
 }
 
 DEMO_METHODS = ("rs-fgsm", "rs-aaer")
+# RS-FGSM hit CO in all five seeds of the fixture table; with seed 2 it does so at epoch 6
+# (seed 0 confirms it only at the last epoch), so the demo's story does not hang on the
+# last probe.
+DEMO_SEED = 2
 
 
 def co_fixture_config(method: str, seed: int, out_dir: str, data_dir=None) -> TrainConfig:
@@ -173,7 +177,7 @@ def train_side_by_side(cfgs, data, jobs: int, threads: int, stream) -> None:
 
 
 def run_demo(out_dir: str = "runs/demo", data_dir=None, download: bool = False,
-             seed: int = 0, methods=DEMO_METHODS, progress: bool = True,
+             seed: int = DEMO_SEED, methods=DEMO_METHODS, progress: bool = True,
              epochs: int | None = None, jobs: int | None = None, threads: int | None = None,
              data=None, stream=None) -> dict[str, Any]:
     """Train the fixture for each method, write the report, print the verdict.

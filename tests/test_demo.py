@@ -78,7 +78,7 @@ def test_demo_flow_two_processes(tmp_path, monkeypatch):
     res = demo.run_demo(str(tmp_path / "demo"), epochs=2, jobs=2, threads=1,
                         data=_stand_in(monkeypatch), stream=out)
     text = out.getvalue()
-    assert "training rs-fgsm, rs-aaer (seed 0, 2 epochs on 128 images, eps 70/255) in 2 " \
+    assert "training rs-fgsm, rs-aaer (seed 2, 2 epochs on 128 images, eps 70/255) in 2 " \
            "process(es) with 1 thread(s) each" in text
     for m in ("rs-fgsm", "rs-aaer"):
         assert os.path.isfile(tmp_path / "demo" / m / "results.json")
