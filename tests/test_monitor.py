@@ -353,3 +353,24 @@ def test_trainer_logs_per_class_counts(tmp_path):
     assert len(row["aae_count_per_class"]) == 4
     assert sum(row["aae_count_per_class"]) == row["aae_count"]
     assert all(0.0 <= f <= 1.0 for f in row["aae_fraction_per_class"])
+
+
+def test_cli_flags_reach_the_config():
+    from aaer.cli import build_parser, config_from_args
+    args = build_parser().parse_args([
+        "train", "--method", "rs-fgsm", "--probe-n", "300", "--probe-source", "holdout",
+        "--probe-every", "50", "--on-co", "rollback", "--co-drop", "0.3", "--co-reference",
+        "previous", "--co-fgsm-ratio", "0", "--co-rel-drop", "0.5", "--co-min-drop", "0.1",
+        "--co-patience", "1", "--rollback-change", "step", "--rollback-step-factor", "0.5",
+        "--rollback-reg-factor", "3", "--max-rollbacks", "4", "--aae-per-class"])
+    cfg = config_from_args(args)
+    cfg.validate()
+    assert (cfg.probe_n, cfg.probe_source, cfg.probe_every, cfg.on_co) == \
+        (300, "holdout", 50, "rollback")
+    assert (cfg.co_drop, cfg.co_reference, cfg.co_fgsm_ratio, cfg.co_rel_drop, cfg.co_min_drop,
+            cfg.co_patience) == (0.3, "previous", 0.0, 0.5, 0.1, 1)
+    assert (cfg.rollback_change, cfg.rollback_step_factor, cfg.rollback_reg_factor,
+            cfg.max_rollbacks, cfg.aae_per_class) == ("step", 0.5, 3.0, 4, True)
+    from aaer.monitor import rule_from_config
+    assert rule_from_config(cfg) == CORule(drop=0.3, reference="previous", fgsm_ratio=None,
+                                           rel_drop=0.5, patience=1, min_drop=0.1)
