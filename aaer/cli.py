@@ -129,6 +129,9 @@ def add_monitor_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--co-rel-drop", type=float, default=0.75,
                    help="... or by more than this fraction of the reference, whichever is "
                         "smaller (matters when best PGD accuracy < 0.2 / this; 0: off)")
+    g.add_argument("--co-min-drop", type=float, default=0.05,
+                   help="the relative threshold is never below this (a model whose best PGD "
+                        "accuracy is under it was never robust: no CO to detect)")
     g.add_argument("--co-patience", type=int, default=2,
                    help="consecutive probes that must meet the rule (Wong et al.: 1)")
     g.add_argument("--rollback-change", choices=["auto", "step", "regularizer"], default="auto",
@@ -147,7 +150,8 @@ def monitor_config_kwargs(args) -> dict:
     return {"probe_source": args.probe_source, "probe_every": args.probe_every,
             "on_co": args.on_co, "co_drop": args.co_drop, "co_reference": args.co_reference,
             "co_fgsm_ratio": args.co_fgsm_ratio,
-            "co_rel_drop": args.co_rel_drop, "co_patience": args.co_patience, "rollback_change": args.rollback_change,
+            "co_rel_drop": args.co_rel_drop, "co_patience": args.co_patience,
+            "co_min_drop": args.co_min_drop, "rollback_change": args.rollback_change,
             "rollback_step_factor": args.rollback_step_factor,
             "rollback_reg_factor": args.rollback_reg_factor,
             "max_rollbacks": args.max_rollbacks, "aae_per_class": args.aae_per_class}
@@ -574,7 +578,8 @@ def add_demo_args(p: argparse.ArgumentParser) -> None:
                    "not given: Debian's /usr/share/datasets/fashion-mnist")
     p.add_argument("--download", action="store_true", help="download Fashion-MNIST (MD5-"
                    "checked) into --data-dir if it is not there")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="seed of both runs (default: the "
+                   "fixture's demo seed, 2; the README's table has seeds 0-4)")
     p.add_argument("--jobs", type=int, default=None, help="runs trained side by side in "
                    "separate processes; not given: one per run, at most one per CPU core")
     p.add_argument("--threads", type=int, default=None, help="torch threads per job; not "
@@ -589,7 +594,9 @@ def cmd_demo(args) -> int:
             raise UsageError(f"invalid {flag} {v!r}: must be >= 1")
     if args.download and args.data_dir is None:
         args.data_dir = os.path.join("data", "fashion-mnist")
-    run_demo(args.out_dir, args.data_dir, args.download, args.seed,
+    from aaer.demo import DEMO_SEED
+    seed = DEMO_SEED if args.seed is None else args.seed
+    run_demo(args.out_dir, args.data_dir, args.download, seed,
              progress=not args.no_progress, jobs=args.jobs, threads=args.threads)
     return 0
 

@@ -48,6 +48,10 @@ CO_FIXTURE: dict[str, Any] = {
 }
 
 DEMO_METHODS = ("rs-fgsm", "rs-aaer")
+# RS-FGSM hit CO in all five seeds of the fixture table; with seed 2 it does so at epoch 6
+# (seed 0 confirms it only at the last epoch), so the demo's story does not hang on the
+# last probe.
+DEMO_SEED = 2
 
 
 def co_fixture_config(method: str, seed: int, out_dir: str, data_dir=None) -> TrainConfig:
@@ -139,8 +143,10 @@ def progress_line(method: str, row: dict, epochs: int) -> str:
     return line
 
 
-def _run_parallel(cfgs, data, jobs: int, threads: int, stream) -> None:
-    """Train the runs in ``jobs`` worker processes, printing each finished epoch."""
+def train_side_by_side(cfgs, data, jobs: int, threads: int, stream) -> None:
+    """Train the TrainConfigs ``cfgs`` in ``jobs`` worker processes with ``threads`` torch
+    threads each, printing each finished epoch to ``stream``. ``data``: a Dataset to use
+    instead of loading Fashion-MNIST in each worker (None: load it)."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
@@ -171,7 +177,7 @@ def _run_parallel(cfgs, data, jobs: int, threads: int, stream) -> None:
 
 
 def run_demo(out_dir: str = "runs/demo", data_dir=None, download: bool = False,
-             seed: int = 0, methods=DEMO_METHODS, progress: bool = True,
+             seed: int = DEMO_SEED, methods=DEMO_METHODS, progress: bool = True,
              epochs: int | None = None, jobs: int | None = None, threads: int | None = None,
              data=None, stream=None) -> dict[str, Any]:
     """Train the fixture for each method, write the report, print the verdict.
@@ -209,7 +215,7 @@ def run_demo(out_dir: str = "runs/demo", data_dir=None, download: bool = False,
           f"{cfgs[0].n_train} images, eps {cfgs[0].epsilon:g}/255) in {jobs} process(es) "
           f"with {threads} thread(s) each -> {out_dir}", file=stream, flush=True)
     if jobs > 1:
-        _run_parallel(cfgs, worker_data, jobs, threads, stream)
+        train_side_by_side(cfgs, worker_data, jobs, threads, stream)
     else:
         before = torch.get_num_threads()
         torch.set_num_threads(threads)

@@ -8,13 +8,14 @@ seeded once, so every probe sees the same starting noise.
 
 CO rule (SPEC §7, after Wong et al. 2020's early stop): the probe's PGD accuracy has
 dropped below a reference -- its best so far (default) or the last probe before the
-drop (as in Wong et al.'s code) -- by more than ``drop`` (0.2) or, for a reference
-below 0.2 / ``rel_drop``, by more than ``rel_drop`` (0.75) of it, on ``patience`` (2)
+drop (as in Wong et al.'s code) -- by more than min(``drop``, max(``rel_drop`` x
+reference, ``min_drop``)) = min(0.2, max(0.75 x reference, 0.05)), on ``patience`` (2)
 consecutive probes, while FGSM accuracy has stayed high: since the reference it fell by
 less than ``fgsm_ratio`` (0.5) times the PGD fall (a rise always counts as high).
 - The relative threshold matters only for weakly robust models (best PGD accuracy under
   0.27): Wong et al.'s absolute 0.2 can never fire when the best is below 0.2, however
-  completely PGD accuracy then collapses.
+  completely PGD accuracy then collapses. ``min_drop`` keeps it from firing on a few
+  points' noise in a model that was never robust (best under 0.05: no CO to detect).
 - Patience 2 ignores a single noisy dip (seen early in training at CPU scale); the CO
   epoch reported is the first probe of the confirmed run of CO probes.
 - The FGSM clause separates CO (still robust to the single-step attack, broken by PGD)
@@ -59,6 +60,7 @@ class CORule:
     fgsm_ratio: float | None = 0.5
     rel_drop: float | None = 0.75
     patience: int = 2
+    min_drop: float = 0.05
 
     def __post_init__(self):
         if not (0 < self.drop < 1):
@@ -73,6 +75,8 @@ class CORule:
         if self.rel_drop is not None and not (0 < self.rel_drop <= 1):
             raise ValueError(f"invalid CO relative drop {self.rel_drop!r}: must be in (0, 1] "
                              "or None (absolute drop only)")
+        if not (0 <= self.min_drop <= self.drop):
+            raise ValueError(f"invalid CO min drop {self.min_drop!r}: must be in [0, drop]")
         if isinstance(self.patience, bool) or not isinstance(self.patience, int) or \
                 self.patience < 1:
             raise ValueError(f"invalid CO patience {self.patience!r}: must be an integer >= 1 "
@@ -81,7 +85,7 @@ class CORule:
     def describe(self) -> str:
         ref = "its best so far" if self.reference == "best" else "the probe before the drop"
         by = f"{self.drop:g}" if self.rel_drop is None else \
-            f"min({self.drop:g}, {self.rel_drop:g} x that accuracy)"
+            f"min({self.drop:g}, max({self.rel_drop:g} x that accuracy, {self.min_drop:g}))"
         text = f"probe PGD accuracy more than {by} below {ref}"
         if self.patience > 1:
             text += f" on {self.patience} consecutive probes"
@@ -91,7 +95,9 @@ class CORule:
         return text
 
     def threshold(self, ref_pgd: float) -> float:
-        return self.drop if self.rel_drop is None else min(self.drop, self.rel_drop * ref_pgd)
+        if self.rel_drop is None:
+            return self.drop
+        return min(self.drop, max(self.rel_drop * ref_pgd, self.min_drop))
 
     def check(self, history: list[dict], current: dict, pending: int = 0) -> dict | None:
         """Evidence (a dict) if ``current`` meets the rule given the earlier probes, else None.
@@ -449,7 +455,7 @@ def rule_from_config(cfg) -> CORule:
     return CORule(drop=cfg.co_drop, reference=cfg.co_reference,
                   fgsm_ratio=None if cfg.co_fgsm_ratio <= 0 else cfg.co_fgsm_ratio,
                   rel_drop=None if cfg.co_rel_drop <= 0 else cfg.co_rel_drop,
-                  patience=cfg.co_patience)
+                  patience=cfg.co_patience, min_drop=cfg.co_min_drop)
 
 
 def build_monitor(cfg, dataset, train_x, train_y):

@@ -202,18 +202,20 @@ def plot_runs(runs: list[Run], out_dir: str) -> list[str]:
         os.replace(tmp, path)
         paths.append(path)
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for ax, (key, title) in zip(axes, (("probe_clean_acc", "clean"),
                                        ("probe_fgsm_acc", "FGSM"),
                                        ("probe_pgd_acc", "PGD"))):
+        top = 0.0
         for i, run in enumerate(runs):
             xs, ys = run.series(key)
             if xs:
                 ax.plot(xs, ys, marker="o", markersize=3, color=colors[i % 10], label=run.label)
                 mark_co(ax, run, colors[i % 10], key)
+                top = max(top, max(ys))
         ax.set_title(f"probe {title} accuracy")
         ax.set_xlabel("epoch")
-        ax.set_ylim(-0.02, 1.02)
+        ax.set_ylim(-0.01, min(1.02, max(0.1, 1.1 * top)))   # PGD often stays low: zoom in
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy")
     axes[-1].legend(fontsize=8, loc="best")

@@ -78,7 +78,7 @@ def test_demo_flow_two_processes(tmp_path, monkeypatch):
     res = demo.run_demo(str(tmp_path / "demo"), epochs=2, jobs=2, threads=1,
                         data=_stand_in(monkeypatch), stream=out)
     text = out.getvalue()
-    assert "training rs-fgsm, rs-aaer (seed 0, 2 epochs on 128 images, eps 70/255) in 2 " \
+    assert "training rs-fgsm, rs-aaer (seed 2, 2 epochs on 128 images, eps 70/255) in 2 " \
            "process(es) with 1 thread(s) each" in text
     for m in ("rs-fgsm", "rs-aaer"):
         assert os.path.isfile(tmp_path / "demo" / m / "results.json")
@@ -101,3 +101,16 @@ def test_demo_flow_two_processes(tmp_path, monkeypatch):
 def test_cli_demo_rejects_bad_jobs(capsys):
     assert main(["demo", "--jobs", "0"]) == 2
     assert "invalid --jobs 0" in capsys.readouterr().err
+
+
+def test_cli_demo_download_goes_to_a_data_folder(monkeypatch, tmp_path, capsys):
+    seen = []
+
+    def fake(data_dir, download):
+        seen.append((data_dir, download))
+        raise FileNotFoundError("no network here")
+
+    monkeypatch.setattr(demo, "load_fixture_data", fake)
+    assert main(["demo", "--download", "--out-dir", str(tmp_path / "o")]) == 2
+    assert seen == [(os.path.join("data", "fashion-mnist"), True)]
+    assert "no network here" in capsys.readouterr().err

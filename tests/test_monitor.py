@@ -35,9 +35,9 @@ def test_rule_flags_a_drop_from_the_best_with_fgsm_high():
     assert ev["pgd_drop"] == pytest.approx(0.3125)
     assert (ev["fgsm_now"], ev["fgsm_ref"]) == (0.75, 0.5)
     assert ev["threshold"] == 0.2
-    assert ev["rule"] == ("probe PGD accuracy more than min(0.2, 0.75 x that accuracy) below "
-                          "its best so far on 2 consecutive probes, while probe FGSM accuracy "
-                          "fell by less than 0.5 times as much")
+    assert ev["rule"] == ("probe PGD accuracy more than min(0.2, max(0.75 x that accuracy, "
+                          "0.05)) below its best so far on 2 consecutive probes, while probe "
+                          "FGSM accuracy fell by less than 0.5 times as much")
 
 
 def test_rule_needs_a_drop_of_more_than_the_threshold():
@@ -54,6 +54,9 @@ def test_weak_models_need_a_relative_fall():
     ev = CORule().check(hist, _rec(1, 0.0))
     assert ev["threshold"] == 0.09375 and ev["pgd_drop"] == 0.125
     assert CORule(rel_drop=None).check(hist, _rec(1, 0.0)) is None
+    # a model that was never robust has nothing to collapse from: the fall must exceed 0.05
+    assert CORule().check([_rec(0, 0.046875)], _rec(1, 0.0)) is None
+    assert CORule(min_drop=0.0).check([_rec(0, 0.046875)], _rec(1, 0.0)) is not None
     # a strong model: min(0.2, 0.75 x 0.5) = 0.2, Wong et al.'s threshold
     assert CORule().check([_rec(0, 0.5)], _rec(1, 0.25))["threshold"] == 0.2
 
@@ -86,6 +89,7 @@ def test_previous_reference_is_wong_et_al_rule():
                                           ({"fgsm_ratio": 0}, "ratio"),
                                           ({"rel_drop": 1.5}, "relative"),
                                           ({"patience": 0}, "patience"),
+                                          ({"min_drop": 0.3}, "min drop"),
                                           ({"patience": 1.5}, "patience")])
 def test_rule_rejects_bad_settings(kwargs, word):
     with pytest.raises(ValueError, match=word):
@@ -349,3 +353,24 @@ def test_trainer_logs_per_class_counts(tmp_path):
     assert len(row["aae_count_per_class"]) == 4
     assert sum(row["aae_count_per_class"]) == row["aae_count"]
     assert all(0.0 <= f <= 1.0 for f in row["aae_fraction_per_class"])
+
+
+def test_cli_flags_reach_the_config():
+    from aaer.cli import build_parser, config_from_args
+    args = build_parser().parse_args([
+        "train", "--method", "rs-fgsm", "--probe-n", "300", "--probe-source", "holdout",
+        "--probe-every", "50", "--on-co", "rollback", "--co-drop", "0.3", "--co-reference",
+        "previous", "--co-fgsm-ratio", "0", "--co-rel-drop", "0.5", "--co-min-drop", "0.1",
+        "--co-patience", "1", "--rollback-change", "step", "--rollback-step-factor", "0.5",
+        "--rollback-reg-factor", "3", "--max-rollbacks", "4", "--aae-per-class"])
+    cfg = config_from_args(args)
+    cfg.validate()
+    assert (cfg.probe_n, cfg.probe_source, cfg.probe_every, cfg.on_co) == \
+        (300, "holdout", 50, "rollback")
+    assert (cfg.co_drop, cfg.co_reference, cfg.co_fgsm_ratio, cfg.co_rel_drop, cfg.co_min_drop,
+            cfg.co_patience) == (0.3, "previous", 0.0, 0.5, 0.1, 1)
+    assert (cfg.rollback_change, cfg.rollback_step_factor, cfg.rollback_reg_factor,
+            cfg.max_rollbacks, cfg.aae_per_class) == ("step", 0.5, 3.0, 4, True)
+    from aaer.monitor import rule_from_config
+    assert rule_from_config(cfg) == CORule(drop=0.3, reference="previous", fgsm_ratio=None,
+                                           rel_drop=0.5, patience=1, min_drop=0.1)
