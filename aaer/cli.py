@@ -132,6 +132,11 @@ def add_monitor_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--co-min-drop", type=float, default=0.05,
                    help="the relative threshold is never below this (a model whose best PGD "
                         "accuracy is under it was never robust: no CO to detect)")
+    g.add_argument("--co-gap", type=float, default=0.25,
+                   help="also CO: probe FGSM accuracy at least this above a PGD accuracy that "
+                        "is <= --co-floor (a run in CO from its start; 0: off)")
+    g.add_argument("--co-floor", type=float, default=0.05,
+                   help="PGD accuracy at or below which --co-gap applies")
     g.add_argument("--co-patience", type=int, default=2,
                    help="consecutive probes that must meet the rule (Wong et al.: 1)")
     g.add_argument("--rollback-change", choices=["auto", "step", "regularizer"], default="auto",
@@ -151,7 +156,8 @@ def monitor_config_kwargs(args) -> dict:
             "on_co": args.on_co, "co_drop": args.co_drop, "co_reference": args.co_reference,
             "co_fgsm_ratio": args.co_fgsm_ratio,
             "co_rel_drop": args.co_rel_drop, "co_patience": args.co_patience,
-            "co_min_drop": args.co_min_drop, "rollback_change": args.rollback_change,
+            "co_min_drop": args.co_min_drop, "co_gap": args.co_gap,
+            "co_floor": args.co_floor, "rollback_change": args.rollback_change,
             "rollback_step_factor": args.rollback_step_factor,
             "rollback_reg_factor": args.rollback_reg_factor,
             "max_rollbacks": args.max_rollbacks, "aae_per_class": args.aae_per_class}

@@ -19,6 +19,7 @@ import sys
 import time
 from typing import Any
 
+from aaer.monitor import evidence_text
 from aaer.train import TrainConfig
 
 FIXTURE_EPSILON = 70.0          # about 0.275 in pixel units (1/255 units, as every --epsilon)
@@ -107,9 +108,8 @@ def verdict(runs) -> list[str]:
         if e is not None:
             first = r.co_events()[0]
             ev = first["evidence"]
-            co.append(f"{r.label} at epoch {e} (probe PGD {ev['pgd_ref']:.3f} at epoch "
-                      f"{ev['ref_epoch']} -> {ev['pgd_now']:.3f} at epoch {first['epoch']}, "
-                      f"FGSM {ev['fgsm_now']:.3f})")
+            co.append(f"{r.label} at epoch {e} ({evidence_text(ev, 3)}, confirmed at epoch "
+                      f"{first['epoch']})")
         else:
             last = probe[-1] if probe else {}
             no.append(f"{r.label} (final probe PGD {last.get('probe_pgd_acc', float('nan')):.3f}, "
@@ -138,8 +138,7 @@ def progress_line(method: str, row: dict, epochs: int) -> str:
             f"{row.get('probe_pgd_acc', float('nan')):.3f} | {row['seconds']:.0f} s")
     for ev in row.get("co_events", []):
         e = ev["evidence"]
-        line += (f"\n  {method:<8} CO flagged at epoch {ev['epoch']}: probe PGD "
-                 f"{e['pgd_ref']:.3f} -> {e['pgd_now']:.3f}, FGSM {e['fgsm_now']:.3f}")
+        line += f"\n  {method:<8} CO flagged at epoch {ev['epoch']}: {evidence_text(e, 3)}"
     return line
 
 

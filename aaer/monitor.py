@@ -20,8 +20,12 @@ less than ``fgsm_ratio`` (0.5) times the PGD fall (a rise always counts as high)
   epoch reported is the first probe of the confirmed run of CO probes.
 - The FGSM clause separates CO (still robust to the single-step attack, broken by PGD)
   from a run that simply diverges (every accuracy falls together).
-``CORule(reference="previous", rel_drop=None, patience=1, fgsm_ratio=None)`` is Wong et
-al.'s rule exactly.
+A second clause catches runs that are in CO from their first probe, so have no robust
+best to fall from (zero-start FGSM at a large eps): probe PGD accuracy at most ``floor``
+(0.05) while FGSM accuracy is at least ``gap`` (0.25) above it -- robust to the
+single-step attack, not to the multi-step one -- on ``patience`` consecutive probes.
+``CORule(reference="previous", rel_drop=None, patience=1, fgsm_ratio=None, gap=None)`` is
+Wong et al.'s rule exactly.
 
 Responses when the rule fires:
 - ``warn``: log it and record the evidence (metrics.jsonl, results.json).
@@ -61,6 +65,8 @@ class CORule:
     rel_drop: float | None = 0.75
     patience: int = 2
     min_drop: float = 0.05
+    gap: float | None = 0.25
+    floor: float = 0.05
 
     def __post_init__(self):
         if not (0 < self.drop < 1):
@@ -77,6 +83,12 @@ class CORule:
                              "or None (absolute drop only)")
         if not (0 <= self.min_drop <= self.drop):
             raise ValueError(f"invalid CO min drop {self.min_drop!r}: must be in [0, drop]")
+        if self.gap is not None and not (0 < self.gap <= 1):
+            raise ValueError(f"invalid CO gap {self.gap!r}: must be in (0, 1] or None (the "
+                             "masked clause off)")
+        if not (0 <= self.floor < 1):
+            raise ValueError(f"invalid CO floor {self.floor!r}: must be in [0, 1) (a PGD "
+                             "accuracy, e.g. 0.05)")
         if isinstance(self.patience, bool) or not isinstance(self.patience, int) or \
                 self.patience < 1:
             raise ValueError(f"invalid CO patience {self.patience!r}: must be an integer >= 1 "
@@ -92,6 +104,11 @@ class CORule:
         if self.fgsm_ratio is not None:
             text += (f", while probe FGSM accuracy fell by less than {self.fgsm_ratio:g} times "
                      "as much")
+        if self.gap is not None:
+            text += (f"; or probe PGD accuracy at most {self.floor:g} while FGSM accuracy is at "
+                     f"least {self.gap:g} above it")
+            if self.patience > 1:
+                text += f" on {self.patience} consecutive probes"
         return text
 
     def threshold(self, ref_pgd: float) -> float:
@@ -106,23 +123,50 @@ class CORule:
         not a "previous" reference). Patience is counted by the caller.
         """
         earlier = history[:len(history) - pending]
-        if not earlier:
-            return None
-        if self.reference == "best":
-            ref = max(earlier, key=lambda r: r["pgd"])       # the first of equal bests
-        else:
-            ref = earlier[-1]
+        ref = None
+        if earlier:
+            ref = max(earlier, key=lambda r: r["pgd"]) if self.reference == "best" \
+                else earlier[-1]                          # max: the first of equal bests
+        evidence = self._drop_clause(ref, current) if ref is not None else None
+        if evidence is None:
+            evidence = self._masked_clause(ref, current)
+        return evidence
+
+    def _evidence(self, clause: str, ref: dict, current: dict) -> dict:
+        return {"clause": clause, "pgd_now": current["pgd"], "pgd_ref": ref["pgd"],
+                "pgd_drop": round(ref["pgd"] - current["pgd"], 6),
+                "threshold": round(self.threshold(ref["pgd"]), 6),
+                "ref_epoch": ref["epoch"], "ref_step": ref["step"], "fgsm_now": current["fgsm"],
+                "fgsm_ref": ref["fgsm"], "clean_now": current["clean"],
+                "clean_ref": ref["clean"], "rule": self.describe()}
+
+    def _drop_clause(self, ref: dict, current: dict) -> dict | None:
         drop = ref["pgd"] - current["pgd"]
         if not drop > self.threshold(ref["pgd"]):
             return None
         if self.fgsm_ratio is not None and \
                 not ref["fgsm"] - current["fgsm"] < self.fgsm_ratio * drop:
             return None
-        return {"pgd_now": current["pgd"], "pgd_ref": ref["pgd"], "pgd_drop": round(drop, 6),
-                "threshold": round(self.threshold(ref["pgd"]), 6),
-                "ref_epoch": ref["epoch"], "ref_step": ref["step"], "fgsm_now": current["fgsm"],
-                "fgsm_ref": ref["fgsm"], "clean_now": current["clean"],
-                "clean_ref": ref["clean"], "rule": self.describe()}
+        return self._evidence("drop", ref, current)
+
+    def _masked_clause(self, ref: dict | None, current: dict) -> dict | None:
+        if self.gap is None or not current["pgd"] <= self.floor or \
+                not current["fgsm"] - current["pgd"] >= self.gap:
+            return None
+        ev = self._evidence("masked", current if ref is None else ref, current)
+        ev["fgsm_gap"] = round(current["fgsm"] - current["pgd"], 6)
+        return ev
+
+
+def evidence_text(ev: dict, digits: int = 4) -> str:
+    """One phrase saying why a probe met the CO rule (for logs, reports and the demo)."""
+    f = lambda v: f"{v:.{digits}f}"
+    if ev.get("clause") == "masked":
+        return (f"probe PGD accuracy {f(ev['pgd_now'])} while FGSM accuracy is "
+                f"{f(ev['fgsm_now'])} (robust to FGSM, not to PGD; best PGD so far "
+                f"{f(ev['pgd_ref'])} at epoch {ev['ref_epoch']})")
+    return (f"probe PGD accuracy {f(ev['pgd_ref'])} at epoch {ev['ref_epoch']} -> "
+            f"{f(ev['pgd_now'])}, while FGSM accuracy {f(ev['fgsm_ref'])} -> {f(ev['fgsm_now'])}")
 
 
 def select_probe_data(source: str, n: int, train_x, train_y, test_x, test_y,
@@ -240,10 +284,8 @@ class COMonitor:
         self._streak.append(rec)
         rec["co_candidate"] = True
         if len(self._streak) < self.rule.patience:
-            trainer.log.info("CO candidate at epoch %d: probe PGD acc %.4f, %.4f below %.4f "
-                             "(epoch %d); CO if the next probe agrees (patience %d)", epoch,
-                             evidence["pgd_now"], evidence["pgd_drop"], evidence["pgd_ref"],
-                             evidence["ref_epoch"], self.rule.patience)
+            trainer.log.info("CO candidate at epoch %d: %s; CO if the next probe agrees "
+                             "(patience %d)", epoch, evidence_text(evidence), self.rule.patience)
             return rec
         rec["co"] = True
         onset = self._streak[0]
@@ -307,10 +349,8 @@ class COMonitor:
         log = trainer.log
         ev = event["evidence"]
         where = f"epoch {event['epoch']}" + (f" step {event['step']}" if self.every_steps else "")
-        log.warning("CO detected at %s (since epoch %d): probe PGD acc %.4f, %.4f below %.4f "
-                    "(epoch %d); FGSM acc %.4f (was %.4f); clean acc %.4f", where,
-                    event["onset_epoch"], ev["pgd_now"], ev["pgd_drop"], ev["pgd_ref"],
-                    ev["ref_epoch"], ev["fgsm_now"], ev["fgsm_ref"], ev["clean_now"])
+        log.warning("CO detected at %s (since epoch %d): %s; clean acc %.4f", where,
+                    event["onset_epoch"], evidence_text(ev), ev["clean_now"])
         response = self.on_co
         if response == "rollback" and len(self.rollbacks) >= self.max_rollbacks:
             log.warning("CO again after %d rollbacks (--max-rollbacks): stopping",
@@ -434,6 +474,9 @@ def validate_monitor_config(cfg) -> None:
     if cfg.co_fgsm_ratio < 0:
         raise ValueError(f"invalid --co-fgsm-ratio {cfg.co_fgsm_ratio!r}: must be in [0, 1] "
                          "(0: the FGSM clause is off)")
+    if cfg.co_gap < 0:
+        raise ValueError(f"invalid --co-gap {cfg.co_gap!r}: must be in [0, 1] (0: the masked "
+                         "clause is off)")
     if cfg.co_rel_drop < 0:
         raise ValueError(f"invalid --co-rel-drop {cfg.co_rel_drop!r}: must be in [0, 1] "
                          "(0: absolute drop only)")
@@ -455,7 +498,8 @@ def rule_from_config(cfg) -> CORule:
     return CORule(drop=cfg.co_drop, reference=cfg.co_reference,
                   fgsm_ratio=None if cfg.co_fgsm_ratio <= 0 else cfg.co_fgsm_ratio,
                   rel_drop=None if cfg.co_rel_drop <= 0 else cfg.co_rel_drop,
-                  patience=cfg.co_patience, min_drop=cfg.co_min_drop)
+                  patience=cfg.co_patience, min_drop=cfg.co_min_drop,
+                  gap=None if cfg.co_gap <= 0 else cfg.co_gap, floor=cfg.co_floor)
 
 
 def build_monitor(cfg, dataset, train_x, train_y):

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aaer.io import atomic_write_bytes, read_jsonl
+from aaer.monitor import evidence_text
 
 PLOTS = ("probe_accuracy.png", "aae_count.png", "lr.png")
 
@@ -157,9 +158,7 @@ def co_text(run: Run) -> str:
     ev = e["evidence"]
     onset = e.get("onset_epoch", e["epoch"])
     confirmed = "" if onset == e["epoch"] else f" (confirmed at epoch {e['epoch']})"
-    text = (f"{run.label}: **CO at epoch {onset}**{confirmed}: probe PGD accuracy "
-            f"{ev['pgd_now']:.4f}, {ev['pgd_drop']:.4f} below {ev['pgd_ref']:.4f} at epoch "
-            f"{ev['ref_epoch']}; FGSM accuracy {ev['fgsm_now']:.4f} (was {ev['fgsm_ref']:.4f}); "
+    text = (f"{run.label}: **CO at epoch {onset}**{confirmed}: {evidence_text(ev)}; "
             f"clean {ev['clean_now']:.4f}. Response: {e['response']}.")
     if len(events) > 1:
         text += f" Flagged in {len(events)} probes in all."

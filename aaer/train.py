@@ -77,6 +77,8 @@ class TrainConfig:
     co_rel_drop: float = 0.75              # weak models: a fall > this x best suffices; 0: off
     co_patience: int = 2                   # consecutive probes that must meet the rule
     co_min_drop: float = 0.05              # no CO from a best PGD accuracy under this
+    co_gap: float = 0.25                   # masked clause: FGSM >= PGD + this ...; 0: off
+    co_floor: float = 0.05                 # ... with PGD accuracy <= this
     rollback_change: str = "auto"          # auto | step | regularizer
     rollback_step_factor: float = 0.75
     rollback_reg_factor: float = 2.0

@@ -54,8 +54,8 @@ def test_verdict_lines(tmp_path):
     b = load_run(make_run(str(tmp_path / "rs-aaer"), "rs-aaer", OK_RUN))
     a.label, b.label = "rs-fgsm", "rs-aaer"
     assert demo.verdict([a, b]) == [
-        "CO happened: rs-fgsm at epoch 4 (probe PGD 0.310 at epoch 2 -> 0.050 at epoch 4, "
-        "FGSM 0.700)",
+        "CO happened: rs-fgsm at epoch 4 (probe PGD accuracy 0.310 at epoch 2 -> 0.050, while "
+        "FGSM accuracy 0.350 -> 0.700, confirmed at epoch 4)",
         "No CO: rs-aaer (final probe PGD 0.280, clean 0.660)"]
     assert demo.verdict([b]) == ["CO happened in no run.",
                                  "No CO: rs-aaer (final probe PGD 0.280, clean 0.660)"]

@@ -8,7 +8,7 @@ import torch
 
 from aaer.data.datasets import Dataset
 from aaer.methods.base import aae_statistics, summarize_aae
-from aaer.monitor import COMonitor, CORule, select_probe_data
+from aaer.monitor import COMonitor, CORule, evidence_text, select_probe_data
 from aaer.train import TrainConfig, Trainer
 
 
@@ -37,26 +37,31 @@ def test_rule_flags_a_drop_from_the_best_with_fgsm_high():
     assert ev["threshold"] == 0.2
     assert ev["rule"] == ("probe PGD accuracy more than min(0.2, max(0.75 x that accuracy, "
                           "0.05)) below its best so far on 2 consecutive probes, while probe "
-                          "FGSM accuracy fell by less than 0.5 times as much")
+                          "FGSM accuracy fell by less than 0.5 times as much; or probe PGD "
+                          "accuracy at most 0.05 while FGSM accuracy is at least 0.25 above it "
+                          "on 2 consecutive probes")
+    assert ev["clause"] == "drop"
 
 
 def test_rule_needs_a_drop_of_more_than_the_threshold():
     hist = [_rec(0, 0.75)]
     assert CORule(drop=0.25).check(hist, _rec(1, 0.5)) is None        # exactly 0.25: no
     assert CORule(drop=0.25).check(hist, _rec(1, 0.49)) is not None
-    assert CORule().check([], _rec(0, 0.0)) is None                     # nothing to compare
+    assert CORule().check([], _rec(0, 0.0, fgsm=0.2)) is None           # nothing to compare
 
 
 def test_weak_models_need_a_relative_fall():
     # best 0.125 < 0.2: the absolute rule can never fire; 0.75 x 0.125 = 0.09375 can
-    hist = [_rec(0, 0.125)]
-    assert CORule().check(hist, _rec(1, 0.03125)) is None             # fell exactly 0.09375
-    ev = CORule().check(hist, _rec(1, 0.0))
+    hist = [_rec(0, 0.125, 0.125)]
+    assert CORule().check(hist, _rec(1, 0.03125, 0.125)) is None             # fell exactly 0.09375
+    ev = CORule().check(hist, _rec(1, 0.0, 0.125))
     assert ev["threshold"] == 0.09375 and ev["pgd_drop"] == 0.125
-    assert CORule(rel_drop=None).check(hist, _rec(1, 0.0)) is None
+    assert CORule(rel_drop=None).check(hist, _rec(1, 0.0, 0.125)) is None
     # a model that was never robust has nothing to collapse from: the fall must exceed 0.05
-    assert CORule().check([_rec(0, 0.046875)], _rec(1, 0.0)) is None
-    assert CORule(min_drop=0.0).check([_rec(0, 0.046875)], _rec(1, 0.0)) is not None
+    # (FGSM accuracy 0.125 here, so the masked clause stays quiet)
+    assert CORule().check([_rec(0, 0.046875, 0.125)], _rec(1, 0.0, 0.125)) is None
+    assert CORule(min_drop=0.0).check([_rec(0, 0.046875, 0.125)],
+                                      _rec(1, 0.0, 0.125))["clause"] == "drop"
     # a strong model: min(0.2, 0.75 x 0.5) = 0.2, Wong et al.'s threshold
     assert CORule().check([_rec(0, 0.5)], _rec(1, 0.25))["threshold"] == 0.2
 
@@ -74,13 +79,35 @@ def test_fgsm_clause_separates_co_from_a_diverging_run():
 def test_previous_reference_is_wong_et_al_rule():
     hist = [_rec(0, 0.6), _rec(1, 0.35)]
     cur = _rec(2, 0.25)
-    wong = CORule(reference="previous", rel_drop=None, patience=1, fgsm_ratio=None)
+    wong = CORule(reference="previous", rel_drop=None, patience=1, fgsm_ratio=None, gap=None)
     assert wong.check(hist, cur) is None                                # 0.10 below previous
     ev = CORule(reference="best").check(hist, cur)
     assert ev["ref_epoch"] == 0 and ev["pgd_drop"] == pytest.approx(0.35)
     # while a drop is pending confirmation, "previous" is the probe before the drop
     ev = CORule(reference="previous").check(hist, cur, pending=1)
     assert ev["ref_epoch"] == 0
+
+
+def test_masked_clause_flags_a_run_never_robust_to_pgd_but_robust_to_fgsm():
+    # zero-start FGSM at a large eps: PGD accuracy ~0 from the first probe, FGSM high
+    ev = CORule().check([], _rec(0, 0.0, fgsm=0.40625))
+    assert ev["clause"] == "masked" and ev["fgsm_gap"] == 0.40625
+    assert ev["pgd_ref"] == 0.0 and ev["ref_epoch"] == 0              # no earlier probe
+    assert "while FGSM accuracy is 0.4062" in evidence_text(ev)
+    hist = [_rec(0, 0.03125, fgsm=0.25)]
+    assert CORule().check(hist, _rec(1, 0.046875, fgsm=0.28125)) is None   # gap < 0.25
+    assert CORule().check(hist, _rec(1, 0.046875, fgsm=0.296875)) is not None  # gap 0.25
+    assert CORule().check(hist, _rec(1, 0.0625, fgsm=0.75)) is None    # PGD above the floor
+    assert CORule(floor=0.0625).check(hist, _rec(1, 0.0625, fgsm=0.75)) is not None
+    assert CORule(gap=None).check(hist, _rec(1, 0.0, fgsm=0.75)) is None
+    # a model that is weak against both attacks (early training, divergence) is not CO
+    assert CORule().check(hist, _rec(1, 0.0, fgsm=0.125)) is None
+
+
+def test_evidence_text_of_a_drop():
+    ev = CORule().check([_rec(0, 0.375, fgsm=0.5)], _rec(1, 0.0625, fgsm=0.625))
+    assert evidence_text(ev, 3) == ("probe PGD accuracy 0.375 at epoch 0 -> 0.062, while FGSM "
+                                    "accuracy 0.500 -> 0.625")
 
 
 @pytest.mark.parametrize("kwargs, word", [({"drop": 0}, "drop"), ({"drop": 1.5}, "drop"),
@@ -90,6 +117,8 @@ def test_previous_reference_is_wong_et_al_rule():
                                           ({"rel_drop": 1.5}, "relative"),
                                           ({"patience": 0}, "patience"),
                                           ({"min_drop": 0.3}, "min drop"),
+                                          ({"gap": 0}, "gap"), ({"gap": 1.5}, "gap"),
+                                          ({"floor": -0.1}, "floor"), ({"floor": 1}, "floor"),
                                           ({"patience": 1.5}, "patience")])
 def test_rule_rejects_bad_settings(kwargs, word):
     with pytest.raises(ValueError, match=word):
@@ -180,9 +209,10 @@ def test_warn_records_flag_epoch_and_evidence(tmp_path, monkeypatch):
     assert mon["best_probe"]["epoch"] == 1 and mon["stopped"] is None
     assert mon["probe"]["n"] == 32 and mon["probe"]["pgd_steps"] == 10
     log = (tmp_path / "warn" / "train.log").read_text()
-    assert "CO candidate at epoch 2: probe PGD acc 0.1250, 0.3750 below 0.5000 (epoch 1)" in log
-    assert ("CO detected at epoch 3 (since epoch 2): probe PGD acc 0.0625, 0.4375 below "
-            "0.5000 (epoch 1)") in log
+    assert ("CO candidate at epoch 2: probe PGD accuracy 0.5000 at epoch 1 -> 0.1250, while "
+            "FGSM accuracy") in log
+    assert ("CO detected at epoch 3 (since epoch 2): probe PGD accuracy 0.5000 at epoch 1 -> "
+            "0.0625, while FGSM accuracy") in log
     best = torch.load(tmp_path / "warn" / "best_probe.pt", weights_only=True)
     assert best["epoch"] == 1 and best["probe"]["pgd"] == 0.5
 
@@ -361,6 +391,7 @@ def test_cli_flags_reach_the_config():
         "train", "--method", "rs-fgsm", "--probe-n", "300", "--probe-source", "holdout",
         "--probe-every", "50", "--on-co", "rollback", "--co-drop", "0.3", "--co-reference",
         "previous", "--co-fgsm-ratio", "0", "--co-rel-drop", "0.5", "--co-min-drop", "0.1",
+        "--co-gap", "0.3", "--co-floor", "0.02",
         "--co-patience", "1", "--rollback-change", "step", "--rollback-step-factor", "0.5",
         "--rollback-reg-factor", "3", "--max-rollbacks", "4", "--aae-per-class"])
     cfg = config_from_args(args)
@@ -368,9 +399,11 @@ def test_cli_flags_reach_the_config():
     assert (cfg.probe_n, cfg.probe_source, cfg.probe_every, cfg.on_co) == \
         (300, "holdout", 50, "rollback")
     assert (cfg.co_drop, cfg.co_reference, cfg.co_fgsm_ratio, cfg.co_rel_drop, cfg.co_min_drop,
-            cfg.co_patience) == (0.3, "previous", 0.0, 0.5, 0.1, 1)
+            cfg.co_patience, cfg.co_gap, cfg.co_floor) == (0.3, "previous", 0.0, 0.5, 0.1, 1,
+                                                           0.3, 0.02)
     assert (cfg.rollback_change, cfg.rollback_step_factor, cfg.rollback_reg_factor,
             cfg.max_rollbacks, cfg.aae_per_class) == ("step", 0.5, 3.0, 4, True)
     from aaer.monitor import rule_from_config
     assert rule_from_config(cfg) == CORule(drop=0.3, reference="previous", fgsm_ratio=None,
-                                           rel_drop=0.5, patience=1, min_drop=0.1)
+                                           rel_drop=0.5, patience=1, min_drop=0.1, gap=0.3,
+                                           floor=0.02)

@@ -89,8 +89,8 @@ def test_report_numbers_protocols_and_co(two_runs, tmp_path):
     assert "| rs-aaer | 0.6600 | 0.3700 | 0.2800 | 0.2800 (5) | none | 300 → max 300 → 160 |" in md
     assert ("| rs-fgsm | 0.8100 | 0.5200 | 0.4567 | lineage, PGD-50-10 step 2/255 (worst "
             "restart rule), FGSM zero start, eps 8/255, n=10000, seed 0 |") in md
-    assert ("rs-fgsm: **CO at epoch 4**: probe PGD accuracy 0.0500, 0.2600 below 0.3100 at "
-            "epoch 2; FGSM accuracy 0.7000 (was 0.3500); clean 0.7800. Response: warn. "
+    assert ("rs-fgsm: **CO at epoch 4**: probe PGD accuracy 0.3100 at epoch 2 -> 0.0500, while "
+            "FGSM accuracy 0.3500 -> 0.7000; clean 0.7800. Response: warn. "
             "Flagged in 2 probes in all.") in md
     assert "rs-aaer: no CO flagged (rule: the rule text)." in md
     assert "| rs-fgsm | rs-fgsm (alpha 1.25, clamp 1) | fashion-mnist (10000 train) |" in md
