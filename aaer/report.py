@@ -235,7 +235,8 @@ def plot_runs(runs: list[Run], out_dir: str) -> list[str]:
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
+        if ax.get_legend_handles_labels()[0]:          # runs without this series: no legend
+            ax.legend(fontsize=8, loc="best")
         save(fig, name)
     return paths
 

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from aaer.io import atomic_write_bytes, read_jsonl
 from aaer.methods.aaer import N_LAMBDAS, RS_LAMBDAS
@@ -301,8 +302,28 @@ def collect(runs: list[Run], out_dir: str) -> list[dict]:
             "pgd_steps": ev.get("pgd", {}).get("steps"),
             "pgd_restarts": ev.get("pgd", {}).get("restarts"),
             "n_eval": ev.get("pgd", {}).get("n"),
-            "seconds_per_epoch": res.get("seconds_per_epoch"), "co": co, "co_epoch": co_epoch})
+            "seconds_per_epoch": res.get("seconds_per_epoch"), "co": co, "co_epoch": co_epoch,
+            **run_trajectory(read_jsonl(os.path.join(d, "metrics.jsonl")))})
     return rows
+
+
+def run_trajectory(metrics: list[dict]) -> dict:
+    """What one run's epochs show: probe PGD accuracy at its best and at the end, and the
+    AAE count at the start, at the best probe, at its largest and at the end."""
+    out: dict[str, Any] = {}
+    probe = [r for r in metrics if r.get("probe_pgd_acc") is not None]
+    if probe:
+        best = max(probe, key=lambda r: r["probe_pgd_acc"])        # the first of equal bests
+        out.update(probe_pgd_best=best["probe_pgd_acc"], probe_pgd_best_epoch=best["epoch"],
+                   probe_pgd_last=probe[-1]["probe_pgd_acc"])
+    aae = [r for r in metrics if r.get("aae_count") is not None]
+    if aae:
+        out.update(aae_first=aae[0]["aae_count"], aae_max=max(r["aae_count"] for r in aae),
+                   aae_last=aae[-1]["aae_count"], aae_fraction_last=aae[-1].get("aae_fraction"))
+        if probe:
+            at_best = [r for r in aae if r["epoch"] == out["probe_pgd_best_epoch"]]
+            out["aae_at_best"] = at_best[0]["aae_count"] if at_best else None
+    return out
 
 
 def _mean_std(values):
@@ -353,11 +374,31 @@ def summary_markdown(suite: str, summary: list[dict], rows: list[dict]) -> str:
                      f"{_pm(s['autoattack_mean'], s['autoattack_std'])} | "
                      f"{_pm(s['seconds_per_epoch_mean'], s['seconds_per_epoch_std'], False)} | "
                      f"{co} | {s['protocol']} |")
-    lines += ["", "## Runs", "", "| run | clean | PGD | CO epoch |", "|---|---|---|---|"]
+    lines += ["", "## Runs", "",
+              "Epochs count from 0. Probe: the CO monitor's PGD accuracy on its held-out batch "
+              "(best, at which epoch, and at the end); AAEs: abnormal adversarial examples per "
+              "epoch, at the first epoch, at the best probe's epoch, at most, and at the end "
+              "(with the last epoch's fraction of training examples).", "",
+              "| run | seed | clean | PGD | CO epoch | probe PGD best (epoch) -> last | "
+              "AAEs first / at best / max / last (fraction) | s/epoch |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         f = (lambda v: "n/a" if v is None else f"{100 * v:.2f}")
-        lines.append(f"| {r['run']} | {f(r['clean'])} | {f(r['pgd'])} | "
-                     f"{'none' if not r['co'] else r['co_epoch']} |")
+        co = "n/a" if r["co"] is None else ("none" if not r["co"] else str(r["co_epoch"]))
+        probe = "n/a"
+        if r.get("probe_pgd_best") is not None:
+            probe = (f"{f(r['probe_pgd_best'])} ({r['probe_pgd_best_epoch']}) -> "
+                     f"{f(r['probe_pgd_last'])}")
+        aae = "n/a"
+        if r.get("aae_first") is not None:
+            at_best = r.get("aae_at_best")
+            frac = r.get("aae_fraction_last")
+            aae = (f"{r['aae_first']} / {'n/a' if at_best is None else at_best} / "
+                   f"{r['aae_max']} / {r['aae_last']}"
+                   + ("" if frac is None else f" ({frac:.2f})"))
+        spe = r.get("seconds_per_epoch")
+        lines.append(f"| {r['run']} | {r['seed']} | {f(r['clean'])} | {f(r['pgd'])} | {co} | "
+                     f"{probe} | {aae} | {'n/a' if spe is None else f'{spe:.1f}'} |")
     return "\n".join(lines) + "\n"
 
 

@@ -119,3 +119,33 @@ def test_co_fixture_suite_and_co_flag_from_the_monitor(tmp_path):
     assert rp.co_flag(str(d)) == (False, None)
     (d / "results.json").write_text("{}")                # not monitored
     assert rp.co_flag(str(d)) == (None, None)
+
+
+def test_summary_lists_each_runs_trajectory(tmp_path):
+    runs = rp.build_runs("co-fixture", seeds=2)[2:4]                 # RS-FGSM, seeds 0 and 1
+    probe = [(0.125, 10), (0.25, 40), (0.0, 3000), (0.0, 4000)]      # (probe PGD, AAE count)
+    for run, co in zip(runs, (True, False)):
+        d = tmp_path / run.name
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps({"method": "rs-fgsm", "seed": run.seed,
+                                                   "epsilon": 70.0}))
+        rows = [{"epoch": e, "probe_pgd_acc": p, "probe_clean_acc": 0.5, "probe_fgsm_acc": 0.5,
+                 "aae_count": a, "aae_fraction": a / 10000}
+                for e, (p, a) in enumerate(probe)]
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (d / "results.json").write_text(json.dumps({
+            "seconds_per_epoch": 20.25,
+            "monitor": {"co_detected": co, "co_epoch": 2 if co else None, "probe": {
+                "pgd_steps": 10, "pgd_alpha": 70 / 255 / 4, "source": "the first 500 test "
+                "points", "seed": run.seed}},
+            "evaluation": {"results": {"clean": {"acc": 0.5}, "pgd": {
+                "acc": 0.0, "protocol": "quick", "steps": 10, "restarts": 1, "n": 1000,
+                "alpha": 70 / 255 / 4}}}}))
+    out = rp.write_summary("co-fixture", runs, str(tmp_path))
+    assert out["rows"][0]["aae_at_best"] == 40 and out["rows"][0]["probe_pgd_best_epoch"] == 1
+    md = (tmp_path / "summary.md").read_text()
+    assert (f"| {runs[0].name} | 0 | 50.00 | 0.00 | 2 | 25.00 (1) -> 0.00 | "
+            "10 / 40 / 4000 / 4000 (0.40) | 20.2 |") in md
+    assert f"| {runs[1].name} | 1 | 50.00 | 0.00 | none |" in md
+    assert "| RS-FGSM | 70/255 | 2 | 50.00 ± 0.00 | 0.00 ± 0.00 | n/a | 20.25 ± 0.00 | 0.50 (2) |" \
+        in md
