@@ -53,6 +53,11 @@ def _fmt(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
+# every run of the paper suites is evaluated as the paper reports it (PGD-50-10 step eps/4
+# and AutoAttack standard, full test set) and watched by the CO monitor (1000 test points)
+PAPER_EVAL_FLAGS = ("--eval-protocol", "aaer", "--probe-n", "1000")
+
+
 def aaer_suite(dataset: str) -> list[tuple[str, str, float, list[str]]]:
     """The seed README's 8 commands for a CIFAR data set, plus the baselines at each eps."""
     tag = {"cifar10": "CIFAR10", "cifar100": "CIFAR100"}[dataset]
@@ -64,11 +69,11 @@ def aaer_suite(dataset: str) -> list[tuple[str, str, float, list[str]]]:
             rows.append((f"{tag}_{variant}-AAER_{eps}", f"{variant}-AAER", float(eps), [
                 "--dataset", dataset, "--epochs", "30", "--clamp", str(clamp), "--alpha", alpha,
                 "--epsilon", str(eps), "--lamda1", "1.0", "--lamda2", _fmt(l2),
-                "--lamda3", _fmt(l3)]))
+                "--lamda3", _fmt(l3), *PAPER_EVAL_FLAGS]))
         for method in SUITE_BASELINES:
             rows.append((f"{tag}_{METHOD_LABELS[method]}_{eps}", METHOD_LABELS[method],
                          float(eps), ["--dataset", dataset, "--epochs", "30", "--method", method,
-                                      "--epsilon", str(eps)]))
+                                      "--epsilon", str(eps), *PAPER_EVAL_FLAGS]))
     return rows
 
 
