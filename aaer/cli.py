@@ -667,6 +667,10 @@ def main(argv=None, prog: str = "aaer", seed_script: bool = False) -> int:
     except FloatingPointError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return EXIT_DIVERGED
+    except BrokenPipeError:            # `aaer reproduce ... --dry-run | head`: not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
