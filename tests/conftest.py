@@ -34,5 +34,15 @@ class TinyNet(torch.nn.Module):
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny models: one torch thread avoids the thread hand-offs that dominate on a busy
+    machine. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def tiny_net():
     return TinyNet

@@ -9,13 +9,7 @@ from aaer.evaluate import PROTOCOLS, evaluate, format_table, get_protocol
 EPS = 8 / 255
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread avoids thread hand-offs that dominate on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def linear_ten_class(n=60, seed=0):

@@ -12,13 +12,7 @@ from aaer.monitor import COMonitor, CORule, evidence_text, select_probe_data
 from aaer.train import TrainConfig, Trainer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one torch thread is faster than two, and far faster on a busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _rec(epoch, pgd, fgsm=0.5, clean=0.8):

@@ -10,13 +10,7 @@ from tests.conftest import TinyNet
 EPS = 8 / 255
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread avoids thread hand-offs that dominate on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def linear_two_class(seed=0, d=3 * 8 * 8):
