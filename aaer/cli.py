@@ -90,7 +90,11 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-protocol", default="lineage",
                    help="evaluation after training (see `aaer eval --help`); none to skip")
     g.add_argument("--n-eval", type=int, default=None, help="evaluate on the first N test points")
-    g.add_argument("--eval-batch-size", type=int, default=256)
+    g.add_argument("--eval-batch-size", type=int, default=None,
+                   help="final evaluation and probe batch (default: 256 on CPU, 1024 on CUDA)")
+    g.add_argument("--eval-precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="final evaluation under autocast (recorded in results.json); fp32: "
+                   "the reference")
     g.add_argument("--probe-n", type=int, default=0,
                    help="per-epoch clean/FGSM/PGD probe on the first N test points (0: off)")
     g.add_argument("--probe-steps", type=int, default=10, help="PGD steps of the probe")
@@ -268,7 +272,8 @@ def config_from_args(args, *, seed_script: bool = False):
         lr_peak=args.lr_peak if args.lr_peak is not None else ds_defaults.get("lr_peak", 0.5),
         momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed,
         device=args.device, precision=args.precision, eval_protocol=protocol,
-        n_eval=args.n_eval, eval_batch_size=args.eval_batch_size, probe_n=args.probe_n,
+        n_eval=args.n_eval, eval_batch_size=args.eval_batch_size,
+        eval_precision=args.eval_precision, probe_n=args.probe_n,
         probe_steps=args.probe_steps, progress=not args.no_progress, overwrite=args.overwrite,
         notes=notes, **monitor_config_kwargs(args))
 

@@ -208,7 +208,7 @@ class COMonitor:
 
     def __init__(self, x, y, eps: float, *, pgd_steps: int = 10, pgd_alpha: float | None = None,
                  rule: CORule = CORule(), on_co: str = "warn", every_steps: int = 0,
-                 seed: int = 0, source: str = "", batch_size: int = 256,
+                 seed: int = 0, source: str = "", batch_size: int | None = 256,
                  rollback_change: str = "auto", rollback_step_factor: float = 0.75,
                  rollback_reg_factor: float = 2.0, max_rollbacks: int = 2):
         if on_co not in CO_RESPONSES:

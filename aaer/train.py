@@ -58,7 +58,8 @@ class TrainConfig:
     precision: str = "fp32"
     eval_protocol: str | None = "lineage"  # evaluation after training; None: skip
     n_eval: int | None = None
-    eval_batch_size: int = 256
+    eval_batch_size: int | None = None     # None: 256 on CPU, 1024 on CUDA
+    eval_precision: str = "fp32"           # final evaluation: fp32 | bf16 | fp16 (autocast)
     probe_n: int = 0                       # per-epoch clean/PGD probe on N held-out points
     probe_steps: int = 10
     progress: bool = True
@@ -111,6 +112,8 @@ class TrainConfig:
             bad("--weight-decay", self.weight_decay, "must be >= 0")
         if self.precision not in PRECISIONS:
             bad("--precision", self.precision, f"valid: {', '.join(PRECISIONS)}")
+        if self.eval_precision not in PRECISIONS:
+            bad("--eval-precision", self.eval_precision, f"valid: {', '.join(PRECISIONS)}")
         if self.n_train is not None and self.n_train < 1:
             bad("--n-train", self.n_train, "must be >= 1")
         if self.n_eval is not None and self.n_eval < 1:
@@ -547,9 +550,11 @@ class Trainer:
             return None
         from aaer.evaluate import evaluate, format_table, get_protocol
         protocol = get_protocol(cfg.eval_protocol, n_eval=cfg.n_eval)
+        # an interrupted AutoAttack resumes from this state on `aaer train --resume`
+        aa_state = self.path(f"autoattack_state_{protocol.name}.pt")
         report = evaluate(self.model, self.dataset.test_x, self.dataset.test_y, cfg.eps,
                           protocol, batch_size=cfg.eval_batch_size, device=self.device,
-                          seed=cfg.seed)
+                          seed=cfg.seed, precision=cfg.eval_precision, aa_state_path=aa_state)
         for line in format_table(report).splitlines():
             self.log.info(line)
         return report

@@ -98,7 +98,7 @@ def validate_config(cfg, *, resume: bool = False) -> None:
     check_method(cfg.method, cfg.eps, cfg.method_hparams)
     if not (0 <= cfg.seed <= SEED_MAX):
         _bad("--seed", cfg.seed, f"must be in [0, {SEED_MAX}]")
-    if cfg.eval_batch_size < 1:
+    if cfg.eval_batch_size is not None and cfg.eval_batch_size < 1:
         _bad("--eval-batch-size", cfg.eval_batch_size, "must be >= 1")
     if cfg.probe_steps < 1:
         _bad("--probe-steps", cfg.probe_steps, "must be >= 1")

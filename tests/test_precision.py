@@ -200,3 +200,30 @@ def test_train_step_never_reads_a_tensor_on_the_host(tmp_path, monkeypatch, meth
         out = tr.train_step(x, y, StepContext(0, 0, 2, 1))
     assert torch.isfinite(out.loss).item()
     assert any(not torch.equal(before[k], v) for k, v in tr.model.state_dict().items())
+
+
+def test_train_evaluates_under_the_eval_precision_it_records(tmp_path):
+    from aaer.cli import build_parser, config_from_args
+    from aaer.evaluate import evaluate, get_protocol
+    cfg = TrainConfig(out_dir=str(tmp_path / "run"), model="small-cnn", method="rs-fgsm",
+                      epochs=1, batch_size=16, eval_protocol="quick", n_eval=8,
+                      eval_precision="bf16", progress=False, device="cpu")
+    tr = Trainer(cfg, random_dataset())
+    res = tr.fit()
+    ev = res["evaluation"]
+    assert ev["precision"] == "bf16"
+    assert {r["precision"] for r in ev["results"].values()} == {"bf16"}
+    again = evaluate(tr.model, tr.dataset.test_x, tr.dataset.test_y, cfg.eps,
+                     get_protocol("quick", n_eval=8), precision="bf16", seed=cfg.seed)
+    fp32 = evaluate(tr.model, tr.dataset.test_x, tr.dataset.test_y, cfg.eps,
+                    get_protocol("quick", n_eval=8), seed=cfg.seed)
+    for attack in ("clean", "pgd"):
+        assert again["results"][attack]["loss"] == ev["results"][attack]["loss"]
+    assert fp32["results"]["clean"]["loss"] != ev["results"]["clean"]["loss"]   # bf16 ran
+    # no AutoAttack state left behind by a protocol without AutoAttack
+    assert not list((tmp_path / "run").glob("autoattack_state_*"))
+    args = build_parser().parse_args(["train", "--eval-precision", "fp16"])
+    assert config_from_args(args).eval_precision == "fp16"
+    assert config_from_args(build_parser().parse_args(["train"])).eval_batch_size is None
+    with pytest.raises(ValueError, match="invalid --eval-precision 'fp64'"):
+        TrainConfig(eval_precision="fp64").validate()
