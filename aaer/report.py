@@ -174,13 +174,46 @@ def co_text(run: Run) -> str:
 
 # -- plots ----------------------------------------------------------------------------
 
+LINE_STYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
+
+
+def line_styles(runs: list[Run], colors) -> list[tuple[Any, Any, str | None]]:
+    """(colour, line style, legend label or None) per run.
+
+    One colour per run, unless a method has several runs (seeds of a suite) or there are
+    more runs than colours: then one colour per method, one line style per seed, and one
+    legend entry per method, so that 25 runs still read at a glance.
+    """
+    methods = [r.method for r in runs]
+    if len(set(methods)) == len(runs) and len(runs) <= len(colors):
+        return [(colors[i], "-", r.label) for i, r in enumerate(runs)]
+    order = list(dict.fromkeys(methods))
+    seeds = sorted({int(r.config.get("seed", 0)) for r in runs})
+    out, seen = [], set()
+    for r in runs:
+        color = colors[order.index(r.method) % len(colors)]
+        ls = LINE_STYLES[seeds.index(int(r.config.get("seed", 0))) % len(LINE_STYLES)]
+        out.append((color, ls, None if r.method in seen else r.method))
+        seen.add(r.method)
+    return out
+
+
+def legend_title(runs: list[Run], styles) -> str | None:
+    if all(label is not None for _, _, label in styles):
+        return None
+    seeds = sorted({int(r.config.get("seed", 0)) for r in runs})
+    names = {"-": "solid", "--": "dashed", ":": "dotted", "-.": "dash-dot"}
+    keys = [names.get(LINE_STYLES[i % len(LINE_STYLES)], "other") for i in range(len(seeds))]
+    return "line: seed " + ", ".join(f"{s} {k}" for s, k in zip(seeds, keys))
+
+
 def plot_runs(runs: list[Run], out_dir: str) -> list[str]:
     """The three PNGs; returns their paths."""
     import matplotlib
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    colors = plt.get_cmap("tab10").colors
+    styles = line_styles(runs, plt.get_cmap("tab10").colors)
     paths = []
 
     def mark_co(ax, run, color, key):
@@ -206,18 +239,18 @@ def plot_runs(runs: list[Run], out_dir: str) -> list[str]:
                                        ("probe_fgsm_acc", "FGSM"),
                                        ("probe_pgd_acc", "PGD"))):
         top = 0.0
-        for i, run in enumerate(runs):
+        for run, (color, ls, label) in zip(runs, styles):
             xs, ys = run.series(key)
             if xs:
-                ax.plot(xs, ys, marker="o", markersize=3, color=colors[i % 10], label=run.label)
-                mark_co(ax, run, colors[i % 10], key)
+                ax.plot(xs, ys, marker="o", markersize=3, color=color, linestyle=ls, label=label)
+                mark_co(ax, run, color, key)
                 top = max(top, max(ys))
         ax.set_title(f"probe {title} accuracy")
         ax.set_xlabel("epoch")
         ax.set_ylim(-0.01, min(1.02, max(0.1, 1.1 * top)))   # PGD often stays low: zoom in
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy")
-    axes[-1].legend(fontsize=8, loc="best")
+    axes[-1].legend(fontsize=8, loc="best", title=legend_title(runs, styles), title_fontsize=8)
     fig.suptitle("Per-epoch probe (dotted line / x: CO flagged)", fontsize=10)
     save(fig, "probe_accuracy.png")
 
@@ -226,17 +259,17 @@ def plot_runs(runs: list[Run], out_dir: str) -> list[str]:
              "Abnormal adversarial examples (training, per epoch)"),
             ("lr", "lr.png", "learning rate", "Learning rate (end of epoch)")):
         fig, ax = plt.subplots(figsize=(7, 4.2))
-        for i, run in enumerate(runs):
+        for run, (color, ls, label) in zip(runs, styles):
             xs, ys = run.series(key)
             if xs:
-                ax.plot(xs, ys, marker="o", markersize=3, color=colors[i % 10], label=run.label)
-                mark_co(ax, run, colors[i % 10], key)
+                ax.plot(xs, ys, marker="o", markersize=3, color=color, linestyle=ls, label=label)
+                mark_co(ax, run, color, key)
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:          # runs without this series: no legend
-            ax.legend(fontsize=8, loc="best")
+            ax.legend(fontsize=8, loc="best", title=legend_title(runs, styles), title_fontsize=8)
         save(fig, name)
     return paths
 

@@ -170,3 +170,19 @@ def test_cli_report(two_runs, tmp_path, capsys):
     assert f"tensorboard --logdir {out}/tensorboard" in text
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_line_styles_colour_by_method_when_seeds_repeat():
+    from aaer.report import LINE_STYLES, Run, legend_title, line_styles
+    colors = ["c0", "c1", "c2"]
+    two = [Run("a", {"method": "rs-fgsm", "seed": 0}, [], label="A"),
+           Run("b", {"method": "rs-aaer", "seed": 0}, [], label="B")]
+    assert line_styles(two, colors) == [("c0", "-", "A"), ("c1", "-", "B")]
+    assert legend_title(two, line_styles(two, colors)) is None
+    grid = [Run(f"{m}{s}", {"method": m, "seed": s}, []) for m in ("fgsm", "rs-aaer")
+            for s in (0, 1, 2)]
+    st = line_styles(grid, colors)
+    assert [c for c, _, _ in st] == ["c0"] * 3 + ["c1"] * 3
+    assert [ls for _, ls, _ in st] == list(LINE_STYLES[:3]) * 2
+    assert [lab for _, _, lab in st] == ["fgsm", None, None, "rs-aaer", None, None]
+    assert legend_title(grid, st) == "line: seed 0 solid, 1 dashed, 2 dotted"
