@@ -316,6 +316,8 @@ def run_trajectory(metrics: list[dict]) -> dict:
     """What one run's epochs show: probe PGD accuracy at its best and at the end, and the
     AAE count at the start, at the best probe, at its largest and at the end."""
     out: dict[str, Any] = {}
+    if metrics and metrics[-1].get("co_candidate"):
+        out["co_candidate_at_end"] = metrics[-1]["epoch"]    # met the rule, not yet confirmed
     probe = [r for r in metrics if r.get("probe_pgd_acc") is not None]
     if probe:
         best = max(probe, key=lambda r: r["probe_pgd_acc"])        # the first of equal bests
@@ -383,13 +385,17 @@ def summary_markdown(suite: str, summary: list[dict], rows: list[dict]) -> str:
               "Epochs count from 0. Probe: the CO monitor's PGD accuracy on its held-out batch "
               "(best, at which epoch, and at the end); AAEs: abnormal adversarial examples per "
               "epoch, at the first epoch, at the best probe's epoch, at most, and at the end "
-              "(with the last epoch's fraction of training examples).", "",
+              "(with the last epoch's fraction of training examples). 'candidate at E': the "
+              "last probe met the CO rule but training ended before a second probe could "
+              "confirm it; such runs do not count in the CO rate.", "",
               "| run | seed | clean | PGD | CO epoch | probe PGD best (epoch) -> last | "
               "AAEs first / at best / max / last (fraction) | s/epoch |",
               "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         f = (lambda v: "n/a" if v is None else f"{100 * v:.2f}")
         co = "n/a" if r["co"] is None else ("none" if not r["co"] else str(r["co_epoch"]))
+        if not r["co"] and r.get("co_candidate_at_end") is not None:
+            co += f" (candidate at {r['co_candidate_at_end']})"
         probe = "n/a"
         if r.get("probe_pgd_best") is not None:
             probe = (f"{f(r['probe_pgd_best'])} ({r['probe_pgd_best_epoch']}) -> "

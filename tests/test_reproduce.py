@@ -130,7 +130,7 @@ def test_summary_lists_each_runs_trajectory(tmp_path):
         (d / "config.json").write_text(json.dumps({"method": "rs-fgsm", "seed": run.seed,
                                                    "epsilon": 70.0}))
         rows = [{"epoch": e, "probe_pgd_acc": p, "probe_clean_acc": 0.5, "probe_fgsm_acc": 0.5,
-                 "aae_count": a, "aae_fraction": a / 10000}
+                 "aae_count": a, "aae_fraction": a / 10000, "co_candidate": not co and e == 3}
                 for e, (p, a) in enumerate(probe)]
         (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         (d / "results.json").write_text(json.dumps({
@@ -146,6 +146,6 @@ def test_summary_lists_each_runs_trajectory(tmp_path):
     md = (tmp_path / "summary.md").read_text()
     assert (f"| {runs[0].name} | 0 | 50.00 | 0.00 | 2 | 25.00 (1) -> 0.00 | "
             "10 / 40 / 4000 / 4000 (0.40) | 20.2 |") in md
-    assert f"| {runs[1].name} | 1 | 50.00 | 0.00 | none |" in md
+    assert f"| {runs[1].name} | 1 | 50.00 | 0.00 | none (candidate at 3) |" in md
     assert "| RS-FGSM | 70/255 | 2 | 50.00 ± 0.00 | 0.00 ± 0.00 | n/a | 20.25 ± 0.00 | 0.50 (2) |" \
         in md
