@@ -8,7 +8,10 @@ the run finished) results.json, and writes
 - ``lr.png``: the learning rate at the end of each epoch,
 
 one line per run (the same colour for a run in every plot, the epoch where CO was first
-flagged marked with a dotted line), and ``report.md`` with the runs, a results table in
+flagged marked with a dotted line); when a method has several runs (seeds),
+``by_method.png`` too: per method the mean over its seeds of the probe's PGD accuracy and
+of the AAE count, with the range over seeds shaded and each seed's CO epoch marked; and
+``report.md`` with the runs, a results table in
 which every number names its protocol, the CO evidence and the per-epoch data.
 Plots use matplotlib's headless Agg backend. Epochs count from 0, as in train.log.
 
@@ -250,7 +253,9 @@ def plot_runs(runs: list[Run], out_dir: str) -> list[str]:
         ax.set_ylim(-0.01, min(1.02, max(0.1, 1.1 * top)))   # PGD often stays low: zoom in
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy")
-    axes[-1].legend(fontsize=8, loc="best", title=legend_title(runs, styles), title_fontsize=8)
+    if axes[-1].get_legend_handles_labels()[0]:      # runs without a probe: no legend
+        axes[-1].legend(fontsize=8, loc="best", title=legend_title(runs, styles),
+                        title_fontsize=8)
     fig.suptitle("Per-epoch probe (dotted line / x: CO flagged)", fontsize=10)
     save(fig, "probe_accuracy.png")
 
@@ -271,7 +276,53 @@ def plot_runs(runs: list[Run], out_dir: str) -> list[str]:
         if ax.get_legend_handles_labels()[0]:          # runs without this series: no legend
             ax.legend(fontsize=8, loc="best", title=legend_title(runs, styles), title_fontsize=8)
         save(fig, name)
+
+    groups = method_groups(runs)
+    if any(len(g) > 1 for g in groups.values()):
+        colors = plt.get_cmap("tab10").colors
+        fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
+        for ax, (key, ylabel) in zip(axes, (("probe_pgd_acc", "probe PGD accuracy"),
+                                            ("aae_count", "AAEs per epoch"))):
+            for i, (method, group) in enumerate(groups.items()):
+                band = seed_band(group, key)
+                if band is None:
+                    continue
+                xs, mean, lo, hi, co = band
+                color = colors[i % len(colors)]
+                ax.plot(xs, mean, marker="o", markersize=3, color=color,
+                        label=f"{method} ({len(group)} seeds, CO in {len(co)})")
+                ax.fill_between(xs, lo, hi, color=color, alpha=0.15, linewidth=0)
+                for e in co:                       # where each seed's CO began, on the mean
+                    ax.plot([e], [mean[xs.index(e)]], marker="x", color=color, markersize=8,
+                            markeredgewidth=2)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+        axes[0].set_title("probe PGD accuracy: mean over seeds, range shaded", fontsize=10)
+        axes[1].set_title("AAEs: mean over seeds, range shaded", fontsize=10)
+        axes[1].legend(fontsize=8, loc="best", title="x: a seed's CO epoch", title_fontsize=8)
+        save(fig, "by_method.png")
     return paths
+
+
+def method_groups(runs: list[Run]) -> dict[str, list[Run]]:
+    groups: dict[str, list[Run]] = {}
+    for r in runs:
+        groups.setdefault(r.method, []).append(r)
+    return groups
+
+
+def seed_band(group: list[Run], key: str):
+    """(epochs, mean, min, max, CO epochs) of ``key`` over the runs of one method, on the
+    epochs every run has; None if they share none."""
+    series = [dict(zip(*r.series(key))) for r in group]
+    xs = sorted(set.intersection(*(set(s) for s in series)))
+    if not xs:
+        return None
+    vals = [[s[x] for s in series] for x in xs]
+    co = [e for e in (r.co_epoch() for r in group) if e is not None and e in xs]
+    return (xs, [sum(v) / len(v) for v in vals], [min(v) for v in vals],
+            [max(v) for v in vals], co)
 
 
 # -- report.md ------------------------------------------------------------------------
@@ -328,7 +379,9 @@ def render_markdown(runs: list[Run], plots: list[str], out_dir: str) -> str:
     lines += ["", "## Plots", ""]
     captions = {"probe_accuracy.png": "Probe accuracy per epoch (clean, FGSM, PGD)",
                 "aae_count.png": "Abnormal adversarial examples per epoch",
-                "lr.png": "Learning rate"}
+                "lr.png": "Learning rate",
+                "by_method.png": "Per method: mean over seeds (range shaded) of probe PGD "
+                                 "accuracy and AAEs"}
     for p in plots:
         name = os.path.basename(p)
         rel = os.path.relpath(p, out_dir)

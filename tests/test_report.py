@@ -186,3 +186,16 @@ def test_line_styles_colour_by_method_when_seeds_repeat():
     assert [ls for _, ls, _ in st] == list(LINE_STYLES[:3]) * 2
     assert [lab for _, _, lab in st] == ["fgsm", None, None, "rs-aaer", None, None]
     assert legend_title(grid, st) == "line: seed 0 solid, 1 dashed, 2 dotted"
+
+
+def test_seed_band_and_by_method_plot(tmp_path):
+    from aaer.report import Run, seed_band
+    rows = lambda vals: [{"epoch": e, "probe_pgd_acc": v} for e, v in enumerate(vals)]
+    a = Run("a", {"method": "rs-fgsm", "seed": 0}, rows([0.25, 0.5, 0.0]),
+            results={"monitor": {"co_epoch": 2}})
+    b = Run("b", {"method": "rs-fgsm", "seed": 1}, rows([0.75, 0.25]))     # one epoch fewer
+    xs, mean, lo, hi, co = seed_band([a, b], "probe_pgd_acc")
+    assert (xs, mean, lo, hi) == ([0, 1], [0.5, 0.375], [0.25, 0.25], [0.75, 0.5])
+    assert co == []                                  # epoch 2 is not shared by both runs
+    assert seed_band([a], "probe_pgd_acc")[4] == [2]
+    assert seed_band([a, b], "aae_count") is None

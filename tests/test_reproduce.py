@@ -94,6 +94,9 @@ def test_tiny_user_suite_end_to_end(tmp_path, capsys):
         assert "quick" in r["protocol"]
     md = (out / "summary.md").read_text()
     assert "| RS-FGSM | 32/255 | 2 |" in md and "CO rate" in md
+    for plot in ("aae_count.png", "probe_accuracy.png", "by_method.png"):   # 2 seeds a method
+        assert os.path.getsize(out / "report" / plot) > 1000
+    assert os.path.getsize(out / "robust_vs_eps.png") > 1000
     # a second call skips the finished runs and rewrites the summary
     mtimes = {d: os.path.getmtime(out / d / "results.json") for d in runs}
     capsys.readouterr()
