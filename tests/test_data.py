@@ -321,7 +321,7 @@ def test_image_folder_val_split_jpeg_and_gray(tmp_path, rng):
 
 def test_image_folder_parallel_decode_matches_serial(tmp_path, rng, monkeypatch):
     root = tmp_path / "p"
-    want = _image_tree(str(root), rng)
+    _image_tree(str(root), rng)
     from PIL import Image
 
     monkeypatch.setattr(data_images, "PARALLEL_MIN", 1)
@@ -505,7 +505,7 @@ def _counting_parser(monkeypatch, name):
 
 
 def test_cache_reused_then_rebuilt_when_a_source_changes(tmp_path, rng, monkeypatch):
-    data = write_idx_set(str(tmp_path / "m"), rng)
+    write_idx_set(str(tmp_path / "m"), rng)
     calls = _counting_parser(monkeypatch, "mnist")
     d1 = load_dataset("mnist", str(tmp_path / "m"))  # default cache: <data_dir>/.aaer_cache
     d2 = load_dataset("mnist", str(tmp_path / "m"))

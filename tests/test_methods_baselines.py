@@ -4,10 +4,8 @@ Each mechanism is checked against an independent computation (closed forms, torc
 separately computed gradients, a hand-written replay loop), then every registered method
 runs a short training through aaer.train.train.
 """
-import copy
 import json
 import math
-import os
 from dataclasses import dataclass
 
 import numpy as np

@@ -6,7 +6,6 @@ import torch.nn.functional as F
 
 from aaer.models import (
     Normalized,
-    PreActResNet18,
     build,
     create_model,
     list_models,
