@@ -131,7 +131,8 @@ def _fit_worker(cfg: TrainConfig, data, threads: int) -> dict[str, Any]:
 
 
 def progress_line(method: str, row: dict, epochs: int) -> str:
-    line = (f"  {method:<8} epoch {row['epoch'] + 1:>2}/{epochs} | train acc "
+    # epochs count from 0, as in train.log, the report and the CO messages
+    line = (f"  {method:<8} epoch {row['epoch']:>2} ({row['epoch'] + 1}/{epochs}) | train acc "
             f"{row['train_acc']:.3f} | AAEs {row.get('aae_count', 0):>5} | probe clean "
             f"{row.get('probe_clean_acc', float('nan')):.3f} FGSM "
             f"{row.get('probe_fgsm_acc', float('nan')):.3f} PGD "

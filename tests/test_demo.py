@@ -82,8 +82,8 @@ def test_demo_flow_two_processes(tmp_path, monkeypatch):
            "process(es) with 1 thread(s) each" in text
     for m in ("rs-fgsm", "rs-aaer"):
         assert os.path.isfile(tmp_path / "demo" / m / "results.json")
-        for e in (1, 2):                          # each epoch reported once, as it finished
-            assert text.count(f"  {m:<8} epoch  {e}/2 | train acc ") == 1
+        for e in (0, 1):                          # each epoch reported once, as it finished
+            assert text.count(f"  {m:<8} epoch  {e} ({e + 1}/2) | train acc ") == 1
     assert f"report:  {tmp_path / 'demo' / 'report.md'}" in text
     assert text.count("plot:    ") == 3
     assert text.rstrip().splitlines()[-2:] == res["verdict"]
