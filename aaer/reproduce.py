@@ -100,6 +100,20 @@ def co_fixture_suite() -> list[tuple[str, str, float, list[str]]]:
             for m in FIXTURE_METHODS]
 
 
+def _toml():
+    """The TOML reader: tomllib (Python >= 3.11) or the tomli package."""
+    try:
+        import tomllib
+        return tomllib
+    except ModuleNotFoundError:
+        try:
+            import tomli
+            return tomli
+        except ModuleNotFoundError:
+            raise ValueError("TOML suite files need Python >= 3.11 or the tomli package "
+                             "(pip install tomli); or write the suite as JSON") from None
+
+
 def user_suite(path: str) -> list[tuple[str, str, float, list[str]]]:
     """A grid from a JSON or TOML file:
 
@@ -112,10 +126,10 @@ def user_suite(path: str) -> list[tuple[str, str, float, list[str]]]:
                                 f"({', '.join(BUILTIN_SUITES)}) or a .json/.toml file")
     with open(path, "rb") as f:
         raw = f.read()
+    toml = _toml() if path.endswith(".toml") else None
     try:
-        if path.endswith(".toml"):
-            import tomllib
-            spec = tomllib.loads(raw.decode())
+        if toml is not None:
+            spec = toml.loads(raw.decode())
         else:
             spec = json.loads(raw)
     except Exception as e:  # noqa: BLE001 - reported with the file name

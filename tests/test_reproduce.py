@@ -152,3 +152,21 @@ def test_summary_lists_each_runs_trajectory(tmp_path):
     assert f"| {runs[1].name} | 1 | 50.00 | 0.00 | none (candidate at 3) |" in md
     assert "| RS-FGSM | 70/255 | 2 | 50.00 ± 0.00 | 0.00 ± 0.00 | n/a | 20.25 ± 0.00 | 0.50 (2) |" \
         in md
+
+
+def test_toml_suites_without_a_toml_reader_say_what_to_do(tmp_path, monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_toml(name, *args, **kwargs):
+        if name in ("tomllib", "tomli"):
+            raise ModuleNotFoundError(name)
+        return real_import(name, *args, **kwargs)
+
+    grid = tmp_path / "g.toml"
+    grid.write_text('methods = ["rs-fgsm"]\neps = [8]\n')
+    assert [r.name for r in rp.build_runs(str(grid), seeds=1)] == \
+        ["cifar10_preactresnet18_RS-FGSM_8_s0"]
+    monkeypatch.setattr(builtins, "__import__", no_toml)
+    with pytest.raises(ValueError, match="Python >= 3.11 or the tomli package"):
+        rp.build_runs(str(grid), seeds=1)
