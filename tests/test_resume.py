@@ -294,3 +294,47 @@ def test_sigint_in_first_epoch_then_resume_is_bitwise_equal(tmp_path, cifar_run)
 def test_sigkill_resumes_from_the_last_epoch_checkpoint(tmp_path, cifar_run):
     epoch, position, mid = _kill_and_resume(tmp_path, cifar_run, signal.SIGKILL, 1, seed=13)
     assert not mid and position == 0      # no chance to write a mid-epoch checkpoint
+
+
+def test_autoattack_interrupted_in_the_final_evaluation_resumes_from_its_state(tmp_path,
+                                                                              monkeypatch):
+    """`aaer train` keeps AutoAttack's state in the run directory: a run killed during the
+    final evaluation resumes there (no training repeated) and ends with the same numbers."""
+    import aaer.attacks.autoattack as aa_mod
+    from aaer.checkpoint import resume
+    data = tiny_dataset(n_test=12)
+    kw = dict(method="rs-fgsm", method_hparams={}, epochs=1, eval_protocol="aaer", n_eval=12,
+              eval_batch_size=4)
+    ref = train(tiny_config(tmp_path / "ref", **kw), data)["evaluation"]["results"]
+
+    run = tmp_path / "run"
+    real_save, saves = aa_mod._save_atomic, []
+
+    def save_then_die(obj, path):
+        real_save(obj, path)
+        saves.append(obj["current"])
+        if len(saves) == 2:                      # after two batches of APGD-CE
+            raise KeyboardInterrupt
+    monkeypatch.setattr(aa_mod, "_save_atomic", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(run, **kw), data)
+    state_file = run / "autoattack_state_aaer+custom.pt"      # protocol aaer, n_eval 12
+    assert state_file.exists() and not (run / "results.json").exists()
+    assert torch.load(state_file, weights_only=True)["current"]["batches_done"] >= 1
+
+    left = torch.load(state_file, weights_only=True)
+    progress = lambda st: (len(st["done"]), (st["current"] or {}).get("batches_done", 0))
+    resumed_saves = []
+
+    def record(obj, path):
+        resumed_saves.append(progress(obj))
+        real_save(obj, path)
+    monkeypatch.setattr(aa_mod, "_save_atomic", record)
+    before = len(read_rows(run / "metrics.jsonl"))
+    res = resume(str(run), dataset=data)["evaluation"]["results"]
+    assert len(read_rows(run / "metrics.jsonl")) == before == 1      # no epoch trained again
+    assert res["autoattack"]["acc"] == ref["autoattack"]["acc"]
+    assert res["pgd"]["acc"] == ref["pgd"]["acc"] and res["clean"]["acc"] == ref["clean"]["acc"]
+    assert not state_file.exists()                                    # removed once complete
+    # AutoAttack went on from the saved state: it never saved an earlier point again
+    assert resumed_saves and min(resumed_saves) >= progress(left)
