@@ -13,7 +13,6 @@ Last line: ``aaer_overhead: <ratio>`` (goal <= 1.02).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -22,23 +21,13 @@ import tempfile
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_train_step import make_trainer, timed  # noqa: E402
+from bench_train_step import (make_trainer, random_batch, step_timing_parser,  # noqa: E402
+                              timed, timing_setup)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="preactresnet18")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=5, help="timed steps per method")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (CPU default: 1)")
-    p.add_argument("--clock", choices=["auto", "wall", "cpu"], default="auto",
-                   help="auto: process CPU time on CPU, wall on CUDA")
-    args = p.parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cpu":
-        torch.set_num_threads(args.threads or 1)
-    clock = args.clock if args.clock != "auto" else ("wall" if device.type == "cuda" else "cpu")
+    args = step_timing_parser(__doc__, 5, "timed steps per method").parse_args(argv)
+    device, clock = timing_setup(args)
     from aaer.methods import StepContext, aaer_regularizer
     from aaer.train import close_logger
 
@@ -47,9 +36,7 @@ def main(argv=None):
                             os.path.join(tmp, "aaer"))
         fgsm = make_trainer(args.model, "rs-fgsm", args.batch_size, device,
                             os.path.join(tmp, "fgsm"))
-        g = torch.Generator().manual_seed(1)
-        x = torch.rand(args.batch_size, 3, 32, 32, generator=g).to(device)
-        y = torch.randint(0, 10, (args.batch_size,), generator=g).to(device)
+        x, y = random_batch(args.batch_size, device)
         ctx = StepContext(0, 0, 1, 1)
         for tr in (aaer, fgsm):                       # warm-up, untimed
             tr.train_step(x, y, ctx)

@@ -137,31 +137,50 @@ def timed(fn, device, clock="wall"):
     return now() - t
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def step_timing_parser(doc: str, repeats: int, repeats_help: str) -> argparse.ArgumentParser:
+    """The flags the step-timing benchmarks share: model, batch, repeats, device, threads,
+    clock."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("--model", default="preactresnet18")
-    p.add_argument("--method", default="rs-aaer", choices=["rs-aaer", "n-aaer"])
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=3, help="timed steps per path")
+    p.add_argument("--repeats", type=int, default=repeats, help=repeats_help)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"])
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (CPU default: 1)")
     p.add_argument("--clock", choices=["auto", "wall", "cpu"], default="auto",
                    help="auto: process CPU time on CPU (robust to other load), wall on CUDA")
-    args = p.parse_args(argv)
-    from aaer.methods import StepContext
+    return p
 
+
+def timing_setup(args):
+    """(device, clock) for parsed step-timing flags; one CPU thread unless --threads."""
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads or 1)
     clock = args.clock if args.clock != "auto" else ("wall" if device.type == "cuda" else "cpu")
+    return device, clock
+
+
+def random_batch(batch_size, device):
+    """The fixed CIFAR-shaped batch the step benchmarks time."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(batch_size, 3, 32, 32, generator=g).to(device)
+    y = torch.randint(0, 10, (batch_size,), generator=g).to(device)
+    return x, y
+
+
+def main(argv=None):
+    p = step_timing_parser(__doc__, 3, "timed steps per path")
+    p.add_argument("--method", default="rs-aaer", choices=["rs-aaer", "n-aaer"])
+    p.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"])
+    args = p.parse_args(argv)
+    from aaer.methods import StepContext
+
+    device, clock = timing_setup(args)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = make_trainer(args.model, args.method, args.batch_size, device, tmp,
                                channels_last=args.channels_last)
         ref = reference_for(trainer)
-        g = torch.Generator().manual_seed(1)
-        x = torch.rand(args.batch_size, 3, 32, 32, generator=g).to(device)
-        y = torch.randint(0, 10, (args.batch_size,), generator=g).to(device)
+        x, y = random_batch(args.batch_size, device)
         ctx = StepContext(0, 0, 1, 1)
 
         # two checked steps per path with the same noise (the cyclic schedule's first lr is
