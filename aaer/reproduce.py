@@ -283,21 +283,24 @@ def execute(runs: list[Run], out_dir: str, jobs: int = 1, log=print) -> dict[str
 # -- summary ------------------------------------------------------------------------
 
 def co_flag(run_dir: str) -> tuple[bool | None, int | None]:
-    """(CO flagged?, first epoch flagged) from a run's monitor records; None if unmonitored."""
+    """(CO flagged?, first epoch flagged) of the run in ``run_dir``; None if unmonitored."""
     res_path = os.path.join(run_dir, "results.json")
+    results = None
     if os.path.exists(res_path):
         with open(res_path) as f:
-            co = json.load(f).get("co")
-        if isinstance(co, dict) and "detected" in co:
-            return bool(co["detected"]), co.get("epoch")
-        with open(res_path) as f:
-            mon = json.load(f).get("monitor")
-        if isinstance(mon, dict) and "co_detected" in mon:
-            return bool(mon["co_detected"]), mon.get("co_epoch")
-    rows = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
-    if not rows or not any("co_flag" in r for r in rows):
+            results = json.load(f)
+    return co_from_records(results, read_jsonl(os.path.join(run_dir, "metrics.jsonl")))
+
+
+def co_from_records(results: dict | None, metrics: list[dict]) -> tuple[bool | None, int | None]:
+    """CO flag from results.json's monitor summary or, for a run without one, from the
+    per-epoch ``co_flag`` fields of metrics.jsonl."""
+    mon = (results or {}).get("monitor")
+    if isinstance(mon, dict) and "co_detected" in mon:
+        return bool(mon["co_detected"]), mon.get("co_epoch")
+    if not any("co_flag" in r for r in metrics):
         return None, None
-    for r in rows:
+    for r in metrics:
         if r.get("co_flag"):
             return True, r.get("co_epoch", r["epoch"])
     return False, None
@@ -311,8 +314,9 @@ def collect(runs: list[Run], out_dir: str) -> list[dict]:
             continue
         with open(os.path.join(d, "results.json")) as f:
             res = json.load(f)
+        metrics = read_jsonl(os.path.join(d, "metrics.jsonl"))
         ev = (res.get("evaluation") or {}).get("results", {})
-        co, co_epoch = co_flag(d)
+        co, co_epoch = co_from_records(res, metrics)
         rows.append({
             "run": run.name, "method": run.label, "eps": run.eps, "seed": run.seed,
             "clean": ev.get("clean", {}).get("acc"), "pgd": ev.get("pgd", {}).get("acc"),
@@ -322,7 +326,7 @@ def collect(runs: list[Run], out_dir: str) -> list[dict]:
             "pgd_restarts": ev.get("pgd", {}).get("restarts"),
             "n_eval": ev.get("pgd", {}).get("n"),
             "seconds_per_epoch": res.get("seconds_per_epoch"), "co": co, "co_epoch": co_epoch,
-            **run_trajectory(read_jsonl(os.path.join(d, "metrics.jsonl")))})
+            **run_trajectory(metrics)})
     return rows
 
 
