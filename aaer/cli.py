@@ -14,6 +14,8 @@ import re
 import sys
 
 EXIT_USAGE = 2
+# training and evaluation precisions (aaer.train.PRECISIONS; kept here so --help needs no torch)
+PRECISION_CHOICES = ("fp32", "bf16", "fp16")
 
 # Data-set defaults that differ from CIFAR's (SPEC §3).
 DATASET_DEFAULTS = {
@@ -84,7 +86,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--out-dir", default="train_aaer_output", help="the run directory")
     g.add_argument("--overwrite", action="store_true", help="replace a finished run in --out-dir")
     g.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N")
-    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+    g.add_argument("--precision", choices=PRECISION_CHOICES, default="fp32",
                    help="fp32: the reference; bf16/fp16: autocast (fp16 with loss scaling); "
                    "losses, the AAE test and the regulariser stay fp32")
     g.add_argument("--eval-protocol", default="lineage",
@@ -92,7 +94,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--n-eval", type=int, default=None, help="evaluate on the first N test points")
     g.add_argument("--eval-batch-size", type=int, default=None,
                    help="final evaluation and probe batch (default: 256 on CPU, 1024 on CUDA)")
-    g.add_argument("--eval-precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+    g.add_argument("--eval-precision", choices=PRECISION_CHOICES, default="fp32",
                    help="final evaluation under autocast (recorded in results.json); fp32: "
                    "the reference")
     g.add_argument("--probe-n", type=int, default=0,
@@ -325,7 +327,7 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--aa-backend", default="native", choices=["native", "official"],
                    help="native: aaer.attacks.autoattack (resumable); official: the "
                    "`autoattack` package (fra31/auto-attack) if installed")
-    g.add_argument("--eval-precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+    g.add_argument("--eval-precision", default="fp32", choices=PRECISION_CHOICES,
                    help="autocast for the attacks' forward passes (recorded when not fp32)")
 
 

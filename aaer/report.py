@@ -180,6 +180,14 @@ def co_text(run: Run) -> str:
 LINE_STYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
 
 
+def run_seed(run: Run) -> int:
+    return int(run.config.get("seed", 0))
+
+
+def run_seeds(runs: list[Run]) -> list[int]:
+    return sorted({run_seed(r) for r in runs})
+
+
 def line_styles(runs: list[Run], colors) -> list[tuple[Any, Any, str | None]]:
     """(colour, line style, legend label or None) per run.
 
@@ -191,11 +199,11 @@ def line_styles(runs: list[Run], colors) -> list[tuple[Any, Any, str | None]]:
     if len(set(methods)) == len(runs) and len(runs) <= len(colors):
         return [(colors[i], "-", r.label) for i, r in enumerate(runs)]
     order = list(dict.fromkeys(methods))
-    seeds = sorted({int(r.config.get("seed", 0)) for r in runs})
+    seeds = run_seeds(runs)
     out, seen = [], set()
     for r in runs:
         color = colors[order.index(r.method) % len(colors)]
-        ls = LINE_STYLES[seeds.index(int(r.config.get("seed", 0))) % len(LINE_STYLES)]
+        ls = LINE_STYLES[seeds.index(run_seed(r)) % len(LINE_STYLES)]
         out.append((color, ls, None if r.method in seen else r.method))
         seen.add(r.method)
     return out
@@ -204,7 +212,7 @@ def line_styles(runs: list[Run], colors) -> list[tuple[Any, Any, str | None]]:
 def legend_title(runs: list[Run], styles) -> str | None:
     if all(label is not None for _, _, label in styles):
         return None
-    seeds = sorted({int(r.config.get("seed", 0)) for r in runs})
+    seeds = run_seeds(runs)
     names = {"-": "solid", "--": "dashed", ":": "dotted", "-.": "dash-dot"}
     keys = [names.get(LINE_STYLES[i % len(LINE_STYLES)], "other") for i in range(len(seeds))]
     return "line: seed " + ", ".join(f"{s} {k}" for s, k in zip(seeds, keys))

@@ -227,3 +227,10 @@ def test_train_evaluates_under_the_eval_precision_it_records(tmp_path):
     assert config_from_args(build_parser().parse_args(["train"])).eval_batch_size is None
     with pytest.raises(ValueError, match="invalid --eval-precision 'fp64'"):
         TrainConfig(eval_precision="fp64").validate()
+
+
+def test_cli_precision_choices_are_the_ones_train_and_evaluate_accept():
+    from aaer.cli import PRECISION_CHOICES
+    from aaer.evaluate import EVAL_PRECISIONS
+    from aaer.train import PRECISIONS
+    assert PRECISION_CHOICES == PRECISIONS == EVAL_PRECISIONS
