@@ -12,7 +12,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from aaer.cli import main  # noqa: E402
+from aaer.cli import main, run  # noqa: E402
 
 if __name__ == "__main__":
-    raise SystemExit(main(prog="AAER.py", seed_script=True))
+    run(main, prog="AAER.py", seed_script=True)

@@ -1,4 +1,4 @@
 """`python -m aaer ...` (also what `torchrun -m aaer` runs)."""
-from aaer.cli import main
+from aaer.cli import run
 
-raise SystemExit(main())
+run()

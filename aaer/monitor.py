@@ -27,32 +27,29 @@ single-step attack, not to the multi-step one -- on ``patience`` consecutive pro
 ``CORule(reference="previous", rel_drop=None, patience=1, fgsm_ratio=None, gap=None)`` is
 Wong et al.'s rule exactly.
 
-Responses when the rule fires:
-- ``warn``: log it and record the evidence (metrics.jsonl, results.json).
-- ``stop``: restore the weights of the best probe (as Wong et al.'s early stop does),
-  end training there; model.pt and the final evaluation use those weights.
-- ``rollback``: restore the best probe's weights and optimiser state, make the
-  method's step smaller (alpha x ``rollback_step_factor``) or its regulariser stronger
-  (lamda1 x ``rollback_reg_factor``, AAER methods) and continue; after
-  ``max_rollbacks`` rollbacks the next CO stops the run.
-Every decision is logged and recorded.
+The monitor decides, the trainer acts. ``COMonitor.probe(model, epoch, step)`` measures
+and returns a ``Decision``; the trainer (aaer.engine.trainer) applies it:
+- ``continue`` (``new_best``: keep these weights as the best probe's) or ``warn``: CO is
+  logged and its evidence recorded (metrics.jsonl, results.json);
+- ``stop``: restore the weights of the best probe (as Wong et al.'s early stop does) and
+  end training there; model.pt and the final evaluation use those weights;
+- ``rollback``: restore the best probe's weights and optimiser state and strengthen the
+  method by the named change -- each method declares what it changes (AAER: lamda1 x
+  ``rollback_reg_factor``; an attack step: alpha x ``rollback_step_factor``) -- and
+  continue; after ``max_rollbacks`` rollbacks the next CO stops the run.
+Every decision is logged and recorded. The settings are checked by the schema
+(aaer.config.schema.MonitorConfig), not here.
 """
 from __future__ import annotations
 
-import copy
-import os
+import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch
-
-from aaer.io import append_jsonl, atomic_torch_save
-
-CO_RESPONSES = ("warn", "stop", "rollback")
-CO_REFERENCES = ("best", "previous")
-PROBE_SOURCES = ("test", "holdout")
-ROLLBACK_CHANGES = ("auto", "step", "regularizer")
+from aaer.attacks.protocols import Protocol
+from aaer.config.schema import SETTINGS
+from aaer.evaluation import evaluate
 
 
 @dataclass(frozen=True)
@@ -67,32 +64,6 @@ class CORule:
     min_drop: float = 0.05
     gap: float | None = 0.25
     floor: float = 0.05
-
-    def __post_init__(self):
-        if not (0 < self.drop < 1):
-            raise ValueError(f"invalid CO drop {self.drop!r}: must be in (0, 1) (an accuracy "
-                             "difference, e.g. 0.2)")
-        if self.reference not in CO_REFERENCES:
-            raise ValueError(f"invalid CO reference {self.reference!r}; valid: "
-                             f"{', '.join(CO_REFERENCES)}")
-        if self.fgsm_ratio is not None and not (0 < self.fgsm_ratio <= 1):
-            raise ValueError(f"invalid CO fgsm ratio {self.fgsm_ratio!r}: must be in (0, 1] "
-                             "or None (not checked)")
-        if self.rel_drop is not None and not (0 < self.rel_drop <= 1):
-            raise ValueError(f"invalid CO relative drop {self.rel_drop!r}: must be in (0, 1] "
-                             "or None (absolute drop only)")
-        if not (0 <= self.min_drop <= self.drop):
-            raise ValueError(f"invalid CO min drop {self.min_drop!r}: must be in [0, drop]")
-        if self.gap is not None and not (0 < self.gap <= 1):
-            raise ValueError(f"invalid CO gap {self.gap!r}: must be in (0, 1] or None (the "
-                             "masked clause off)")
-        if not (0 <= self.floor < 1):
-            raise ValueError(f"invalid CO floor {self.floor!r}: must be in [0, 1) (a PGD "
-                             "accuracy, e.g. 0.05)")
-        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or \
-                self.patience < 1:
-            raise ValueError(f"invalid CO patience {self.patience!r}: must be an integer >= 1 "
-                             "(consecutive probes)")
 
     def describe(self) -> str:
         ref = "its best so far" if self.reference == "best" else "the probe before the drop"
@@ -177,8 +148,7 @@ def select_probe_data(source: str, n: int, train_x, train_y, test_x, test_y,
     images that follow the first ``n_train`` when the data set has them (training is
     unchanged), else the last n of the training images, which are then not trained on.
     """
-    if source not in PROBE_SOURCES:
-        raise ValueError(f"invalid --probe-source {source!r}; valid: {', '.join(PROBE_SOURCES)}")
+    source = SETTINGS["monitor.probe_source"].check(source)
     if n < 1:
         raise ValueError(f"invalid --probe-n {n!r}: must be >= 1")
     if source == "test":
@@ -199,11 +169,25 @@ def select_probe_data(source: str, n: int, train_x, train_y, test_x, test_y,
             train_y[:used - n], f"the last {n} of {used} training images, held out of training")
 
 
-class COMonitor:
-    """Probe + CO rule + response for one run (see the module docstring).
+@dataclass
+class Decision:
+    """What the monitor decided about one probe (see the module docstring)."""
 
-    The trainer calls ``after_step`` after every minibatch (a no-op unless
-    ``every_steps``) and ``end_epoch`` with each finished epoch's metrics row.
+    action: str                        # continue | warn | stop | rollback
+    record: dict[str, Any]             # the probe: epoch, step, clean, fgsm, pgd, seconds
+    new_best: bool = False             # the best probe so far: keep its weights
+    restore: bool = False              # stop / rollback: put the best probe's weights back
+    change: str = "auto"               # rollback: what the method changes (Method.strengthen)
+    factors: dict[str, float] = field(default_factory=dict)   # change -> factor
+    messages: list[tuple[int, str]] = field(default_factory=list)   # (log level, text)
+
+
+class COMonitor:
+    """Probe + CO rule + decisions for one run (see the module docstring).
+
+    The trainer asks ``due(step)`` after every optimiser step (True every ``every_steps``)
+    and probes at the end of every epoch unless ``last_step()`` already is that step;
+    ``epoch_fields()`` gives what goes into the epoch's metrics row.
     """
 
     def __init__(self, x, y, eps: float, *, pgd_steps: int = 10, pgd_alpha: float | None = None,
@@ -211,24 +195,6 @@ class COMonitor:
                  seed: int = 0, source: str = "", batch_size: int | None = 256,
                  rollback_change: str = "auto", rollback_step_factor: float = 0.75,
                  rollback_reg_factor: float = 2.0, max_rollbacks: int = 2):
-        if on_co not in CO_RESPONSES:
-            raise ValueError(f"invalid --on-co {on_co!r}; valid: {', '.join(CO_RESPONSES)}")
-        if rollback_change not in ROLLBACK_CHANGES:
-            raise ValueError(f"invalid --rollback-change {rollback_change!r}; valid: "
-                             f"{', '.join(ROLLBACK_CHANGES)}")
-        if pgd_steps < 1:
-            raise ValueError(f"invalid --probe-steps {pgd_steps!r}: must be >= 1")
-        if every_steps < 0:
-            raise ValueError(f"invalid --probe-every {every_steps!r}: must be >= 0 (0: once "
-                             "per epoch)")
-        if not (0 < rollback_step_factor < 1):
-            raise ValueError(f"invalid --rollback-step-factor {rollback_step_factor!r}: must "
-                             "be in (0, 1)")
-        if not rollback_reg_factor > 1:
-            raise ValueError(f"invalid --rollback-reg-factor {rollback_reg_factor!r}: must "
-                             "be > 1")
-        if max_rollbacks < 0:
-            raise ValueError(f"invalid --max-rollbacks {max_rollbacks!r}: must be >= 0")
         self.x, self.y, self.eps = x, y, float(eps)
         self.pgd_steps = int(pgd_steps)
         self.pgd_step255 = None if pgd_alpha is None else float(pgd_alpha) * 255  # None: eps/4
@@ -236,19 +202,17 @@ class COMonitor:
         self.rule, self.on_co, self.every_steps = rule, on_co, int(every_steps)
         self.seed, self.source, self.batch_size = seed, source, batch_size
         self.rollback_change = rollback_change
-        self.rollback_step_factor = rollback_step_factor
-        self.rollback_reg_factor = rollback_reg_factor
+        self.factors = {"step": rollback_step_factor, "regularizer": rollback_reg_factor}
         self.max_rollbacks = max_rollbacks
         self.history: list[dict] = []        # every probe: epoch, step, clean, fgsm, pgd
         self.events: list[dict] = []         # every CO flag with its evidence and response
         self.rollbacks: list[dict] = []
         self.co_epoch: int | None = None     # the epoch of the first CO flag
         self.stopped: dict | None = None
-        self.should_stop = False
-        self._best_state: dict | None = None
         self._best: dict | None = None
         self._reported = 0                   # events already written into a metrics row
         self._streak: list[dict] = []        # the latest consecutive probes meeting the rule
+        self._pending: dict | None = None    # the rollback event the trainer is applying
 
     # -- description ---------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
@@ -262,7 +226,6 @@ class COMonitor:
     # -- measuring -----------------------------------------------------------------
     def measure(self, model) -> dict[str, float]:
         """Clean, FGSM and PGD accuracy on the probe batch (the model's mode is kept)."""
-        from aaer.evaluate import Protocol, evaluate
         p = Protocol("probe", pgd_steps=self.pgd_steps, pgd_restarts=1,
                      pgd_step255=self.pgd_step255, attacks=("clean", "fgsm", "pgd"))
         t0 = time.perf_counter()
@@ -271,154 +234,116 @@ class COMonitor:
         return {"clean": rep["clean"]["acc"], "fgsm": rep["fgsm"]["acc"],
                 "pgd": rep["pgd"]["acc"], "seconds": round(time.perf_counter() - t0, 3)}
 
-    def observe(self, trainer, epoch: int, step: int) -> dict:
-        """Probe now, apply the rule and respond; returns the probe record."""
-        rec = {"epoch": epoch, "step": step, **self.measure(trainer.model)}
+    def due(self, step: int) -> bool:
+        """Probe after optimiser step ``step`` (counted from 1 over the run)?"""
+        return bool(self.every_steps) and step % self.every_steps == 0
+
+    def last_step(self) -> int | None:
+        return self.history[-1]["step"] if self.history else None
+
+    # -- deciding --------------------------------------------------------------------
+    def probe(self, model, epoch: int, step: int) -> Decision:
+        """Probe ``model`` now, apply the rule and decide the response."""
+        rec = {"epoch": epoch, "step": step, **self.measure(model)}
         evidence = self.rule.check(self.history, rec, pending=len(self._streak))
         self.history.append(rec)
+        decision = Decision("continue", rec)
         if evidence is None:
             self._streak = []
             if self._best is None or rec["pgd"] > self._best["pgd"]:
-                self._remember_best(trainer, rec)
-            return rec
+                self._best = dict(rec)
+                decision.new_best = True
+            return decision
         self._streak.append(rec)
         rec["co_candidate"] = True
         if len(self._streak) < self.rule.patience:
-            trainer.log.info("CO candidate at epoch %d: %s; CO if the next probe agrees "
-                             "(patience %d)", epoch, evidence_text(evidence), self.rule.patience)
-            return rec
+            decision.messages.append((logging.INFO, (
+                f"CO candidate at epoch {epoch}: {evidence_text(evidence)}; CO if the next "
+                f"probe agrees (patience {self.rule.patience})")))
+            return decision
         rec["co"] = True
         onset = self._streak[0]
         if self.co_epoch is None:
             self.co_epoch = onset["epoch"]
         event = {"epoch": epoch, "step": step, "onset_epoch": onset["epoch"],
                  "onset_step": onset["step"], "evidence": evidence, "response": self.on_co}
-        self._respond(trainer, event)
+        self._decide(decision, event)
         self.events.append(event)
         if self.on_co != "warn":           # weights were restored: a new run must build up
             self._streak = []
-        return rec
+        return decision
 
-    def _remember_best(self, trainer, rec: dict) -> None:
-        self._best = dict(rec)
-        self._best_state = {
-            "epoch": rec["epoch"], "step": rec["step"], "probe": dict(rec),
-            "model": {k: v.detach().to("cpu", copy=True)
-                      for k, v in trainer.model.net.state_dict().items()},
-            "optimizer": copy.deepcopy(trainer.opt.state_dict()),
-        }
-        atomic_torch_save(trainer.path("best_probe.pt"), self._best_state)
-
-    # -- responses -----------------------------------------------------------------
-    def _restore_best(self, trainer, with_optimizer: bool) -> dict:
-        state = self._best_state
-        if state is None:          # only after a resume that lost best_probe.pt
-            raise RuntimeError("CO flagged but the best probe's weights are not available "
-                               "(best_probe.pt is missing from the run directory)")
-        trainer.model.net.load_state_dict(state["model"])
-        if with_optimizer:
-            # keep the schedule where it is: the restored state carries stale lr/momentum
-            now = [{k: g[k] for k in ("lr", "momentum", "betas") if k in g}
-                   for g in trainer.opt.param_groups]
-            trainer.opt.load_state_dict(copy.deepcopy(state["optimizer"]))
-            for g, keep in zip(trainer.opt.param_groups, now):
-                g.update(keep)
-        return {"epoch": state["epoch"], "step": state["step"], "pgd": state["probe"]["pgd"]}
-
-    def _rollback_target(self, method) -> tuple[str, str, float]:
-        """(knob, attribute, factor) of the change a rollback makes to ``method``."""
-        change = self.rollback_change
-        if change == "auto":
-            change = "regularizer" if hasattr(method, "lamda1") else "step"
-        if change == "regularizer":
-            if not hasattr(method, "lamda1"):
-                raise ValueError(f"--rollback-change regularizer: method {method.name!r} has "
-                                 "no regulariser weight (lamda1); use step")
-            return "regularizer", "lamda1", self.rollback_reg_factor
-        if not hasattr(method, "alpha"):
-            raise ValueError(f"--on-co rollback: method {method.name!r} has no attack step "
-                             "(alpha) to shrink; use --on-co warn or stop")
-        return "step", "alpha", self.rollback_step_factor
-
-    def check_method(self, method) -> None:
-        """Fail before training if a rollback could not be applied to this method."""
-        if self.on_co == "rollback":
-            self._rollback_target(method)
-
-    def _respond(self, trainer, event: dict) -> None:
-        log = trainer.log
+    def _decide(self, decision: Decision, event: dict) -> None:
         ev = event["evidence"]
         where = f"epoch {event['epoch']}" + (f" step {event['step']}" if self.every_steps else "")
-        log.warning("CO detected at %s (since epoch %d): %s; clean acc %.4f", where,
-                    event["onset_epoch"], evidence_text(ev), ev["clean_now"])
+        say = decision.messages.append
+        say((logging.WARNING, f"CO detected at {where} (since epoch {event['onset_epoch']}): "
+             f"{evidence_text(ev)}; clean acc {ev['clean_now']:.4f}"))
         response = self.on_co
         if response == "rollback" and len(self.rollbacks) >= self.max_rollbacks:
-            log.warning("CO again after %d rollbacks (--max-rollbacks): stopping",
-                        len(self.rollbacks))
+            say((logging.WARNING, f"CO again after {len(self.rollbacks)} rollbacks "
+                 "(--max-rollbacks): stopping"))
             response = "stop"
             event["response"] = "stop (max rollbacks reached)"
-        if response == "stop":
-            restored = self._restore_best(trainer, with_optimizer=False)
+        if response == "warn":
+            decision.action = "warn"
+            return
+        best = self._best
+        restored = None if best is None else \
+            {"epoch": best["epoch"], "step": best["step"], "pgd": best["pgd"]}
+        event["restored_from"] = restored
+        if response == "stop" or restored is None:
+            if restored is None:
+                event["response"] = f"stop (no probe before CO to {response} to)"
+                say((logging.WARNING, f"--on-co {response}: no probe before CO had a PGD "
+                     "accuracy to go back to; training ends with the current weights"))
+            else:
+                say((logging.WARNING, f"--on-co stop: weights of the best probe (epoch "
+                     f"{restored['epoch']}, PGD acc {restored['pgd']:.4f}) restored; "
+                     "training ends"))
             self.stopped = {"epoch": event["epoch"], "step": event["step"],
                             "restored_from": restored}
-            self.should_stop = True
-            event["restored_from"] = restored
-            log.warning("--on-co stop: weights of the best probe (epoch %d, PGD acc %.4f) "
-                        "restored; training ends", restored["epoch"], restored["pgd"])
-        elif response == "rollback":
-            knob, attr, factor = self._rollback_target(trainer.method)
-            restored = self._restore_best(trainer, with_optimizer=True)
-            old = float(getattr(trainer.method, attr))
-            setattr(trainer.method, attr, old * factor)
-            rb = {"epoch": event["epoch"], "step": event["step"], "restored_from": restored,
-                  "change": knob, "param": attr, "old": old, "new": old * factor}
-            self.rollbacks.append(rb)
-            event["rollback"] = rb
-            log.warning("--on-co rollback: weights and optimiser state of the best probe "
-                        "(epoch %d, PGD acc %.4f) restored; %s %g -> %g; training continues",
-                        restored["epoch"], restored["pgd"], attr, old, old * factor)
+            decision.action, decision.restore = "stop", restored is not None
+            return
+        decision.action, decision.restore = "rollback", True
+        decision.change, decision.factors = self.rollback_change, dict(self.factors)
+        self._pending = event
 
-    # -- the trainer's hooks ---------------------------------------------------------
-    def after_step(self, trainer, epoch: int, i: int) -> bool:
-        """Probe every ``every_steps`` optimiser steps; True when training must stop now."""
-        if not self.every_steps:
-            return False
-        step = epoch * len(trainer.loader) + i + 1
-        if step % self.every_steps:
-            return False
-        rec = self.observe(trainer, epoch, step)
-        append_jsonl(trainer.path("probes.jsonl"), rec)
-        return self.should_stop
+    def rolled_back(self, change: dict[str, Any]) -> str:
+        """The trainer applied the rollback (``change``: what the method changed); returns
+        the log line."""
+        event, self._pending = self._pending, None
+        restored = event["restored_from"]
+        rb = {"epoch": event["epoch"], "step": event["step"], "restored_from": restored,
+              **change}
+        self.rollbacks.append(rb)
+        event["rollback"] = rb
+        return (f"--on-co rollback: weights and optimiser state of the best probe (epoch "
+                f"{restored['epoch']}, PGD acc {restored['pgd']:.4f}) restored; "
+                f"{change['param']} {change['old']:g} -> {change['new']:g}; training continues")
 
-    def end_epoch(self, trainer, row: dict) -> None:
-        """Probe at the end of an epoch (unless a mid-epoch probe stopped training) and
-        write the probe, the CO flag and any response into the epoch's metrics row."""
-        epoch = row["epoch"]
-        step = (epoch + 1) * len(trainer.loader)
-        if self.should_stop or (self.history and self.history[-1]["step"] == step):
-            rec = self.history[-1]           # stopped mid-epoch, or probed at this very step
-        else:
-            rec = self.observe(trainer, epoch, step)
-            if self.every_steps:
-                append_jsonl(trainer.path("probes.jsonl"), rec)
-        row.update({"probe_clean_acc": rec["clean"], "probe_fgsm_acc": rec["fgsm"],
-                    "probe_pgd_acc": rec["pgd"], "probe_seconds": rec["seconds"],
-                    "co_flag": len(self.events) > self._reported, "co_epoch": self.co_epoch,
-                    "co_candidate": bool(rec.get("co_candidate"))})
+    # -- records ---------------------------------------------------------------------
+    def epoch_fields(self) -> dict[str, Any]:
+        """The latest probe, CO flag and responses, for the epoch's metrics row."""
+        rec = self.history[-1]
+        row = {"probe_clean_acc": rec["clean"], "probe_fgsm_acc": rec["fgsm"],
+               "probe_pgd_acc": rec["pgd"], "probe_seconds": rec["seconds"],
+               "co_flag": len(self.events) > self._reported, "co_epoch": self.co_epoch,
+               "co_candidate": bool(rec.get("co_candidate"))}
         new = self.events[self._reported:]
         self._reported = len(self.events)
         if new:
             row["co_events"] = new
         if self.method_changes():
             row["method_changes"] = self.method_changes()
-        if self.should_stop:
+        if self.stopped is not None:
             row["co_stop"] = True
+        return row
 
     def method_changes(self) -> dict[str, float]:
         """The method settings rollbacks have changed so far: attribute -> current value."""
         return {rb["param"]: rb["new"] for rb in self.rollbacks}
 
-    # -- records ---------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
         best = self._best
         return {"probe": self.describe(), "co_detected": self.co_epoch is not None,
@@ -435,90 +360,43 @@ class COMonitor:
                 "co_epoch": self.co_epoch, "stopped": self.stopped, "best": self._best,
                 "streak": self._streak}
 
-    def load_state_dict(self, state: dict[str, Any], trainer=None) -> None:
-        """Restore the monitor; with ``trainer``, re-apply rollback changes to its method
-        and reload the best probe's weights from best_probe.pt."""
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history = list(state.get("history", []))
         self.events = list(state.get("events", []))
         self.rollbacks = list(state.get("rollbacks", []))
         self.co_epoch = state.get("co_epoch")
         self.stopped = state.get("stopped")
-        self.should_stop = self.stopped is not None
         self._reported = len(self.events)
         self._best = state.get("best")
         self._streak = list(state.get("streak", []))
-        if trainer is not None:
-            for attr, value in self.method_changes().items():
-                setattr(trainer.method, attr, value)
-            path = trainer.path("best_probe.pt")
-            if os.path.exists(path):
-                self._best_state = torch.load(path, map_location="cpu", weights_only=True)
 
 
-def validate_monitor_config(cfg) -> None:
-    """Check a TrainConfig's monitor settings (raises ValueError naming the bad value)."""
-    if cfg.probe_source not in PROBE_SOURCES:
-        raise ValueError(f"invalid --probe-source {cfg.probe_source!r}; valid: "
-                         f"{', '.join(PROBE_SOURCES)}")
-    if cfg.on_co not in CO_RESPONSES:
-        raise ValueError(f"invalid --on-co {cfg.on_co!r}; valid: {', '.join(CO_RESPONSES)}")
-    if cfg.on_co != "warn" and not cfg.probe_n:
-        raise ValueError(f"--on-co {cfg.on_co} needs the CO probe: set --probe-n N (e.g. 500)")
-    if cfg.probe_every and not cfg.probe_n:
-        raise ValueError(f"--probe-every {cfg.probe_every} needs the CO probe: set --probe-n N")
-    if cfg.probe_every < 0:
-        raise ValueError(f"invalid --probe-every {cfg.probe_every!r}: must be >= 0 "
-                         "(0: once per epoch)")
-    if cfg.probe_steps < 1:
-        raise ValueError(f"invalid --probe-steps {cfg.probe_steps!r}: must be >= 1")
-    if cfg.co_fgsm_ratio < 0:
-        raise ValueError(f"invalid --co-fgsm-ratio {cfg.co_fgsm_ratio!r}: must be in [0, 1] "
-                         "(0: the FGSM clause is off)")
-    if cfg.co_gap < 0:
-        raise ValueError(f"invalid --co-gap {cfg.co_gap!r}: must be in [0, 1] (0: the masked "
-                         "clause is off)")
-    if cfg.co_rel_drop < 0:
-        raise ValueError(f"invalid --co-rel-drop {cfg.co_rel_drop!r}: must be in [0, 1] "
-                         "(0: absolute drop only)")
-    rule_from_config(cfg)
-    if cfg.rollback_change not in ROLLBACK_CHANGES:
-        raise ValueError(f"invalid --rollback-change {cfg.rollback_change!r}; valid: "
-                         f"{', '.join(ROLLBACK_CHANGES)}")
-    if not (0 < cfg.rollback_step_factor < 1):
-        raise ValueError(f"invalid --rollback-step-factor {cfg.rollback_step_factor!r}: "
-                         "must be in (0, 1)")
-    if not cfg.rollback_reg_factor > 1:
-        raise ValueError(f"invalid --rollback-reg-factor {cfg.rollback_reg_factor!r}: "
-                         "must be > 1")
-    if cfg.max_rollbacks < 0:
-        raise ValueError(f"invalid --max-rollbacks {cfg.max_rollbacks!r}: must be >= 0")
-
-
-def rule_from_config(cfg) -> CORule:
-    return CORule(drop=cfg.co_drop, reference=cfg.co_reference,
-                  fgsm_ratio=None if cfg.co_fgsm_ratio <= 0 else cfg.co_fgsm_ratio,
-                  rel_drop=None if cfg.co_rel_drop <= 0 else cfg.co_rel_drop,
-                  patience=cfg.co_patience, min_drop=cfg.co_min_drop,
-                  gap=None if cfg.co_gap <= 0 else cfg.co_gap, floor=cfg.co_floor)
+def rule_from_config(m) -> CORule:
+    """The CO rule of a run's monitor settings (0 turns a clause off)."""
+    return CORule(drop=m.co_drop, reference=m.co_reference,
+                  fgsm_ratio=None if m.co_fgsm_ratio <= 0 else m.co_fgsm_ratio,
+                  rel_drop=None if m.co_rel_drop <= 0 else m.co_rel_drop,
+                  patience=m.co_patience, min_drop=m.co_min_drop,
+                  gap=None if m.co_gap <= 0 else m.co_gap, floor=m.co_floor)
 
 
 def build_monitor(cfg, dataset, train_x, train_y):
-    """The monitor a TrainConfig asks for (None when ``probe_n`` is 0) and the training set
+    """The monitor a resolved run asks for (None when probe_n is 0) and the training set
     that remains after a held-out probe batch is taken from it."""
-    if not cfg.probe_n:
+    m = cfg.monitor
+    if not m.probe_n:
         return None, train_x, train_y
-    if cfg.probe_source == "holdout":
+    if m.probe_source == "holdout":
         px, py, train_x, train_y, source = select_probe_data(
-            "holdout", cfg.probe_n, dataset.train_x, dataset.train_y, dataset.test_x,
-            dataset.test_y, cfg.n_train)
+            "holdout", m.probe_n, dataset.train_x, dataset.train_y, dataset.test_x,
+            dataset.test_y, cfg.data.n_train)
     else:
-        px, py, _, _, source = select_probe_data(cfg.probe_source, cfg.probe_n, train_x,
+        px, py, _, _, source = select_probe_data(m.probe_source, m.probe_n, train_x,
                                                  train_y, dataset.test_x, dataset.test_y)
-    rule = rule_from_config(cfg)
-    mon = COMonitor(px, py, cfg.eps, pgd_steps=cfg.probe_steps, rule=rule, on_co=cfg.on_co,
-                    every_steps=cfg.probe_every, seed=cfg.seed, source=source,
-                    batch_size=cfg.eval_batch_size, rollback_change=cfg.rollback_change,
-                    rollback_step_factor=cfg.rollback_step_factor,
-                    rollback_reg_factor=cfg.rollback_reg_factor,
-                    max_rollbacks=cfg.max_rollbacks)
+    mon = COMonitor(px, py, cfg.eps, pgd_steps=m.probe_steps, rule=rule_from_config(m),
+                    on_co=m.on_co, every_steps=m.probe_every, seed=cfg.optim.seed,
+                    source=source, batch_size=cfg.evaluation.batch_size,
+                    rollback_change=m.rollback_change,
+                    rollback_step_factor=m.rollback_step_factor,
+                    rollback_reg_factor=m.rollback_reg_factor, max_rollbacks=m.max_rollbacks)
     return mon, train_x, train_y

@@ -29,7 +29,7 @@ def main(argv=None):
     args = step_timing_parser(__doc__, 5, "timed steps per method").parse_args(argv)
     device, clock = timing_setup(args)
     from aaer.methods import StepContext, aaer_regularizer
-    from aaer.train import close_logger
+    from aaer.engine import close_logger
 
     with tempfile.TemporaryDirectory() as tmp:
         aaer = make_trainer(args.model, "rs-aaer", args.batch_size, device,

@@ -140,7 +140,7 @@ def main(argv=None):
           f"after {warmup} warm-up steps per configuration, random CIFAR-shaped data")
 
     from aaer.methods import StepContext
-    from aaer.train import close_logger
+    from aaer.engine import close_logger
     ctx = StepContext(0, 0, 1, 1)
     configs = [  # (label, step, precision, layout, data, compile)
         ("reference loop (SPEC 2)", "reference", "fp32", "off", "dataloader", False),

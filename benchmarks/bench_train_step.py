@@ -100,19 +100,19 @@ def random_cifar(n, seed=0, size=32, channels=3):
 
 def make_trainer(model, method, batch_size, device, out_dir, epochs=1, n=None, **kw):
     """aaer's Trainer on random CIFAR-shaped data (no files besides its run directory)."""
-    from aaer.train import TrainConfig, Trainer
+    from aaer.train import TrainConfig, build_trainer
     n = n or 4 * batch_size
     cfg = TrainConfig(out_dir=out_dir, model=model, method=method, epochs=epochs,
                       batch_size=batch_size, eval_protocol=None, progress=False,
                       device=str(device), seed=0, **kw)
-    return Trainer(cfg, random_cifar(n))
+    return build_trainer(cfg, random_cifar(n))
 
 
 def reference_for(trainer):
     """A ReferenceLoop on a copy of the trainer's (untrained) model, with the same optimiser
     settings and schedule."""
-    from aaer.train import make_scheduler
-    cfg, m = trainer.cfg, trainer.method
+    from aaer.engine import make_scheduler
+    cfg, m = trainer.cfg.optim, trainer.method
     model = copy.deepcopy(trainer.model).to(memory_format=torch.contiguous_format)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr_max, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay)
@@ -218,7 +218,7 @@ def main(argv=None):
         print("reference step s: " + " ".join(f"{t:.3f}" for t in t_ref))
         print("aaer step s:      " + " ".join(f"{t:.3f}" for t in t_aaer))
         print(f"median: reference {med_ref:.3f} s, aaer {med_aaer:.3f} s")
-        from aaer.train import close_logger
+        from aaer.engine import close_logger
         close_logger(trainer.log)
         print(f"ratio of medians {med_ref / med_aaer:.3f}; median of per-repeat ratios "
               f"{speedup:.3f}")

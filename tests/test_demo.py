@@ -6,31 +6,35 @@ import os
 import pytest
 import torch
 
-import aaer.demo as demo
+import aaer.experiments.demo as demo
 from aaer.cli import main
 from aaer.data.datasets import Dataset
-from aaer.report import load_run
+from aaer.reporting.report import load_run
 from tests.test_report import CO_RUN, OK_RUN, make_run
 
 
 def test_fixture_config():
     cfg = demo.co_fixture_config("rs-fgsm", 3, "runs/x")
-    assert (cfg.dataset, cfg.n_train, cfg.model, cfg.epsilon) == \
+    assert (cfg.data.dataset, cfg.data.n_train, cfg.model.name, cfg.method.epsilon) == \
         ("fashion-mnist", 10000, "small-cnn", 70.0)
-    assert (cfg.epochs, cfg.batch_size, cfg.lr_max, cfg.lr_peak) == (10, 64, 0.2, 0.5)
-    assert (cfg.seed, cfg.out_dir, cfg.method_hparams) == (3, "runs/x", {})
-    assert cfg.probe_n == 500 and cfg.probe_steps == 10 and cfg.on_co == "warn"
-    assert cfg.eps == pytest.approx(70 / 255) and cfg.eval_protocol == "quick"
-    assert cfg.n_eval is None                   # 'quick' evaluates the first 1000 test points
-    cfg.validate()
+    o = cfg.optim
+    assert (o.epochs, o.batch_size, o.lr_max, o.lr_peak) == (10, 64, 0.2, 0.5)
+    assert (o.seed, cfg.runtime.out_dir, cfg.method.options) == (3, "runs/x", {})
+    assert cfg.monitor.probe_n == 500 and cfg.monitor.probe_steps == 10 and \
+        cfg.monitor.on_co == "warn"
+    assert cfg.eps == pytest.approx(70 / 255) and cfg.evaluation.protocol == "quick"
+    assert cfg.evaluation.n_eval is None          # 'quick' evaluates the first 1000 test points
+    assert cfg.sources["optim.epochs"] == "co-fixture"
+    assert cfg.sources["optim.seed"] == "explicit"
 
 
 @pytest.mark.parametrize("method, lamdas", [("rs-aaer", (5.75, 1.5)), ("n-aaer", (2.75, 0.75))])
 def test_fixture_aaer_lambdas_are_the_nearest_published_eps(method, lamdas):
     cfg = demo.co_fixture_config(method, 0, "runs/x", data_dir="/d")
-    assert (cfg.method_hparams["lamda2"], cfg.method_hparams["lamda3"]) == lamdas
-    assert cfg.data_dir == "/d"
-    assert any("using cifar10 eps 32" in n for n in cfg.notes)
+    assert (cfg.method.lamda2, cfg.method.lamda3) == lamdas
+    assert cfg.data.data_dir == "/d"
+    assert cfg.sources["method.lamda2"] == ("nearest published: cifar10 eps 32 (none for "
+                                            "fashion-mnist eps 70)")
 
 
 def test_fixture_rejects_unknown_methods():

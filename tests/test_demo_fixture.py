@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from aaer.demo import run_demo
+from aaer.experiments.demo import run_demo
 
 SEED = 2        # the demo's default; RS-FGSM hit CO in all five seeds measured
 

@@ -4,7 +4,7 @@ import sys
 import pytest
 import torch
 
-from aaer.evaluate import PROTOCOLS, evaluate, format_table, get_protocol
+from aaer.evaluation import PROTOCOLS, evaluate, format_table, get_protocol
 
 EPS = 8 / 255
 

@@ -9,7 +9,7 @@ import torch
 from aaer.data.datasets import Dataset
 from aaer.methods.base import aae_statistics, summarize_aae
 from aaer.monitor import COMonitor, CORule, evidence_text, select_probe_data
-from aaer.train import TrainConfig, Trainer
+from aaer.train import TrainConfig, build_trainer
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -104,19 +104,17 @@ def test_evidence_text_of_a_drop():
                                     "accuracy 0.500 -> 0.625")
 
 
-@pytest.mark.parametrize("kwargs, word", [({"drop": 0}, "drop"), ({"drop": 1.5}, "drop"),
-                                          ({"reference": "worst"}, "reference"),
-                                          ({"fgsm_ratio": 1.5}, "ratio"),
-                                          ({"fgsm_ratio": 0}, "ratio"),
-                                          ({"rel_drop": 1.5}, "relative"),
-                                          ({"patience": 0}, "patience"),
-                                          ({"min_drop": 0.3}, "min drop"),
-                                          ({"gap": 0}, "gap"), ({"gap": 1.5}, "gap"),
-                                          ({"floor": -0.1}, "floor"), ({"floor": 1}, "floor"),
-                                          ({"patience": 1.5}, "patience")])
-def test_rule_rejects_bad_settings(kwargs, word):
-    with pytest.raises(ValueError, match=word):
-        CORule(**kwargs)
+@pytest.mark.parametrize("kwargs, flag", [
+    ({"co_drop": 0}, "--co-drop 0.0"), ({"co_drop": 1.5}, "--co-drop 1.5"),
+    ({"co_reference": "worst"}, "--co-reference 'worst'"),
+    ({"co_fgsm_ratio": 1.5}, "--co-fgsm-ratio 1.5"), ({"co_rel_drop": 1.5}, "--co-rel-drop"),
+    ({"co_patience": 0}, "--co-patience 0"), ({"co_min_drop": 0.3}, "--co-min-drop 0.3"),
+    ({"co_gap": 1.5}, "--co-gap 1.5"), ({"co_floor": -0.1}, "--co-floor -0.1"),
+    ({"co_floor": 1}, "--co-floor 1"), ({"co_patience": 1.5}, "--co-patience 1.5"),
+    ({"co_drop": float("nan")}, "--co-drop nan"), ({"co_gap": float("inf")}, "--co-gap inf")])
+def test_rule_settings_are_checked_by_the_schema(kwargs, flag):
+    with pytest.raises(ValueError, match=flag.replace("(", r"\(")):
+        TrainConfig(**kwargs).resolve()
 
 
 # -- the probe batch -------------------------------------------------------------------
@@ -188,7 +186,7 @@ FGSM = [0.25, 0.375, 0.5, 0.625, 0.625]
 def test_warn_records_flag_epoch_and_evidence(tmp_path, monkeypatch):
     _scripted(monkeypatch, PGD, FGSM)
     cfg = _cfg(tmp_path, "warn")
-    res = Trainer(cfg, _dataset()).fit()
+    res = build_trainer(cfg, _dataset()).fit()
     rows = _rows(cfg)
     # epoch 2 meets the rule, epoch 3 confirms it (patience 2): CO since epoch 2
     assert [r["co_candidate"] for r in rows] == [False, False, True, True, True]
@@ -213,7 +211,7 @@ def test_warn_records_flag_epoch_and_evidence(tmp_path, monkeypatch):
 
 def test_a_single_dip_is_not_co(tmp_path, monkeypatch):
     _scripted(monkeypatch, [0.5, 0.125, 0.5, 0.125, 0.0625], [0.5] * 5)
-    res = Trainer(_cfg(tmp_path, "dip"), _dataset()).fit()
+    res = build_trainer(_cfg(tmp_path, "dip"), _dataset()).fit()
     rows = _rows(_cfg(tmp_path, "dip"))
     assert [r["co_candidate"] for r in rows] == [False, True, False, True, True]
     assert res["monitor"]["co_epoch"] == 3 and len(res["monitor"]["events"]) == 1
@@ -222,15 +220,15 @@ def test_a_single_dip_is_not_co(tmp_path, monkeypatch):
 def test_stop_ends_training_with_the_best_probe_weights(tmp_path, monkeypatch):
     _scripted(monkeypatch, PGD, FGSM)
     cfg = _cfg(tmp_path, "stop", on_co="stop")
-    trainer = Trainer(cfg, _dataset())
+    trainer = build_trainer(cfg, _dataset())
     reached = {}
-    mon_end = trainer.monitor.end_epoch
+    mon_probe = trainer.monitor.probe
 
-    def spy(tr, row):
-        reached[row["epoch"]] = {k: v.clone() for k, v in tr.model.net.state_dict().items()}
-        mon_end(tr, row)
+    def spy(model, epoch, step):            # the weights each end-of-epoch probe sees
+        reached[epoch] = {k: v.clone() for k, v in model.net.state_dict().items()}
+        return mon_probe(model, epoch, step)
 
-    trainer.monitor.end_epoch = spy
+    trainer.monitor.probe = spy
     res = trainer.fit()
     rows = _rows(cfg)
     assert len(rows) == 4 and rows[-1]["co_stop"] and res["final_epoch"]["epoch"] == 3
@@ -247,7 +245,7 @@ def test_rollback_restores_and_strengthens_the_regulariser_then_stops(tmp_path, 
     _scripted(monkeypatch, [0.25, 0.5, 0.125, 0.125, 0.5, 0.0625, 0.0625],
               [0.25, 0.375, 0.5, 0.5, 0.5, 0.625, 0.625])
     cfg = _cfg(tmp_path, "rb", on_co="rollback", max_rollbacks=1, epochs=7)
-    trainer = Trainer(cfg, _dataset())
+    trainer = build_trainer(cfg, _dataset())
     res = trainer.fit()
     rows = _rows(cfg)
     rb = res["monitor"]["rollbacks"]
@@ -267,7 +265,7 @@ def test_rollback_of_a_plain_method_shrinks_the_step_and_keeps_the_schedule(tmp_
     _scripted(monkeypatch, [0.25, 0.5, 0.125, 0.125, 0.375, 0.375], [0.25, 0.375] + [0.5] * 4)
     cfg = _cfg(tmp_path, "rb2", method="rs-fgsm", method_hparams={}, on_co="rollback",
                epochs=6)
-    trainer = Trainer(cfg, _dataset())
+    trainer = build_trainer(cfg, _dataset())
     seen = {}
     end_epoch = trainer.end_epoch
 
@@ -292,15 +290,15 @@ def test_rollback_that_cannot_apply_fails_before_training(tmp_path):
     cfg = _cfg(tmp_path, "bad", method="rs-fgsm", method_hparams={}, on_co="rollback",
                rollback_change="regularizer")
     with pytest.raises(ValueError, match="no regulariser weight"):
-        Trainer(cfg, _dataset())
+        build_trainer(cfg, _dataset())
 
 
 @pytest.mark.parametrize("kw, msg", [
     ({"probe_n": 0, "on_co": "stop"}, "--on-co stop needs the CO probe"),
     ({"on_co": "panic"}, "invalid --on-co 'panic'"),
     ({"probe_every": -1}, "--probe-every"),
-    ({"co_drop": 0.0}, "CO drop"),
-    ({"co_patience": 0}, "CO patience"),
+    ({"co_drop": 0.0}, "--co-drop"),
+    ({"co_patience": 0}, "--co-patience"),
     ({"co_rel_drop": -0.5}, "--co-rel-drop"),
     ({"co_fgsm_ratio": -1.0}, "--co-fgsm-ratio"),
     ({"probe_source": "train"}, "--probe-source"),
@@ -309,14 +307,14 @@ def test_rollback_that_cannot_apply_fails_before_training(tmp_path):
 ])
 def test_config_errors_name_the_bad_value(tmp_path, kw, msg):
     with pytest.raises(ValueError, match=msg.replace("(", r"\(")):
-        _cfg(tmp_path, "x", **kw).validate()
+        _cfg(tmp_path, "x", **kw).resolve(custom_data=True)
 
 
 def test_probe_every_n_steps_and_a_mid_epoch_stop(tmp_path, monkeypatch):
     # 3 steps per epoch, a probe every 2 steps plus one at each epoch end
     _scripted(monkeypatch, [0.25, 0.5, 0.5, 0.0625, 0.0], [0.25, 0.5, 0.5, 0.5, 0.5])
     cfg = _cfg(tmp_path, "steps", probe_every=2, on_co="stop", epochs=3)
-    res = Trainer(cfg, _dataset()).fit()
+    res = build_trainer(cfg, _dataset()).fit()
     with open(tmp_path / "steps" / "probes.jsonl") as f:
         probes = [json.loads(l) for l in f]
     assert [(p["epoch"], p["step"]) for p in probes] == [(0, 2), (0, 3), (1, 4), (1, 6), (2, 8)]
@@ -332,8 +330,8 @@ def test_probe_every_n_steps_and_a_mid_epoch_stop(tmp_path, monkeypatch):
 
 def test_probing_does_not_change_training(tmp_path):
     ds = _dataset()
-    plain = Trainer(_cfg(tmp_path, "plain", probe_n=0, epochs=2), ds).fit()
-    probed = Trainer(_cfg(tmp_path, "probed", probe_every=2, probe_steps=3, epochs=2),
+    plain = build_trainer(_cfg(tmp_path, "plain", probe_n=0, epochs=2), ds).fit()
+    probed = build_trainer(_cfg(tmp_path, "probed", probe_every=2, probe_steps=3, epochs=2),
                      ds).fit()
     a, b = plain["final_epoch"], probed["final_epoch"]
     assert a["train_loss"] == b["train_loss"] and a["aae_count"] == b["aae_count"]
@@ -341,9 +339,9 @@ def test_probing_does_not_change_training(tmp_path):
 
 
 def test_measure_equals_the_evaluation_suite(tmp_path):
-    from aaer.evaluate import Protocol, evaluate
+    from aaer.evaluation import Protocol, evaluate
     ds = _dataset()
-    trainer = Trainer(_cfg(tmp_path, "m", epochs=1), ds)
+    trainer = build_trainer(_cfg(tmp_path, "m", epochs=1), ds)
     trainer.fit()
     got = trainer.monitor.measure(trainer.model)
     rep = evaluate(trainer.model, ds.test_x[:32], ds.test_y[:32], 32 / 255,
@@ -373,7 +371,7 @@ def test_aae_statistics_per_class():
 def test_trainer_logs_per_class_counts(tmp_path):
     cfg = _cfg(tmp_path, "pc", probe_n=0, epochs=1, aae_per_class=True, method="rs-fgsm",
                method_hparams={})
-    row = Trainer(cfg, _dataset()).fit()["final_epoch"]
+    row = build_trainer(cfg, _dataset()).fit()["final_epoch"]
     assert len(row["aae_count_per_class"]) == 4
     assert sum(row["aae_count_per_class"]) == row["aae_count"]
     assert all(0.0 <= f <= 1.0 for f in row["aae_fraction_per_class"])
@@ -398,6 +396,6 @@ def test_cli_flags_reach_the_config():
     assert (cfg.rollback_change, cfg.rollback_step_factor, cfg.rollback_reg_factor,
             cfg.max_rollbacks, cfg.aae_per_class) == ("step", 0.5, 3.0, 4, True)
     from aaer.monitor import rule_from_config
-    assert rule_from_config(cfg) == CORule(drop=0.3, reference="previous", fgsm_ratio=None,
+    assert rule_from_config(cfg.resolve().monitor) == CORule(drop=0.3, reference="previous", fgsm_ratio=None,
                                            rel_drop=0.5, patience=1, min_drop=0.1, gap=0.3,
                                            floor=0.02)

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from aaer.attacks import fgsm, pgd, pgd_restart
-from aaer.evaluate import evaluate
+from aaer.evaluation import evaluate
 from tests.conftest import TinyNet
 
 EPS = 8 / 255

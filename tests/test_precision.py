@@ -10,8 +10,8 @@ from aaer.data import Dataset
 from aaer.methods import METHODS, StepContext, create_method
 from aaer.methods.base import Cost, forward_with_input_grad, uniform_noise
 from aaer.models import build
-from aaer.precision import Precision, maybe_compile, use_channels_last
-from aaer.train import TrainConfig, Trainer
+from aaer.engine.precision import Precision, maybe_compile, use_channels_last
+from aaer.train import TrainConfig, build_trainer
 from tests.conftest import TinyNet
 
 EPS = 8 / 255
@@ -30,7 +30,7 @@ def make_trainer(tmp_path, method="rs-aaer", model="small-cnn", **kw):
     cfg = TrainConfig(out_dir=str(tmp_path / "run"), model=model, method=method,
                       epochs=1, batch_size=16, eval_protocol=None, progress=False,
                       device="cpu", **kw)
-    return Trainer(cfg, random_dataset())
+    return build_trainer(cfg, random_dataset())
 
 
 def batch(seed=0, n=16):
@@ -170,7 +170,7 @@ def test_compile_flag_reaches_the_trainer(tmp_path):
     assert args.compile is True and args.channels_last == "off"
     tr = make_trainer(tmp_path, compile=True)
     assert tr.compiled and tr.step_model._orig_mod is tr.model and tr.model.training
-    assert tr.config_dict()["performance"]["compile"] is True
+    assert tr.built()["performance"]["compile"] is True
 
 
 SYNCS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "nonzero",
@@ -185,7 +185,7 @@ def test_train_step_never_reads_a_tensor_on_the_host(tmp_path, monkeypatch, meth
     cfg = TrainConfig(out_dir=str(tmp_path / "run"), model="small-cnn", method=method,
                       epochs=1, batch_size=16, eval_protocol=None, progress=False,
                       device="cpu", precision=precision)
-    tr = Trainer(cfg, random_dataset())
+    tr = build_trainer(cfg, random_dataset())
     x, y = batch()
     before = copy.deepcopy(tr.model.state_dict())
 
@@ -204,11 +204,11 @@ def test_train_step_never_reads_a_tensor_on_the_host(tmp_path, monkeypatch, meth
 
 def test_train_evaluates_under_the_eval_precision_it_records(tmp_path):
     from aaer.cli import build_parser, config_from_args
-    from aaer.evaluate import evaluate, get_protocol
+    from aaer.evaluation import evaluate, get_protocol
     cfg = TrainConfig(out_dir=str(tmp_path / "run"), model="small-cnn", method="rs-fgsm",
                       epochs=1, batch_size=16, eval_protocol="quick", n_eval=8,
                       eval_precision="bf16", progress=False, device="cpu")
-    tr = Trainer(cfg, random_dataset())
+    tr = build_trainer(cfg, random_dataset())
     res = tr.fit()
     ev = res["evaluation"]
     assert ev["precision"] == "bf16"
@@ -227,10 +227,3 @@ def test_train_evaluates_under_the_eval_precision_it_records(tmp_path):
     assert config_from_args(build_parser().parse_args(["train"])).eval_batch_size is None
     with pytest.raises(ValueError, match="invalid --eval-precision 'fp64'"):
         TrainConfig(eval_precision="fp64").validate()
-
-
-def test_cli_precision_choices_are_the_ones_train_and_evaluate_accept():
-    from aaer.cli import PRECISION_CHOICES
-    from aaer.evaluate import EVAL_PRECISIONS
-    from aaer.train import PRECISIONS
-    assert PRECISION_CHOICES == PRECISIONS == EVAL_PRECISIONS

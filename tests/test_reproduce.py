@@ -7,7 +7,7 @@ import shlex
 import numpy as np
 import pytest
 
-from aaer import reproduce as rp
+from aaer.experiments import reproduce as rp
 from aaer.cli import main
 from tests.test_data import write_idx_set
 
@@ -109,19 +109,21 @@ def test_co_fixture_suite_and_co_flag_from_the_monitor(tmp_path):
     runs = rp.build_runs("co-fixture", seeds=2)
     assert [r.label for r in runs[::2]] == ["FGSM", "RS-FGSM", "N-FGSM", "RS-AAER", "N-AAER"]
     f = _flags(runs[0].argv("o"))
-    from aaer.demo import CO_FIXTURE
+    from aaer.experiments.demo import CO_FIXTURE
     assert f["--dataset"] == "fashion-mnist" and float(f["--epsilon"]) == CO_FIXTURE["epsilon"]
     assert "None" not in runs[0].flags
     assert int(f["--probe-n"]) > 0                      # the CO monitor is on
-    d = tmp_path / "run"
-    d.mkdir()
-    (d / "results.json").write_text(json.dumps({"monitor": {"co_detected": True, "co_epoch": 3}}))
-    assert rp.co_flag(str(d)) == (True, 3)
-    (d / "results.json").write_text(json.dumps({"monitor": {"co_detected": False,
-                                                            "co_epoch": None}}))
-    assert rp.co_flag(str(d)) == (False, None)
-    (d / "results.json").write_text("{}")                # not monitored
-    assert rp.co_flag(str(d)) == (None, None)
+    from aaer.runs import Run, legacy_settings
+
+    def flag(results, rows=()):
+        r = Run("d", legacy_settings({}), {}, list(rows), results)
+        return r.monitored(), r.co_epoch() if r.monitored() else None
+    assert flag({"monitor": {"co_detected": True, "co_epoch": 3}}) == (True, 3)
+    assert flag({"monitor": {"co_detected": False, "co_epoch": None}}) == (False, None)
+    assert flag({}) == (None, None)                                  # not monitored
+    # a run without a monitor summary: the metrics rows' co_flag fields
+    rows = [{"epoch": 0, "co_flag": False}, {"epoch": 1, "co_flag": True, "co_epoch": 0}]
+    assert flag({}, rows) == (True, 0)
 
 
 def test_summary_lists_each_runs_trajectory(tmp_path):

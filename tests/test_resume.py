@@ -20,10 +20,12 @@ import numpy as np
 import pytest
 import torch
 
-from aaer.checkpoint import (FORMAT, TrainingInterrupted, read_checkpoint, rng_state,
-                             set_rng_state, write_checkpoint)
+from aaer.engine.checkpoint import rng_state, set_rng_state
+from aaer.errors import TrainingInterrupted
+from aaer.runs import CHECKPOINT_FORMAT as FORMAT
+from aaer.runs import read_checkpoint, write_checkpoint
 from aaer.data.datasets import Dataset
-from aaer.train import TrainConfig, Trainer, train
+from aaer.train import TrainConfig, build_trainer, train
 from tests.test_data import write_cifar10
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,7 +75,7 @@ def test_rng_state_round_trip_through_a_weights_only_file(tmp_path):
     expect = (random.random(), np.random.randn(3).tolist(), torch.rand(4).tolist())
     write_checkpoint(str(tmp_path / "c.pt"), {"rng": saved})
     random.seed(9), np.random.seed(9), torch.manual_seed(9)
-    state = read_checkpoint(str(tmp_path / "c.pt"))       # weights_only=True inside
+    state = read_checkpoint(str(tmp_path / "c.pt"), complete=False)  # weights_only=True
     assert state["format"] == FORMAT
     assert set_rng_state(state["rng"]) == []
     assert (random.random(), np.random.randn(3).tolist(), torch.rand(4).tolist()) == expect
@@ -88,7 +90,7 @@ def test_failed_checkpoint_write_keeps_the_previous_file(tmp_path):
         write_checkpoint(path, {"epoch": 1, "bad": lambda: 0})   # cannot be pickled
     assert open(path, "rb").read() == before
     assert os.listdir(tmp_path) == ["checkpoint.pt"]
-    assert read_checkpoint(path)["epoch"] == 0
+    assert read_checkpoint(path, complete=False)["epoch"] == 0
 
 
 # -- in-process: a real signal at a chosen step -------------------------------------------
@@ -123,7 +125,7 @@ def test_signal_then_resume_is_bitwise_equal(tmp_path, reference, epoch, step, s
     ref_out, ds = reference
     out = tmp_path / "run"
     cfg = tiny_config(out)
-    trainer = Trainer(cfg, ds)
+    trainer = build_trainer(cfg, ds)
     _signal_at(trainer, epoch, step, signum)
     handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     with pytest.raises(TrainingInterrupted) as e:
@@ -161,17 +163,16 @@ def test_resumed_epoch_matches_state_rng_and_metrics_line(tmp_path, reference):
     """Stopped after step 2 of epoch 0, then epoch 0 finished from the checkpoint: the
     optimiser, schedule, RNG state and the epoch's metrics line equal an uninterrupted
     epoch 0 (except its seconds)."""
-    from aaer.train import close_logger
+    from aaer.engine import close_logger
     _, ds = reference
-    a = Trainer(tiny_config(tmp_path / "a", epochs=2), ds)
+    a = build_trainer(tiny_config(tmp_path / "a", epochs=2), ds)
     _signal_at(a, 0, 2, signal.SIGTERM)
     with pytest.raises(TrainingInterrupted):
         a.fit()
-    ref = Trainer(tiny_config(tmp_path / "r", epochs=2), ds)
+    ref = build_trainer(tiny_config(tmp_path / "r", epochs=2), ds)
     row_ref = ref.run_epoch(0)
     rng_ref = torch.get_rng_state()
-    b = Trainer(tiny_config(tmp_path / "a", epochs=2), ds)
-    b.load_state(read_checkpoint(str(tmp_path / "a" / "checkpoint.pt")))
+    b = build_trainer(tiny_config(tmp_path / "a", epochs=2), ds, resume=True)
     row_b = b.run_epoch(0)
     assert torch.equal(torch.get_rng_state(), rng_ref)
     assert without_time([row_b]) == without_time([row_ref]) and row_b["n"] == 40
@@ -301,7 +302,7 @@ def test_autoattack_interrupted_in_the_final_evaluation_resumes_from_its_state(t
     """`aaer train` keeps AutoAttack's state in the run directory: a run killed during the
     final evaluation resumes there (no training repeated) and ends with the same numbers."""
     import aaer.attacks.autoattack as aa_mod
-    from aaer.checkpoint import resume
+    from aaer.train import resume
     data = tiny_dataset(n_test=12)
     kw = dict(method="rs-fgsm", method_hparams={}, epochs=1, eval_protocol="aaer", n_eval=12,
               eval_batch_size=4)

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from aaer.checkpoint import EXIT_DIVERGED, TrainingDiverged, read_checkpoint
+from aaer.errors import EXIT_DIVERGED, TrainingDiverged
+from aaer.runs import read_checkpoint
 from aaer.cli import main
 from aaer.methods import METHODS, RSFGSM
-from aaer.train import Trainer, close_logger, train
+from aaer.engine import close_logger
+from aaer.train import build_trainer, train
 from tests.test_data import write_cifar10
 from tests.test_resume import assert_same_weights, read_rows, tiny_config, tiny_dataset
 
@@ -51,7 +53,7 @@ def test_stop_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     ds = tiny_dataset()
     # the same run without a NaN, checkpointed after epoch 0
     nan_method(monkeypatch)
-    clean = Trainer(cfg(tmp_path / "clean"), ds)
+    clean = build_trainer(cfg(tmp_path / "clean"), ds)
     clean.start()
     clean.end_epoch(clean.run_epoch(0))
     close_logger(clean.log)
@@ -75,7 +77,7 @@ def test_stop_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
 
 def test_stop_checks_every_n_steps_not_only_at_epoch_end(tmp_path, monkeypatch):
     m = nan_method(monkeypatch, bad_loss={(0, 1)})
-    t = Trainer(cfg(tmp_path / "run", epochs=1), tiny_dataset())
+    t = build_trainer(cfg(tmp_path / "run", epochs=1), tiny_dataset())
     t.guard.check_every = 2
     t.start()
     with pytest.raises(TrainingDiverged, match="epoch 0, step 1"):

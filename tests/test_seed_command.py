@@ -30,12 +30,16 @@ def test_seed_command_runs_end_to_end(tmp_path):
         assert (out / name).is_file(), name
 
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["dataset"] == "cifar10" and cfg["method"] == "rs-aaer"
+    st = cfg["settings"]
+    assert st["data"]["dataset"] == "cifar10" and st["method"]["name"] == "rs-aaer"
+    assert cfg["sources"]["data.dataset"].startswith("inferred from --out-dir")
+    assert cfg["sources"]["method.name"] == "seed script: --clamp 1"
     m = cfg["method_resolved"]
     assert (m["alpha"], m["clamp"], m["lamda1"], m["lamda2"], m["lamda3"]) == \
         (1.25, 1, 1.0, 2.5, 1.5)
     assert m["delta_init"] == "random" and m["mode"] == "reference"
-    assert cfg["epochs"] == 1 and cfg["lr_max"] == 0.2 and cfg["batch_size"] == 128
+    o = st["optim"]
+    assert o["epochs"] == 1 and o["lr_max"] == 0.2 and o["batch_size"] == 128
     assert cfg["data"]["n_train"] == 40 and cfg["environment"]["torch"] == torch.__version__
 
     lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]

@@ -39,6 +39,18 @@ NORMALIZATION = {
     "fashion-mnist": ((0.2860,), (0.3530,)),
 }
 
+# Training settings a data set's reference recipe changes (SPEC §2, §3); the rest is
+# CIFAR's (30 epochs, cyclic lr 0 -> 0.2 -> 0 peaking at 1/2, no warm-up).
+TRAINING_DEFAULTS = {
+    "svhn": {"epochs": 15, "lr_max": 0.05, "lr_peak": 0.4, "warmup_epochs": 5.0},
+}
+
+
+def training_defaults(name: str) -> dict:
+    """The training settings data set ``name`` changes (flat setting names)."""
+    return dict(TRAINING_DEFAULTS.get(name, {}))
+
+
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
                          "Shirt", "Sneaker", "Bag", "Ankle boot"]
 _DIGITS = [str(d) for d in range(10)]

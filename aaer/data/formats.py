@@ -20,6 +20,8 @@ import zlib
 
 import numpy as np
 
+from aaer.errors import MissingExtra
+
 CIFAR_LAYOUT = {
     "cifar10": {
         "folder": "cifar-10-batches-py",
@@ -178,7 +180,10 @@ def locate_svhn(root: str) -> str:
 
 def read_svhn_mat(path: str) -> tuple[np.ndarray, np.ndarray]:
     """One SVHN cropped-digits file: X is [H, W, C, N] uint8, y is [N, 1] with 10 for digit 0."""
-    import scipy.io
+    try:
+        import scipy.io
+    except ImportError:
+        raise MissingExtra("scipy", "data", "reading SVHN's .mat files") from None
 
     try:
         mat = scipy.io.loadmat(path)

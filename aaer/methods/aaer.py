@@ -18,12 +18,27 @@ per-example losses of the two forward passes of a single-step attack.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
+from aaer.checks import number
 from aaer.methods.base import StepContext, StepOutput, aae_statistics
 from aaer.methods.fgsm import SingleStepAttack
 
-MODES = ("reference", "paper")
+AAER_MODES = ("reference", "paper")
+MODES = AAER_MODES
+
+# The seed script (AAER.py of the reference): without a method name, --clamp picks the
+# variant and these are its flags' defaults (SPEC §4).
+SEED_DEFAULTS = {"alpha": 1.0, "delta_init": "random", "clamp": 0,
+                 "lamda1": 1.0, "lamda2": 4.0, "lamda3": 1.5}
+
+
+def seed_method(clamp: int) -> str:
+    """The method the seed script trains for --clamp: 1 RS-AAER, 0 N-AAER."""
+    return "rs-aaer" if clamp == 1 else "n-aaer"
+
 
 # Published hyper-parameters (SPEC §4): (dataset, eps in 1/255) -> (lamda2, lamda3); lamda1 = 1.
 RS_LAMBDAS = {
@@ -89,18 +104,18 @@ class AAER(SingleStepAttack):
     """RS-AAER (clamp=1, alpha 1.25) or N-AAER (clamp=0, alpha 1.0)."""
 
     name = "aaer"
+    # a rollback raises the regulariser's weight first; --rollback-change step shrinks alpha
+    strengthen_by = {"regularizer": "lamda1", "step": "alpha"}
     description = "single-step AT + regulariser on abnormal adversarial examples"
     source = "Lin, Yu, Liu, NeurIPS 2023"
 
     def __init__(self, eps, alpha=1.0, delta_init="random", clamp=0, warmup_epochs=0.0,
                  lamda1=1.0, lamda2=4.0, lamda3=1.5, mode="reference"):
         super().__init__(eps, alpha, delta_init, clamp, warmup_epochs)
-        for k, v in (("lamda1", lamda1), ("lamda2", lamda2), ("lamda3", lamda3)):
-            if v < 0:
-                raise ValueError(f"{k} must be >= 0, got {v!r}")
+        self.lamda1, self.lamda2, self.lamda3 = (number(k, v, low=0) for k, v in (
+            ("lamda1", lamda1), ("lamda2", lamda2), ("lamda3", lamda3)))
         if mode not in MODES:
             raise ValueError(f"AAER mode must be one of {MODES}, got {mode!r}")
-        self.lamda1, self.lamda2, self.lamda3 = float(lamda1), float(lamda2), float(lamda3)
         self.mode = mode
 
     def hparams(self):
@@ -139,8 +154,8 @@ class RSAAER(AAER):
         super().__init__(eps, alpha, delta_init, clamp, warmup_epochs, lamda1, lamda2,
                          lamda3, mode)
 
-    @staticmethod
-    def published(dataset: str, eps255: float):
+    @classmethod
+    def published(cls, dataset: str, eps255: float):
         return _published(RS_LAMBDAS, dataset, eps255)
 
 
@@ -153,22 +168,24 @@ class NAAER(AAER):
         super().__init__(eps, alpha, delta_init, clamp, warmup_epochs, lamda1, lamda2,
                          lamda3, mode)
 
-    @staticmethod
-    def published(dataset: str, eps255: float):
+    @classmethod
+    def published(cls, dataset: str, eps255: float):
         return _published(N_LAMBDAS, dataset, eps255)
 
 
 def _published(table, dataset: str, eps255: float):
-    """Published (lamda2, lamda3) for a data set and eps, and a note on how they were chosen.
+    """Published {lamda2, lamda3} for a data set and eps, and where they come from.
 
-    Outside the table (other data sets or radii) the CIFAR-10 entry at the nearest eps
-    (in log scale) is used, and the note says so.
+    Outside the table (other data sets or radii) the entry of the same data set (CIFAR-10
+    for data sets without a table) at the nearest eps in log scale is used, and the source
+    says so: "published cifar10 eps 16" or "nearest published: cifar10 eps 32 (none for
+    fashion-mnist eps 70)".
     """
-    import math
     ds = dataset if dataset in ("cifar10", "cifar100") else "cifar10"
     radii = sorted({e for (d, e) in table if d == ds})
     nearest = min(radii, key=lambda e: abs(math.log(e) - math.log(max(eps255, 1e-6))))
     exact = ds == dataset and abs(nearest - eps255) < 1e-9
-    note = ("published for %s eps %g" % (dataset, nearest) if exact else
-            "no published value for %s eps %.4g: using %s eps %g" % (dataset, eps255, ds, nearest))
-    return table[(ds, nearest)], note
+    source = (f"published {dataset} eps {nearest:g}" if exact else
+              f"nearest published: {ds} eps {nearest:g} (none for {dataset} eps {eps255:.4g})")
+    l2, l3 = table[(ds, nearest)]
+    return {"lamda2": l2, "lamda3": l3}, source

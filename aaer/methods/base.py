@@ -11,12 +11,15 @@ step ever synchronises with the host.
 """
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
+
+from aaer.checks import number
 
 Tensor = torch.Tensor
 
@@ -68,12 +71,60 @@ class Method:
     single_step: bool = False    # makes a single-step attack: AAE statistics are logged
     replays: int = 1             # optimiser steps per minibatch (Free-AT: m)
     aae_num_classes: int = 0     # > 0: also count AAEs per class (set by the trainer)
+    # the method's recipe (aaer.config.resolve applies it): named presets of its
+    # hyper-parameters, its changes to the training settings, its published table
     presets: dict[str, dict[str, Any]] = {}
+    train_overrides: dict[str, Any] = {}
+    # how a rollback after catastrophic overfitting strengthens it: change -> attribute;
+    # the first is what --rollback-change auto picks
+    strengthen_by: dict[str, str] = {}
 
     def __init__(self, eps: float):
-        if not (eps > 0):
-            raise ValueError(f"eps must be > 0 (pixel units, e.g. 8/255), got {eps!r}")
-        self.eps = float(eps)
+        self.eps = number("eps (pixel units, e.g. 8/255)", eps, low=0, low_open=True)
+
+    # -- the recipe --------------------------------------------------------------------
+    @classmethod
+    def keywords(cls) -> list[str]:
+        """The hyper-parameters the constructor takes (besides eps)."""
+        return [k for k in inspect.signature(cls.__init__).parameters if k not in ("self", "eps")]
+
+    @classmethod
+    def published(cls, dataset: str, eps255: float) -> tuple[dict[str, Any], str] | None:
+        """Hyper-parameters its authors published for this data set and eps, and where
+        they come from ("published cifar10 eps 16"); None when there is no table."""
+        return None
+
+    epochs_rule = ""
+
+    def epochs_for(self, epochs: int) -> int:
+        """The epochs to train for an epoch budget (Free-AT divides it by its replays)."""
+        return epochs
+
+    def strengthen_target(self, change: str = "auto") -> tuple[str, str]:
+        """(change, attribute) a rollback modifies, or ValueError when it cannot apply."""
+        if change == "auto" and self.strengthen_by:
+            change = next(iter(self.strengthen_by))
+        if change in self.strengthen_by:
+            return change, self.strengthen_by[change]
+        if change == "regularizer":
+            raise ValueError(f"--rollback-change regularizer: method {self.name!r} has no "
+                             f"regulariser weight to raise; valid: "
+                             f"{', '.join(self.strengthen_by) or 'none'}")
+        raise ValueError(f"--on-co rollback: method {self.name!r} has no attack step "
+                         "(alpha) to shrink; use --on-co warn or stop")
+
+    def strengthen(self, change: str, factors: dict[str, float]) -> dict[str, Any]:
+        """Apply a rollback's change: the attribute times ``factors[change]`` (change
+        "auto": the method's first); returns what changed."""
+        change, attr = self.strengthen_target(change)
+        factor = factors[change]
+        old = float(getattr(self, attr))
+        setattr(self, attr, old * factor)
+        return {"change": change, "param": attr, "old": old, "new": old * factor}
+
+    def apply_change(self, record: dict[str, Any]) -> None:
+        """Re-apply a change ``strengthen`` made (a resumed run continues with it)."""
+        setattr(self, record["param"], record["new"])
 
     # -- the interface -------------------------------------------------------------
     def step(self, model, x: Tensor, y: Tensor, ctx: StepContext) -> StepOutput:

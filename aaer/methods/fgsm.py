@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from aaer.checks import number
 from aaer.methods.base import (Cost, Method, StepContext, StepOutput, aae_statistics,
                                clip_to_box, forward_with_input_grad, uniform_noise)
 
@@ -25,22 +26,18 @@ class SingleStepAttack(Method):
     """x_adv = clip_[0,1](x + Proj(eta + alpha * w * sign(grad_x l(x + eta))))."""
 
     single_step = True
+    strengthen_by = {"step": "alpha"}
 
     def __init__(self, eps: float, alpha: float = 1.25, delta_init: str = "random",
                  clamp: int = 1, warmup_epochs: float = 0.0):
         super().__init__(eps)
         if delta_init not in DELTA_INITS:
             raise ValueError(f"delta_init must be one of {DELTA_INITS}, got {delta_init!r}")
-        if not (alpha > 0):
-            raise ValueError(f"alpha (step as a multiple of eps) must be > 0, got {alpha!r}")
-        if clamp not in (0, 1, True, False):
-            raise ValueError(f"clamp must be 0 (N variant) or 1 (RS variant), got {clamp!r}")
-        if warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs!r}")
-        self.alpha = float(alpha)
+        clamp = number("clamp (0: N variant, 1: RS variant)", clamp, integer=True, low=0, high=1)
+        self.alpha = number("alpha (step as a multiple of eps)", alpha, low=0, low_open=True)
         self.delta_init = delta_init
         self.clamp = int(clamp)
-        self.warmup_epochs = float(warmup_epochs)
+        self.warmup_epochs = number("warmup_epochs", warmup_epochs, low=0)
 
     def hparams(self):
         return {"eps": self.eps, "alpha": self.alpha, "delta_init": self.delta_init,

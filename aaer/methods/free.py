@@ -18,13 +18,15 @@ gradient, then does its forward. So the delta update uses the gradient at the we
 before the optimiser step, exactly as in the authors' code, at no extra pass.
 
 Epochs: with m replays every minibatch is used m times, so the authors divide the number
-of epochs by m to keep the total work equal: ``epoch_scale = 1/m``; the CLI should run
-ceil(epochs * epoch_scale) epochs (30 -> 4 at m = 8), as the authors' code does.
+of epochs by m to keep the total work equal: ``epochs_for`` gives ceil(epochs / m)
+(30 -> 4 at m = 8), as the authors' code does; aaer.config.resolve applies it.
 
 Resume: ``state_dict`` holds the carried perturbation (after the pending ascent step), so
 a resumed run continues with it; a missing state starts it again from 0.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -38,19 +40,27 @@ class FreeAT(Method):
     description = "Free-AT: each minibatch replayed m=8 times, perturbation carried over"
     source = "Shafahi et al., NeurIPS 2019"
     presets = {"eps8": {"replays": 8}, "eps16": {"replays": 8}}
+    strengthen_by = {"step": "alpha"}
     replays = 8
-    epoch_scale = 1 / 8
 
     def __init__(self, eps, replays=8, alpha=1.0):
         super().__init__(eps)
         self.replays = check_count("replays (m, minibatch replays)", replays, minimum=1)
         self.alpha = check_positive("alpha (ascent step as a multiple of eps)", alpha)
-        self.epoch_scale = 1.0 / self.replays
         self.delta = None          # the carried perturbation buffer [N, C, H, W]
         self._leaf = None          # this replay's delta, whose .grad the loop's backward fills
 
     def hparams(self):
         return {"eps": self.eps, "replays": self.replays, "alpha": self.alpha}
+
+    @property
+    def epochs_rule(self) -> str:
+        return f"free: epochs / {self.replays} replays, rounded up, as its authors train"
+
+    def epochs_for(self, epochs: int) -> int:
+        """Every minibatch is used m times, so ceil(epochs / m) epochs keep the total work
+        (30 -> 4 at m = 8)."""
+        return max(1, math.ceil(epochs / self.replays))
 
     def cost(self) -> Cost:
         """Per call of step (one replay); a minibatch costs ``replays`` times this."""

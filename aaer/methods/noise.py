@@ -11,6 +11,8 @@ noise instead of its own default. The three starts are the ones of fgsm.py:
 """
 from __future__ import annotations
 
+from aaer.checks import number
+
 NOISES = {"zero": ("zero", 1), "rs": ("random", 1), "n": ("random", 0)}
 
 
@@ -23,24 +25,12 @@ def noise_settings(noise: str) -> tuple[str, int]:
 
 
 def check_nonnegative(name: str, value) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number >= 0, got {value!r}") from None
-    if not (0 <= v < float("inf")):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return v
+    return number(name, value, low=0)
 
 
 def check_positive(name: str, value) -> float:
-    v = check_nonnegative(name, value)
-    if v == 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
-    return v
+    return number(name, value, low=0, low_open=True)
 
 
 def check_count(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) \
-            or int(value) < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+    return number(name, value, integer=True, low=minimum)

@@ -48,6 +48,7 @@ class PGDAT(Method):
     source = "Madry et al., ICLR 2018; Rice et al. 2020"
     presets = {"eps8": {"steps": 10, "alpha": 0.25}, "eps16": {"steps": 10, "alpha": 0.25},
                "pgd10": {"steps": 10, "step255": 2.0}}
+    strengthen_by = {"step": "alpha"}
 
     def __init__(self, eps, steps=10, alpha=0.25, step255=None, delta_init="random",
                  attack_mode="train"):

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from .normalize import Normalized
-from .registry import _WRN_PATTERN, create_model, list_models
+from .registry import create_model, family_of, list_models
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.", "net.")
 _CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "net", "state")
@@ -93,7 +93,7 @@ def _guess_architecture(state: Dict[str, torch.Tensor]) -> Optional[str]:
     first = state.get("block1.layer.0.conv1.weight")
     if stage_ids and first is not None and first.shape[0] % 16 == 0:
         wrn = f"wrn-{6 * len(stage_ids) + 4}-{first.shape[0] // 16}"
-        if wrn not in names and _WRN_PATTERN.match(wrn):
+        if wrn not in names and family_of(wrn) is not None:
             names.append(wrn)
     for name in names:
         for in_channels in in_channels_options:

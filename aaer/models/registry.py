@@ -2,20 +2,23 @@
 
 Every constructor takes (num_classes, in_channels, image_size) and returns the bare
 network, which expects already-normalised input (see aaer.models.normalize for the
-normalisation layer). Besides the registered names, create_model understands the
-pattern 'wrn-<depth>-<widen>' for any WideResNet of the TRADES/AAER lineage.
+normalisation layer). Besides single names, a module can register a family of names by a
+pattern (wide_resnet.py: 'wrn-<depth>-<widen>' for any WideResNet of the TRADES/AAER
+lineage). The registry imports no architecture.
 """
 from __future__ import annotations
 
 import re
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 
 import torch.nn as nn
 
 Constructor = Callable[[int, int, int], nn.Module]
 
 _REGISTRY: Dict[str, Constructor] = {}
-_WRN_PATTERN = re.compile(r"^wrn-(\d+)-(\d+)$")
+# families of names (e.g. wrn-<depth>-<widen>): pattern -> (factory(match, num_classes,
+# in_channels, image_size), how the family is written in messages)
+_PATTERNS: List[Tuple["re.Pattern", Callable, str]] = []
 
 
 def register_model(name: str):
@@ -30,6 +33,37 @@ def register_model(name: str):
         return constructor
 
     return decorator
+
+
+def register_model_family(pattern: str, described: str):
+    """Decorator registering ``factory(match, num_classes, in_channels, image_size)`` for
+    every name matching the regular expression ``pattern`` (``described`` says how such
+    names are written, for messages)."""
+    def decorator(factory):
+        _PATTERNS.append((re.compile(pattern), factory, described))
+        return factory
+
+    return decorator
+
+
+def family_of(name: str):
+    """(match, factory) of the family ``name`` belongs to, or None."""
+    for pattern, factory, _ in _PATTERNS:
+        m = pattern.match(name) if isinstance(name, str) else None
+        if m:
+            return m, factory
+    return None
+
+
+def families() -> List[str]:
+    return [described for _, _, described in _PATTERNS]
+
+
+def check_model_name(name: str) -> None:
+    """ValueError naming the registered models when ``name`` is none of them."""
+    if name not in _REGISTRY and family_of(name) is None:
+        more = "".join(f" or {d}" for d in families())
+        raise ValueError(f"unknown --model {name!r}; valid: {', '.join(list_models())}{more}")
 
 
 def list_models() -> List[str]:
@@ -49,13 +83,9 @@ def create_model(name: str, num_classes: int = 10, in_channels: int = 3, image_s
     _check_positive_int("image_size", image_size)
     if name in _REGISTRY:
         return _REGISTRY[name](num_classes, in_channels, image_size)
-    match = _WRN_PATTERN.match(name) if isinstance(name, str) else None
-    if match:
-        from .wide_resnet import wideresnet
-
-        depth, widen = int(match.group(1)), int(match.group(2))
-        return wideresnet(depth, widen, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
-    raise ValueError(
-        f"unknown model name {name!r}; registered models: {list_models()} "
-        "(any 'wrn-<depth>-<widen>' with depth = 6n+4 also works)"
-    )
+    found = family_of(name)
+    if found:
+        match, factory = found
+        return factory(match, num_classes, in_channels, image_size)
+    more = "".join(f" (any {d} also works)" for d in families())
+    raise ValueError(f"unknown model name {name!r}; registered models: {list_models()}{more}")

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .registry import register_model
+from .registry import register_model, register_model_family
 
 
 class WideBasicBlock(nn.Module):
@@ -101,3 +101,10 @@ def wrn_34_10(num_classes: int = 10, in_channels: int = 3, image_size: int = 32)
 @register_model("wrn-28-10")
 def wrn_28_10(num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> WideResNet:
     return wideresnet(28, 10, num_classes, in_channels, image_size)
+
+
+@register_model_family(r"^wrn-(\d+)-(\d+)$", "wrn-<depth>-<widen> (depth = 6n+4)")
+def _wrn_family(match, num_classes: int = 10, in_channels: int = 3,
+                image_size: int = 32) -> WideResNet:
+    return wideresnet(int(match.group(1)), int(match.group(2)), num_classes, in_channels,
+                      image_size)

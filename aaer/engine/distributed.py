@@ -14,11 +14,25 @@ Semantics (chosen so that N processes train like one process on the same global 
 - BatchNorm stays per-GPU (no SyncBatchNorm), as in standard DDP: each rank normalises
   with its own share's statistics; the running averages are rank 0's (broadcast_buffers).
 - Only rank 0 writes to the run directory; per-epoch metrics are reduced over the ranks once.
+
+Shutdown (``shutdown``) cannot deadlock and cannot wait forever. A gloo worker thread that
+drops the last reference to a finished collective's tensor needs the GIL; if the main
+thread holds the GIL while it destroys the process group (which joins those threads), both
+wait for ever. So: wait for every rank's outstanding work (a barrier), drop the DDP wrapper
+and its reducer while the process group is still registered (the reducer then never holds
+its last reference), collect, and only then destroy the group. The whole teardown runs
+under a watchdog (``faulthandler``): if it has not finished within ``shutdown_timeout``
+seconds it prints every thread's stack and ends the process. Collectives time out after
+``--dist-timeout`` seconds (a rank that died leaves the others waiting no longer).
 """
 from __future__ import annotations
 
+import faulthandler
+import gc
 import os
+import sys
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -53,7 +67,7 @@ def _env_int(name: str, default: int) -> int:
                          "(it is set by torchrun)") from None
 
 
-def setup_distributed(device_name: str = "auto") -> DistInfo:
+def setup_distributed(device_name: str = "auto", timeout_s: float = 600.0) -> DistInfo:
     """Join (or create) the process group torchrun describes; a 1-process DistInfo otherwise.
 
     device_name: auto or cuda (cuda:LOCAL_RANK when CUDA is present, else cpu), or cpu.
@@ -90,15 +104,39 @@ def setup_distributed(device_name: str = "auto") -> DistInfo:
     else:
         device, backend = torch.device("cpu"), "gloo"
     if owns:
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
     else:
         backend = dist.get_backend()
     return DistInfo(rank, world, local_rank, backend, device, owns)
 
 
-def cleanup(info: DistInfo) -> None:
-    if info.owns_group and dist.is_available() and dist.is_initialized():
+def shutdown(info: DistInfo, release=None, timeout_s: float = 60.0) -> None:
+    """Tear the process group down in an order that leaves no work alive (module docstring).
+
+    ``release()`` drops the caller's references to the DDP-wrapped model before the group
+    is destroyed. Past ``timeout_s`` seconds the watchdog prints all stacks and exits the
+    process with code 1: a finished run's files are written by then.
+    """
+    if release is not None:
+        release()
+    if not (info.owns_group and dist.is_available() and dist.is_initialized()):
+        gc.collect()
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    faulthandler.dump_traceback_later(timeout_s, exit=True)
+    try:
+        try:
+            dist.barrier()
+            if info.device is not None and info.device.type == "cuda":
+                torch.cuda.synchronize(info.device)
+        except RuntimeError:           # another rank is gone: nothing left to wait for
+            pass
+        gc.collect()                   # the reducer and its buckets go while the group lives
         dist.destroy_process_group()
+        gc.collect()
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 def per_rank_batch(global_batch: int, world_size: int) -> int:

@@ -5,9 +5,9 @@ overfits catastrophically within minutes on a 2-core CPU: Fashion-MNIST (the fir
 10,000 training images), the 16-channel ``small-cnn``, eps 70/255 (0.275), 10 epochs
 of batch 64 with a cyclic lr 0 -> 0.2 -> 0, and the CO monitor probing PGD-10 and FGSM
 accuracy on the first 500 test points after every epoch. ``co_fixture_config`` turns
-it into a TrainConfig for any method; AAER's lambdas follow the project's published-value
-rule (the CIFAR-10 entry at the nearest eps, here eps 32/255), fixed before any seed
-was looked at.
+it into a resolved run for any method (through aaer.config.resolve, as every door);
+AAER's lambdas follow the project's published-value rule (the CIFAR-10 entry at the
+nearest eps, here eps 32/255), fixed before any seed was looked at.
 
 ``aaer demo`` trains RS-FGSM and RS-AAER on it (one seed each), writes report.md and the
 plots, and prints a two-line verdict.
@@ -19,8 +19,9 @@ import sys
 import time
 from typing import Any
 
+from aaer.config import RunConfig, from_flat, resolve
 from aaer.monitor import evidence_text
-from aaer.train import TrainConfig
+from aaer.train import train
 
 FIXTURE_EPSILON = 70.0          # about 0.275 in pixel units (1/255 units, as every --epsilon)
 
@@ -55,26 +56,31 @@ DEMO_METHODS = ("rs-fgsm", "rs-aaer")
 DEMO_SEED = 2
 
 
-def co_fixture_config(method: str, seed: int, out_dir: str, data_dir=None) -> TrainConfig:
-    """The fixture as a TrainConfig for ``method`` and ``seed`` writing to ``out_dir``."""
+FIXTURE_SETTINGS = ("dataset", "n_train", "model", "epsilon", "epochs", "batch_size", "lr_max",
+                    "lr_peak", "momentum", "weight_decay", "probe_n", "probe_steps",
+                    "eval_protocol", "n_eval")
+
+
+def co_fixture_request(method: str, seed: int, out_dir: str, data_dir=None,
+                       **changes) -> RunConfig:
+    """The fixture as a run request for ``method`` and ``seed`` writing to ``out_dir``;
+    ``changes``: more flat settings (e.g. epochs=2), which win over the fixture's."""
+    request = from_flat({k: CO_FIXTURE[k] for k in FIXTURE_SETTINGS}, source="co-fixture")
+    run = from_flat({"method": method, "seed": seed, "out_dir": out_dir, "device": "cpu",
+                     "data_dir": data_dir, **changes})
+    for path, v in run.given().items():       # explicit: they win over the fixture's
+        request.set(path, v)
+        request.sources.pop(path, None)
+    return request
+
+
+def co_fixture_config(method: str, seed: int, out_dir: str, data_dir=None,
+                      **changes) -> RunConfig:
+    """The fixture's resolved run (see ``co_fixture_request``)."""
     from aaer.methods import METHODS
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
-    f = CO_FIXTURE
-    hp: dict[str, Any] = {}
-    notes = [f"co-fixture: {f['description']}"]
-    published = getattr(METHODS[method], "published", None)
-    if published is not None:
-        (l2, l3), how = published(f["dataset"], f["epsilon"])
-        hp.update(lamda2=l2, lamda3=l3)
-        notes.append(f"{method} lamda2={l2}, lamda3={l3}: {how}")
-    return TrainConfig(
-        out_dir=out_dir, dataset=f["dataset"], data_dir=data_dir, n_train=f["n_train"],
-        model=f["model"], method=method, method_hparams=hp, epsilon=f["epsilon"],
-        epochs=f["epochs"], batch_size=f["batch_size"], lr_schedule="cyclic", lr_max=f["lr_max"],
-        lr_peak=f["lr_peak"], momentum=f["momentum"], weight_decay=f["weight_decay"],
-        seed=seed, device="cpu", eval_protocol=f["eval_protocol"], n_eval=f["n_eval"],
-        probe_n=f["probe_n"], probe_steps=f["probe_steps"], notes=notes)
+    return resolve(co_fixture_request(method, seed, out_dir, data_dir, **changes))
 
 
 DATA_HELP = """Fashion-MNIST was not found{where}.
@@ -118,16 +124,14 @@ def verdict(runs) -> list[str]:
             ("No CO: " + "; ".join(no)) if no else "No run escaped CO."]
 
 
-def _fit_worker(cfg: TrainConfig, data, threads: int) -> dict[str, Any]:
+def _fit_worker(cfg: RunConfig, data, threads: int) -> dict[str, Any]:
     """Train one fixture run in a worker process (its log goes to train.log only)."""
     import torch
-
-    from aaer.train import Trainer
     torch.set_num_threads(threads)
     sys.stderr = open(os.devnull, "w")
     if data is None:
-        data = load_fixture_data(cfg.data_dir, False)
-    return Trainer(cfg, data).fit()
+        data = load_fixture_data(cfg.data.data_dir, False)
+    return train(cfg, data)
 
 
 def progress_line(method: str, row: dict, epochs: int) -> str:
@@ -144,26 +148,27 @@ def progress_line(method: str, row: dict, epochs: int) -> str:
 
 
 def train_side_by_side(cfgs, data, jobs: int, threads: int, stream) -> None:
-    """Train the TrainConfigs ``cfgs`` in ``jobs`` worker processes with ``threads`` torch
+    """Train the resolved runs ``cfgs`` in ``jobs`` worker processes with ``threads`` torch
     threads each, printing each finished epoch to ``stream``. ``data``: a Dataset to use
     instead of loading Fashion-MNIST in each worker (None: load it)."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    from aaer.io import read_jsonl
-    seen = {c.out_dir: 0 for c in cfgs}
+    from aaer.runs import RunDir
+    runs = {c.runtime.out_dir: RunDir(c.runtime.out_dir) for c in cfgs}
+    seen = {d: 0 for d in runs}
 
     def report_new():
         for c in cfgs:
-            rows = read_jsonl(os.path.join(c.out_dir, "metrics.jsonl"))
-            for row in rows[seen[c.out_dir]:]:
-                print(progress_line(c.method, row, c.epochs), file=stream, flush=True)
-            seen[c.out_dir] = len(rows)
+            d = c.runtime.out_dir
+            rows = runs[d].metrics()
+            for row in rows[seen[d]:]:
+                print(progress_line(c.method.name, row, c.optim.epochs), file=stream,
+                      flush=True)
+            seen[d] = len(rows)
 
-    for c in cfgs:        # a stale metrics.jsonl must not be reported as progress
-        path = os.path.join(c.out_dir, "metrics.jsonl")
-        if os.path.exists(path):
-            os.remove(path)
+    for run in runs.values():     # a stale metrics.jsonl must not be reported as progress
+        run.start()
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
         futures = [pool.submit(_fit_worker, c, data, threads) for c in cfgs]
         while not all(f.done() for f in futures):
@@ -172,8 +177,8 @@ def train_side_by_side(cfgs, data, jobs: int, threads: int, stream) -> None:
         report_new()
         for c, f in zip(cfgs, futures):
             if f.exception() is not None:
-                raise RuntimeError(f"{c.method} run failed (see {c.out_dir}/train.log): "
-                                   f"{f.exception()}") from f.exception()
+                raise RuntimeError(f"{c.method.name} run failed (see {c.runtime.out_dir}/"
+                                   f"train.log): {f.exception()}") from f.exception()
 
 
 def run_demo(out_dir: str = "runs/demo", data_dir=None, download: bool = False,
@@ -189,8 +194,7 @@ def run_demo(out_dir: str = "runs/demo", data_dir=None, download: bool = False,
     """
     import torch
 
-    from aaer.report import write_report
-    from aaer.train import Trainer
+    from aaer.reporting.report import write_report
     stream = stream or sys.stdout
     t0 = time.time()
     cores = os.cpu_count() or 1
@@ -202,18 +206,15 @@ def run_demo(out_dir: str = "runs/demo", data_dir=None, download: bool = False,
     else:
         worker_data = data
     print(f"Fashion-MNIST: {data.source or data_dir}", file=stream)
-    cfgs = []
-    for method in methods:
-        cfg = co_fixture_config(method, seed, os.path.join(out_dir, method), data_dir)
-        if epochs is not None:
-            cfg.epochs = epochs
-        cfg.progress = progress and jobs == 1
-        cfg.overwrite = True
-        cfg.validate()
-        cfgs.append(cfg)
-    print(f"training {', '.join(methods)} (seed {seed}, {cfgs[0].epochs} epochs on "
-          f"{cfgs[0].n_train} images, eps {cfgs[0].epsilon:g}/255) in {jobs} process(es) "
-          f"with {threads} thread(s) each -> {out_dir}", file=stream, flush=True)
+    changes = {"progress": progress and jobs == 1, "overwrite": True}
+    if epochs is not None:
+        changes["epochs"] = epochs
+    cfgs = [co_fixture_config(method, seed, os.path.join(out_dir, method), data_dir, **changes)
+            for method in methods]
+    first = cfgs[0]
+    print(f"training {', '.join(methods)} (seed {seed}, {first.optim.epochs} epochs on "
+          f"{first.data.n_train} images, eps {first.method.epsilon:g}/255) in {jobs} "
+          f"process(es) with {threads} thread(s) each -> {out_dir}", file=stream, flush=True)
     if jobs > 1:
         train_side_by_side(cfgs, worker_data, jobs, threads, stream)
     else:
@@ -221,12 +222,12 @@ def run_demo(out_dir: str = "runs/demo", data_dir=None, download: bool = False,
         torch.set_num_threads(threads)
         try:
             for k, cfg in enumerate(cfgs, 1):
-                print(f"[{k}/{len(cfgs)}] {cfg.method} -> {cfg.out_dir}", file=stream,
-                      flush=True)
-                Trainer(cfg, data).fit()
+                print(f"[{k}/{len(cfgs)}] {cfg.method.name} -> {cfg.runtime.out_dir}",
+                      file=stream, flush=True)
+                train(cfg, data)
         finally:
             torch.set_num_threads(before)
-    rep = write_report([c.out_dir for c in cfgs], out_dir)
+    rep = write_report([c.runtime.out_dir for c in cfgs], out_dir)
     lines = verdict(rep["runs"])
     print("", file=stream)
     print(f"report:  {rep['report']}", file=stream)

@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import torch
 
-from aaer.checkpoint import TrainingDiverged
+from aaer.config.schema import SETTINGS
+from aaer.errors import TrainingDiverged
 
-ON_NAN = ("stop", "skip-batch")
 CHECK_EVERY = 50
 
 
 class NanGuard:
     def __init__(self, mode: str, device, check_every: int = CHECK_EVERY):
-        if mode not in ON_NAN:
-            raise ValueError(f"invalid --on-nan {mode!r}: valid: {', '.join(ON_NAN)}")
+        mode = SETTINGS["runtime.on_nan"].check(mode)
         self.mode, self.device, self.check_every = mode, device, check_every
         self.skipped = 0
         self.reset()

@@ -15,86 +15,20 @@ of the AAE count, with the range over seeds shaded and each seed's CO epoch mark
 which every number names its protocol, the CO evidence and the per-epoch data.
 Plots use matplotlib's headless Agg backend. Epochs count from 0, as in train.log.
 
-TensorBoard event files are written by this module itself (the TFRecord framing and the
-few protobuf fields of a scalar summary), so the ``tensorboard`` package is needed only
-to view them: ``tensorboard --logdir <out>/tensorboard``.
+With ``tensorboard=True`` it also writes each run's epochs as TensorBoard events
+(aaer.reporting.tensorboard): ``tensorboard --logdir <out>/tensorboard``.
 """
 from __future__ import annotations
 
-import json
 import os
-import socket
-import struct
-import time
-from dataclasses import dataclass, field
 from typing import Any
 
-from aaer.io import atomic_write_bytes, read_jsonl
+from aaer.io import atomic_write_bytes
 from aaer.monitor import evidence_text
+from aaer.reporting.tensorboard import require_tensorboard, write_tensorboard
+from aaer.runs import Run, load_run
 
 PLOTS = ("probe_accuracy.png", "aae_count.png", "lr.png")
-
-
-@dataclass
-class Run:
-    path: str
-    config: dict[str, Any]
-    rows: list[dict[str, Any]]
-    results: dict[str, Any] | None = None
-    label: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def finished(self) -> bool:
-        return self.results is not None
-
-    @property
-    def has_probe(self) -> bool:
-        return any("probe_pgd_acc" in r for r in self.rows)
-
-    @property
-    def method(self) -> str:
-        return str(self.config.get("method", "?"))
-
-    def series(self, key: str) -> tuple[list[int], list[float]]:
-        pts = [(r["epoch"], r[key]) for r in self.rows if r.get(key) is not None]
-        return [p[0] for p in pts], [p[1] for p in pts]
-
-    def co_epoch(self) -> int | None:
-        """The epoch CO began (the first probe of the confirmed run), or None."""
-        mon = (self.results or {}).get("monitor")
-        if mon is not None:
-            return mon.get("co_epoch")
-        epochs = [r["co_epoch"] for r in self.rows if r.get("co_epoch") is not None]
-        return epochs[0] if epochs else None
-
-    def co_events(self) -> list[dict]:
-        mon = (self.results or {}).get("monitor")
-        if mon is not None:
-            return list(mon.get("events", []))
-        return [e for r in self.rows for e in r.get("co_events", [])]
-
-
-def load_run(path: str) -> Run:
-    """Read one run directory; raises FileNotFoundError/ValueError saying what is missing."""
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"run directory {path!r} does not exist")
-    cfg_path = os.path.join(path, "config.json")
-    if not os.path.isfile(cfg_path):
-        raise FileNotFoundError(f"{path!r} is not a run directory: it has no config.json "
-                                "(give directories written by `aaer train` or `aaer demo`)")
-    with open(cfg_path) as f:
-        config = json.load(f)
-    rows = read_jsonl(os.path.join(path, "metrics.jsonl"))
-    if not rows:
-        raise ValueError(f"run {path!r} has no finished epoch yet (metrics.jsonl is missing "
-                         "or empty)")
-    results = None
-    res_path = os.path.join(path, "results.json")
-    if os.path.isfile(res_path):
-        with open(res_path) as f:
-            results = json.load(f)
-    return Run(path=path, config=config, rows=rows, results=results)
 
 
 def _labels(runs: list[Run]) -> None:
@@ -131,9 +65,9 @@ def probe_protocol_text(run: Run) -> str:
         p = mon["probe"]
         return (f"probe: PGD-{p['pgd_steps']}-1 step {p['pgd_alpha'] * 255:.4g}/255 and FGSM "
                 f"on {p['source']}, eval mode, seed {p['seed']}")
-    cfg = run.config
-    return (f"probe: PGD-{cfg.get('probe_steps', '?')}-1 step eps/4 and FGSM on "
-            f"{cfg.get('probe_n', '?')} held-out points ({cfg.get('probe_source', 'test')})")
+    m = run.settings.monitor
+    return (f"probe: PGD-{m.probe_steps}-1 step eps/4 and FGSM on {m.probe_n} held-out points "
+            f"({m.probe_source})")
 
 
 def aae_summary(run: Run) -> str:
@@ -144,9 +78,11 @@ def aae_summary(run: Run) -> str:
 
 
 def method_text(run: Run) -> str:
-    m = run.config.get("method_resolved", {})
-    keys = [k for k in ("alpha", "clamp", "lamda1", "lamda2", "lamda3") if k in m]
-    return run.method + ("" if not keys else " (" + ", ".join(f"{k} {m[k]:g}" for k in keys) + ")")
+    m = run.settings.method
+    shown = [(k, getattr(m, k)) for k in ("alpha", "clamp", "lamda1", "lamda2", "lamda3")
+             if getattr(m, k) is not None]
+    return run.method + ("" if not shown else
+                         " (" + ", ".join(f"{k} {v:g}" for k, v in shown) + ")")
 
 
 def co_text(run: Run) -> str:
@@ -180,12 +116,8 @@ def co_text(run: Run) -> str:
 LINE_STYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
 
 
-def run_seed(run: Run) -> int:
-    return int(run.config.get("seed", 0))
-
-
 def run_seeds(runs: list[Run]) -> list[int]:
-    return sorted({run_seed(r) for r in runs})
+    return sorted({r.seed for r in runs})
 
 
 def line_styles(runs: list[Run], colors) -> list[tuple[Any, Any, str | None]]:
@@ -203,7 +135,7 @@ def line_styles(runs: list[Run], colors) -> list[tuple[Any, Any, str | None]]:
     out, seen = [], set()
     for r in runs:
         color = colors[order.index(r.method) % len(colors)]
-        ls = LINE_STYLES[seeds.index(run_seed(r)) % len(LINE_STYLES)]
+        ls = LINE_STYLES[seeds.index(r.seed) % len(LINE_STYLES)]
         out.append((color, ls, None if r.method in seen else r.method))
         seen.add(r.method)
     return out
@@ -336,6 +268,8 @@ def seed_band(group: list[Run], key: str):
 # -- report.md ------------------------------------------------------------------------
 
 def render_markdown(runs: list[Run], plots: list[str], out_dir: str) -> str:
+    import time
+
     from aaer import __version__
     lines = ["# aaer report", "",
              f"{len(runs)} run(s); written {time.strftime('%Y-%m-%d %H:%M:%S')} by aaer "
@@ -343,14 +277,14 @@ def render_markdown(runs: list[Run], plots: list[str], out_dir: str) -> str:
              "| run | method | data | model | eps (1/255) | seed | epochs run | train time |",
              "|---|---|---|---|---|---|---|---|"]
     for r in runs:
-        c = r.config
+        c = r.settings
         secs = (r.results or {}).get("train_seconds")
         t = "unfinished" if secs is None else f"{secs:.0f} s"
-        n_train = (c.get("data") or {}).get("n_train")
-        data = f"{c.get('dataset', '?')}" + (f" ({n_train} train)" if n_train else "")
-        lines.append(f"| {r.label} | {method_text(r)} | {data} | {c.get('model', '?')} | "
-                     f"{c.get('epsilon', '?'):g} | {c.get('seed', '?')} | {len(r.rows)}/"
-                     f"{c.get('epochs', '?')} | {t} |")
+        n_train = (r.config.get("data") or {}).get("n_train")
+        data = f"{c.data.dataset}" + (f" ({n_train} train)" if n_train else "")
+        lines.append(f"| {r.label} | {method_text(r)} | {data} | {c.model.name} | "
+                     f"{c.method.epsilon:g} | {c.optim.seed} | {len(r.rows)}/"
+                     f"{c.optim.epochs} | {t} |")
 
     lines += ["", "## Results", "",
               "Last-epoch probe accuracies (the CO monitor's probe; see the protocol column) "
@@ -421,6 +355,8 @@ def write_report(run_dirs: list[str], out_dir: str | None = None,
     """
     if not run_dirs:
         raise ValueError("give at least one run directory")
+    if tensorboard:
+        require_tensorboard()
     runs = [load_run(d) for d in run_dirs]
     _labels(runs)
     if out_dir is None:
@@ -437,167 +373,5 @@ def write_report(run_dirs: list[str], out_dir: str | None = None,
     if tensorboard:
         tb_dir = os.path.join(out_dir, "tensorboard")
         for r in runs:
-            write_tensorboard(r, os.path.join(tb_dir, r.label.replace(os.sep, "_")))
+            write_tensorboard(r.rows, os.path.join(tb_dir, r.label.replace(os.sep, "_")))
     return {"report": report, "plots": plots, "tensorboard": tb_dir, "runs": runs}
-
-
-# -- TensorBoard event files ----------------------------------------------------------
-
-TB_SCALARS = {"probe/clean_acc": "probe_clean_acc", "probe/fgsm_acc": "probe_fgsm_acc",
-              "probe/pgd_acc": "probe_pgd_acc", "train/loss": "train_loss",
-              "train/acc": "train_acc", "train/lr": "lr", "aae/count": "aae_count",
-              "aae/fraction": "aae_fraction", "aae/ce_drop": "aae_ce_drop",
-              "aae/logit_var": "aae_logit_var", "aae/nae_logit_var": "nae_logit_var",
-              "co/flag": "co_flag"}
-
-
-def _crc32c_table() -> list[int]:
-    table = []
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1      # Castagnoli, reflected
-        table.append(c)
-    return table
-
-
-_CRC32C = _crc32c_table()
-
-
-def crc32c(data: bytes) -> int:
-    crc = 0xFFFFFFFF
-    for b in data:
-        crc = _CRC32C[(crc ^ b) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
-
-
-def _masked_crc(data: bytes) -> int:
-    c = crc32c(data)
-    return (((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    n &= (1 << 64) - 1
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def _field_bytes(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def tf_record(data: bytes) -> bytes:
-    """TFRecord framing: length, masked CRC32C of the length, data, masked CRC32C of data."""
-    n = struct.pack("<Q", len(data))
-    return n + struct.pack("<I", _masked_crc(n)) + data + struct.pack("<I", _masked_crc(data))
-
-
-def event_bytes(wall_time: float, step: int, scalars: dict[str, float] | None = None,
-                file_version: str | None = None) -> bytes:
-    """A serialized tensorflow.Event: wall_time (1), step (2), file_version (3) or a
-    Summary (5) of Value{tag (1), simple_value (2)} entries."""
-    out = b"\x09" + struct.pack("<d", wall_time) + b"\x10" + _varint(step)
-    if file_version is not None:
-        out += _field_bytes(3, file_version.encode())
-    if scalars:
-        summary = b"".join(
-            _field_bytes(1, _field_bytes(1, tag.encode()) + b"\x15" + struct.pack("<f", v))
-            for tag, v in scalars.items())
-        out += _field_bytes(5, summary)
-    return out
-
-
-def write_tensorboard(run: Run, log_dir: str) -> str:
-    """One events file with the run's per-epoch scalars (step = epoch); returns its path."""
-    os.makedirs(log_dir, exist_ok=True)
-    for old in os.listdir(log_dir):       # one file per run: re-running replaces it
-        if old.startswith("events.out.tfevents."):
-            os.remove(os.path.join(log_dir, old))
-    now = time.time()
-    recs = [tf_record(event_bytes(now, 0, file_version="brain.Event:2"))]
-    for row in run.rows:
-        scalars = {tag: float(row[key]) for tag, key in TB_SCALARS.items()
-                   if isinstance(row.get(key), (int, float))}
-        if scalars:
-            recs.append(tf_record(event_bytes(now, int(row["epoch"]), scalars)))
-    path = os.path.join(log_dir, f"events.out.tfevents.{int(now)}.{socket.gethostname()}.aaer")
-    atomic_write_bytes(path, b"".join(recs))
-    return path
-
-
-def read_tensorboard(path: str) -> list[dict[str, Any]]:
-    """Parse an events file written by ``write_tensorboard`` (checks both CRCs)."""
-    with open(path, "rb") as f:
-        data = f.read()
-    events, i = [], 0
-    while i < len(data):
-        (n,) = struct.unpack_from("<Q", data, i)
-        (c_len,) = struct.unpack_from("<I", data, i + 8)
-        if c_len != _masked_crc(data[i:i + 8]):
-            raise ValueError(f"{path}: bad length CRC at byte {i}")
-        body = data[i + 12:i + 12 + n]
-        (c_body,) = struct.unpack_from("<I", data, i + 12 + n)
-        if c_body != _masked_crc(body):
-            raise ValueError(f"{path}: bad data CRC at byte {i}")
-        events.append(_parse_event(body))
-        i += 16 + n
-    return events
-
-
-def _read_varint(b: bytes, i: int) -> tuple[int, int]:
-    shift = result = 0
-    while True:
-        byte = b[i]
-        i += 1
-        result |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return result, i
-
-
-def _fields(b: bytes):
-    i = 0
-    while i < len(b):
-        key, i = _read_varint(b, i)
-        num, wire = key >> 3, key & 7
-        if wire == 0:
-            v, i = _read_varint(b, i)
-        elif wire == 1:
-            v, i = b[i:i + 8], i + 8
-        elif wire == 5:
-            v, i = b[i:i + 4], i + 4
-        elif wire == 2:
-            n, i = _read_varint(b, i)
-            v, i = b[i:i + n], i + n
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-        yield num, v
-
-
-def _parse_event(b: bytes) -> dict[str, Any]:
-    ev: dict[str, Any] = {"scalars": {}}
-    for num, v in _fields(b):
-        if num == 1:
-            ev["wall_time"] = struct.unpack("<d", v)[0]
-        elif num == 2:
-            ev["step"] = v
-        elif num == 3:
-            ev["file_version"] = v.decode()
-        elif num == 5:
-            for vnum, value in _fields(v):
-                if vnum == 1:
-                    tag, simple = None, None
-                    for fnum, fv in _fields(value):
-                        if fnum == 1:
-                            tag = fv.decode()
-                        elif fnum == 2:
-                            simple = struct.unpack("<f", fv)[0]
-                    ev["scalars"][tag] = simple
-    return ev

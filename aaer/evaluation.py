@@ -7,88 +7,18 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
 
 from aaer.attacks.pgd import fgsm, pgd
+from aaer.attacks.protocols import ATTACKS, PROTOCOLS, Protocol, get_protocol
+from aaer.config.schema import SETTINGS
 
-
-@dataclass(frozen=True)
-class Protocol:
-    name: str
-    pgd_steps: int = 50
-    pgd_restarts: int = 10
-    pgd_step255: float | None = None      # step in 1/255 units; None = eps/4
-    n_eval: int | None = None             # first N test points; None = full test set
-    attacks: tuple = ("clean", "fgsm", "pgd")
-    selection: str = "worst"              # how restarts combine: see aaer.attacks.pgd
-    description: str = ""
-    aa_version: str = "standard"          # AutoAttack version (when "autoattack" is run)
-    aa_attacks: tuple | None = None       # version "custom": the attacks, in order
-
-    def pgd_alpha(self, eps: float) -> float:
-        return eps / 4 if self.pgd_step255 is None else self.pgd_step255 / 255.0
-
-    def as_dict(self):
-        d = asdict(self)
-        d["attacks"] = list(self.attacks)
-        d["aa_attacks"] = None if self.aa_attacks is None else list(self.aa_attacks)
-        return d
-
-
-ATTACKS = ("clean", "fgsm", "pgd", "autoattack")
 AA_BACKENDS = ("native", "official")
-EVAL_PRECISIONS = ("fp32", "bf16", "fp16")
 
-
-PROTOCOLS = {
-    "lineage": Protocol("lineage", description="the AAER/fast-AT reference evaluation: clean, "
-                        "FGSM, PGD-50-10 step eps/4, full test set"),
-    "lineage-exact": Protocol("lineage-exact", selection="max-loss", description="as lineage, "
-                              "with the reference's max-loss restart rule and no skipping of "
-                              "broken points (slower; for digit-for-digit comparison)"),
-    "wong": Protocol("wong", pgd_step255=2.0, description="PGD-50-10 with a fixed step 2/255, "
-                     "full test set"),
-    "gradalign-1k": Protocol("gradalign-1k", n_eval=1000, description="PGD-50-10 step eps/4 "
-                             "on the first 1000 test points"),
-    "aaer": Protocol("aaer", attacks=("clean", "fgsm", "pgd", "autoattack"),
-                     description="clean, FGSM, PGD-50-10 step eps/4 and AutoAttack standard "
-                     "(L-inf at eps), full test set"),
-    "quick": Protocol("quick", pgd_steps=10, pgd_restarts=1, n_eval=1000,
-                      description="PGD-10-1 step eps/4 on the first 1000 points (a fast check, "
-                      "not a publishable number)"),
-}
-
-
-def get_protocol(name: str, **overrides) -> Protocol:
-    if name not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {name!r}; valid: {', '.join(PROTOCOLS)}")
-    p = PROTOCOLS[name]
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    for k in ("attacks", "aa_attacks"):
-        if k in overrides:
-            overrides[k] = tuple(overrides[k])
-    bad = [a for a in overrides.get("attacks", ()) if a not in ATTACKS]
-    if bad:
-        raise ValueError(f"unknown attack(s) {bad}; valid: {', '.join(ATTACKS)}")
-    if overrides.get("aa_attacks") is not None:
-        overrides.setdefault("aa_version", "custom")
-    version = overrides.get("aa_version", p.aa_version)
-    if version not in ("standard", "rand", "plus", "custom"):
-        raise ValueError(f"unknown AutoAttack version {version!r}; valid: standard, rand, "
-                         "plus, custom")
-    if version == "custom" and not overrides.get("aa_attacks", p.aa_attacks):
-        raise ValueError("AutoAttack version 'custom' needs its attacks (--aa-attacks, e.g. "
-                         "apgd-ce,apgd-t)")
-    if version != "custom" and overrides.get("aa_attacks") is not None:
-        raise ValueError(f"--aa-attacks is only used with --aa-version custom (version "
-                         f"{version!r} fixes its attacks)")
-    overrides = {k: v for k, v in overrides.items() if getattr(p, k) != v}
-    if overrides:
-        p = replace(p, name=f"{p.name}+custom", **overrides)
-    return p
+__all__ = ["ATTACKS", "PROTOCOLS", "Protocol", "get_protocol", "evaluate", "format_table",
+           "default_batch_size", "AA_BACKENDS"]
 
 
 def default_batch_size(device) -> int:
@@ -108,13 +38,14 @@ class Autocast(torch.nn.Module):
             return self.model(x).float()
 
 
-def _official_autoattack():
+def official_autoattack():
+    """The official package's AutoAttack class, or a one-line error saying how to get it."""
     try:
         from autoattack import AutoAttack as Official
-    except ImportError as e:
+    except ImportError:
         raise ValueError("--aa-backend official needs the `autoattack` package, which is not "
                          "installed (pip install git+https://github.com/fra31/auto-attack); "
-                         f"the default --aa-backend native needs nothing ({e})") from None
+                         "the default --aa-backend native needs nothing") from None
     return Official
 
 
@@ -134,7 +65,7 @@ def _autoattack(model, x, y, eps, protocol, seed, batch_size, device, backend, s
         return {"acc": r["robust_acc"], "clean_acc": r["clean_acc"],
                 "per_attack": r["per_attack"], "attacks": r["attacks"],
                 "seconds_per_attack": {k: round(v, 3) for k, v in r["seconds"].items()}}
-    Official = _official_autoattack()
+    Official = official_autoattack()
     aa = Official(model, norm="Linf", eps=eps, version=version, seed=seed, device=str(device))
     if version == "custom":
         aa.attacks_to_run = attacks
@@ -178,9 +109,7 @@ def evaluate(model, x, y, eps: float, protocol: Protocol | str = "lineage", *,
     bad = [a for a in protocol.attacks if a not in ATTACKS]
     if bad:
         raise ValueError(f"unknown attack(s) {bad}; valid: {', '.join(ATTACKS)}")
-    if precision not in EVAL_PRECISIONS:
-        raise ValueError(f"precision {precision!r} is not valid; valid: "
-                         f"{', '.join(EVAL_PRECISIONS)}")
+    precision = SETTINGS["evaluation.precision"].check(precision)
     if aa_backend not in AA_BACKENDS:
         raise ValueError(f"aa_backend {aa_backend!r} is not valid; valid: "
                          f"{', '.join(AA_BACKENDS)}")
@@ -190,7 +119,7 @@ def evaluate(model, x, y, eps: float, protocol: Protocol | str = "lineage", *,
     if batch_size is None:
         batch_size = default_batch_size(device)
     if "autoattack" in protocol.attacks and aa_backend == "official":
-        _official_autoattack()                  # fail before any work is done
+        official_autoattack()                  # fail before any work is done
     n = x.shape[0] if protocol.n_eval is None else min(protocol.n_eval, x.shape[0])
     x, y = x[:n], y[:n]
     was_training = model.training

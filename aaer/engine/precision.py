@@ -18,8 +18,8 @@ import logging
 import torch
 import torch.nn as nn
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-CHANNELS_LAST = ("auto", "on", "off")
+from aaer.config.schema import SETTINGS
+
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -35,9 +35,7 @@ class Precision:
     """
 
     def __init__(self, name: str, device: torch.device | str):
-        if name not in PRECISIONS:
-            raise ValueError(f"invalid --precision {name!r}: valid: {', '.join(PRECISIONS)}")
-        self.name = name
+        self.name = SETTINGS["runtime.precision"].check(name)
         self.device = torch.device(device)
         self.dtype = DTYPES.get(name, torch.float32)
         if name == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
@@ -84,8 +82,7 @@ def has_conv(model: nn.Module) -> bool:
 
 def use_channels_last(setting: str, model: nn.Module, device: torch.device) -> bool:
     """auto: NHWC for conv nets on CUDA (tensor cores want it); on/off: as told."""
-    if setting not in CHANNELS_LAST:
-        raise ValueError(f"invalid --channels-last {setting!r}: valid: {', '.join(CHANNELS_LAST)}")
+    setting = SETTINGS["runtime.channels_last"].check(setting)
     if setting == "auto":
         return torch.device(device).type == "cuda" and has_conv(model)
     return setting == "on"

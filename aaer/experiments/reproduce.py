@@ -21,10 +21,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from aaer.io import atomic_write_bytes, read_jsonl
+from aaer.config.commands import SCALES
+from aaer.config.flags import request_from_argv
+from aaer.config.resolve import resolve
+from aaer.config.schema import FLAT
+from aaer.experiments.demo import CO_FIXTURE, FIXTURE_SETTINGS
+from aaer.io import atomic_write_bytes
 from aaer.methods.aaer import N_LAMBDAS, RS_LAMBDAS
+from aaer.reporting.report import write_report
+from aaer.runs import RunDir, load_run
 
-SCALES = ("full", "small", "tiny")
 BUILTIN_SUITES = ("aaer-cifar10", "aaer-cifar100", "co-fixture")
 # baselines the AAER paper compares against, at the same radii
 SUITE_BASELINES = ("rs-fgsm", "n-fgsm", "gradalign", "zerograd", "multigrad", "pgd")
@@ -35,7 +41,7 @@ METHOD_LABELS = {"rs-fgsm": "RS-FGSM", "n-fgsm": "N-FGSM", "fgsm": "FGSM",
 
 
 @dataclass
-class Run:
+class SuiteRun:
     """One training run of a suite: `aaer train` with ``flags`` and ``seed``."""
 
     name: str                   # directory name under the suite's out dir
@@ -81,20 +87,15 @@ FIXTURE_METHODS = ("fgsm", "rs-fgsm", "n-fgsm", "rs-aaer", "n-aaer")
 
 
 def fixture_flags(method: str) -> list[str]:
-    """`aaer train` flags of the CPU-scale CO fixture (aaer.demo.CO_FIXTURE) for a method."""
-    from aaer.demo import CO_FIXTURE as f
-    keys = ("dataset", "n_train", "model", "epsilon", "epochs", "batch_size", "lr_max",
-            "lr_peak", "momentum", "weight_decay", "probe_n", "probe_steps", "eval_protocol",
-            "n_eval")
+    """`aaer train` flags of the CPU-scale CO fixture (aaer.experiments.demo) for a method."""
     flags = ["--method", method, "--device", "cpu"]
-    for k in keys:
-        if f.get(k) is not None:
-            flags += ["--" + k.replace("_", "-"), _fmt(f[k])]
+    for k in FIXTURE_SETTINGS:
+        if CO_FIXTURE.get(k) is not None:
+            flags += [FLAT[k][1].flag, _fmt(CO_FIXTURE[k])]
     return flags
 
 
 def co_fixture_suite() -> list[tuple[str, str, float, list[str]]]:
-    from aaer.demo import CO_FIXTURE
     eps = float(CO_FIXTURE["epsilon"])
     return [(f"co-fixture_{METHOD_LABELS[m]}", METHOD_LABELS[m], eps, fixture_flags(m))
             for m in FIXTURE_METHODS]
@@ -187,7 +188,7 @@ def _override(flags: list[str], extra: list[str]) -> list[str]:
 
 
 def build_runs(suite: str, seeds: int, scale: str = "full", data_dir: str | None = None,
-               extra: list[str] | None = None) -> list[Run]:
+               extra: list[str] | None = None) -> list[SuiteRun]:
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
     if scale not in SCALES:
@@ -208,19 +209,27 @@ def build_runs(suite: str, seeds: int, scale: str = "full", data_dir: str | None
     runs = []
     for name, label, eps, flags in rows:
         for seed in range(seeds):
-            runs.append(Run(f"{name}_s{seed}", label, eps, seed, _override(flags, tail)))
+            runs.append(SuiteRun(f"{name}_s{seed}", label, eps, seed, _override(flags, tail)))
     return runs
 
 
 def run_state(run_dir: str) -> str:
-    if os.path.exists(os.path.join(run_dir, "results.json")):
-        return "finished"
-    if os.path.exists(os.path.join(run_dir, "checkpoint.pt")):
-        return "interrupted"
-    return "new"
+    """empty, interrupted or finished (aaer.runs.RunDir.state)."""
+    return RunDir(run_dir).state
 
 
-def command_for(run: Run, out_dir: str) -> list[str]:
+def check_runs(runs: list[SuiteRun], out_dir: str) -> None:
+    """Resolve every run's flags as `aaer train` would, before any run starts: a bad flag
+    in a suite line fails here, naming the run, not hours later in its job."""
+    for run in runs:
+        argv = run.argv(out_dir)[1:]
+        try:
+            resolve(request_from_argv(argv))
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"suite run {run.name}: {e}") from None
+
+
+def command_for(run: SuiteRun, out_dir: str) -> list[str]:
     run_dir = os.path.join(out_dir, run.name)
     if run_state(run_dir) == "interrupted":
         return ["train", "--resume", run_dir, "--no-progress"]
@@ -235,7 +244,7 @@ def _gpu_count() -> int:
         return 0
 
 
-def execute(runs: list[Run], out_dir: str, jobs: int = 1, log=print) -> dict[str, int]:
+def execute(runs: list[SuiteRun], out_dir: str, jobs: int = 1, log=print) -> dict[str, int]:
     """Run every unfinished run, ``jobs`` at a time (one per visible GPU on CUDA)."""
     os.makedirs(os.path.join(out_dir, "logs"), exist_ok=True)
     gpus = _gpu_count()
@@ -282,41 +291,16 @@ def execute(runs: list[Run], out_dir: str, jobs: int = 1, log=print) -> dict[str
 
 # -- summary ------------------------------------------------------------------------
 
-def co_flag(run_dir: str) -> tuple[bool | None, int | None]:
-    """(CO flagged?, first epoch flagged) of the run in ``run_dir``; None if unmonitored."""
-    res_path = os.path.join(run_dir, "results.json")
-    results = None
-    if os.path.exists(res_path):
-        with open(res_path) as f:
-            results = json.load(f)
-    return co_from_records(results, read_jsonl(os.path.join(run_dir, "metrics.jsonl")))
-
-
-def co_from_records(results: dict | None, metrics: list[dict]) -> tuple[bool | None, int | None]:
-    """CO flag from results.json's monitor summary or, for a run without one, from the
-    per-epoch ``co_flag`` fields of metrics.jsonl."""
-    mon = (results or {}).get("monitor")
-    if isinstance(mon, dict) and "co_detected" in mon:
-        return bool(mon["co_detected"]), mon.get("co_epoch")
-    if not any("co_flag" in r for r in metrics):
-        return None, None
-    for r in metrics:
-        if r.get("co_flag"):
-            return True, r.get("co_epoch", r["epoch"])
-    return False, None
-
-
-def collect(runs: list[Run], out_dir: str) -> list[dict]:
+def collect(runs: list[SuiteRun], out_dir: str) -> list[dict]:
     rows = []
     for run in runs:
         d = os.path.join(out_dir, run.name)
         if run_state(d) != "finished":
             continue
-        with open(os.path.join(d, "results.json")) as f:
-            res = json.load(f)
-        metrics = read_jsonl(os.path.join(d, "metrics.jsonl"))
+        r = load_run(d, need_epochs=False)
+        res, metrics = r.results, r.rows
         ev = (res.get("evaluation") or {}).get("results", {})
-        co, co_epoch = co_from_records(res, metrics)
+        co = r.monitored()
         rows.append({
             "run": run.name, "method": run.label, "eps": run.eps, "seed": run.seed,
             "clean": ev.get("clean", {}).get("acc"), "pgd": ev.get("pgd", {}).get("acc"),
@@ -325,7 +309,8 @@ def collect(runs: list[Run], out_dir: str) -> list[dict]:
             "pgd_steps": ev.get("pgd", {}).get("steps"),
             "pgd_restarts": ev.get("pgd", {}).get("restarts"),
             "n_eval": ev.get("pgd", {}).get("n"),
-            "seconds_per_epoch": res.get("seconds_per_epoch"), "co": co, "co_epoch": co_epoch,
+            "seconds_per_epoch": res.get("seconds_per_epoch"), "co": co,
+            "co_epoch": r.co_epoch() if co else None,
             **run_trajectory(metrics)})
     return rows
 
@@ -444,12 +429,9 @@ def summary_csv(summary: list[dict]) -> str:
 
 
 def plot_robust_vs_eps(summary: list[dict], path: str) -> bool:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
     for method in sorted({s["method"] for s in summary}):
         pts = sorted((s["eps"], s["pgd_mean"], s["pgd_std"]) for s in summary
@@ -470,7 +452,7 @@ def plot_robust_vs_eps(summary: list[dict], path: str) -> bool:
     return True
 
 
-def write_summary(suite: str, runs: list[Run], out_dir: str) -> dict:
+def write_summary(suite: str, runs: list[SuiteRun], out_dir: str) -> dict:
     rows = collect(runs, out_dir)
     summary = summarize(rows)
     atomic_write_bytes(os.path.join(out_dir, "summary.md"),
@@ -479,13 +461,9 @@ def write_summary(suite: str, runs: list[Run], out_dir: str) -> dict:
     plot_robust_vs_eps(summary, os.path.join(out_dir, "robust_vs_eps.png"))
     run_dirs = [os.path.join(out_dir, r["run"]) for r in rows]
     if run_dirs:
-        try:
-            from aaer.report import write_report
-            write_report(run_dirs, os.path.join(out_dir, "report"))
-        except ImportError:
-            pass
+        write_report(run_dirs, os.path.join(out_dir, "report"))
     return {"rows": rows, "summary": summary}
 
 
-def dry_run_lines(runs: list[Run], out_dir: str) -> list[str]:
+def dry_run_lines(runs: list[SuiteRun], out_dir: str) -> list[str]:
     return ["aaer " + " ".join(shlex.quote(a) for a in r.argv(out_dir)) for r in runs]

@@ -1,0 +1,84 @@
+"""Evaluation protocols: named bundles of attack settings, as AutoAttack names its versions.
+
+A protocol says which attacks run (clean, FGSM, PGD-k-r, AutoAttack), with which steps,
+restarts, step size and restart rule, on how many test points. ``aaer.evaluation`` runs
+them; every result names the protocol it came from.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    pgd_steps: int = 50
+    pgd_restarts: int = 10
+    pgd_step255: float | None = None      # step in 1/255 units; None = eps/4
+    n_eval: int | None = None             # first N test points; None = full test set
+    attacks: tuple = ("clean", "fgsm", "pgd")
+    selection: str = "worst"              # how restarts combine: see aaer.attacks.pgd
+    description: str = ""
+    aa_version: str = "standard"          # AutoAttack version (when "autoattack" is run)
+    aa_attacks: tuple | None = None       # version "custom": the attacks, in order
+
+    def pgd_alpha(self, eps: float) -> float:
+        return eps / 4 if self.pgd_step255 is None else self.pgd_step255 / 255.0
+
+    def as_dict(self):
+        d = asdict(self)
+        d["attacks"] = list(self.attacks)
+        d["aa_attacks"] = None if self.aa_attacks is None else list(self.aa_attacks)
+        return d
+
+
+ATTACKS = ("clean", "fgsm", "pgd", "autoattack")
+AA_VERSIONS = ("standard", "rand", "plus", "custom")
+
+
+PROTOCOLS = {
+    "lineage": Protocol("lineage", description="the AAER/fast-AT reference evaluation: clean, "
+                        "FGSM, PGD-50-10 step eps/4, full test set"),
+    "lineage-exact": Protocol("lineage-exact", selection="max-loss", description="as lineage, "
+                              "with the reference's max-loss restart rule and no skipping of "
+                              "broken points (slower; for digit-for-digit comparison)"),
+    "wong": Protocol("wong", pgd_step255=2.0, description="PGD-50-10 with a fixed step 2/255, "
+                     "full test set"),
+    "gradalign-1k": Protocol("gradalign-1k", n_eval=1000, description="PGD-50-10 step eps/4 "
+                             "on the first 1000 test points"),
+    "aaer": Protocol("aaer", attacks=("clean", "fgsm", "pgd", "autoattack"),
+                     description="clean, FGSM, PGD-50-10 step eps/4 and AutoAttack standard "
+                     "(L-inf at eps), full test set"),
+    "quick": Protocol("quick", pgd_steps=10, pgd_restarts=1, n_eval=1000,
+                      description="PGD-10-1 step eps/4 on the first 1000 points (a fast check, "
+                      "not a publishable number)"),
+}
+
+
+def get_protocol(name: str, **overrides) -> Protocol:
+    if name not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {name!r}; valid: {', '.join(PROTOCOLS)}")
+    p = PROTOCOLS[name]
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    for k in ("attacks", "aa_attacks"):
+        if k in overrides:
+            overrides[k] = tuple(overrides[k])
+    bad = [a for a in overrides.get("attacks", ()) if a not in ATTACKS]
+    if bad:
+        raise ValueError(f"unknown attack(s) {bad}; valid: {', '.join(ATTACKS)}")
+    if overrides.get("aa_attacks") is not None:
+        overrides.setdefault("aa_version", "custom")
+    version = overrides.get("aa_version", p.aa_version)
+    if version not in AA_VERSIONS:
+        raise ValueError(f"unknown AutoAttack version {version!r}; valid: standard, rand, "
+                         "plus, custom")
+    if version == "custom" and not overrides.get("aa_attacks", p.aa_attacks):
+        raise ValueError("AutoAttack version 'custom' needs its attacks (--aa-attacks, e.g. "
+                         "apgd-ce,apgd-t)")
+    if version != "custom" and overrides.get("aa_attacks") is not None:
+        raise ValueError(f"--aa-attacks is only used with --aa-version custom (version "
+                         f"{version!r} fixes its attacks)")
+    overrides = {k: v for k, v in overrides.items() if getattr(p, k) != v}
+    if overrides:
+        p = replace(p, name=f"{p.name}+custom", **overrides)
+    return p

@@ -1,0 +1,148 @@
+"""The settings of the commands other than `aaer train`, checked like a run's settings.
+
+A setting a command shares with a run (the data set, the model, eps, the device, the
+seed, ...) is the run's setting with another default (``like``), so its help and check
+are written once. Every number any command takes goes through the same check
+(aaer.checks.number): finite, in range, an integer where an integer is meant.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from aaer.attacks.protocols import AA_VERSIONS, PROTOCOLS
+from aaer.config.schema import SETTINGS
+from aaer.config.settings import Setting, field_of, setting
+
+SCALES = ("full", "small", "tiny")
+AA_BACKENDS = ("native", "official")
+
+
+RESUMABLE = ", ".join(s.negate or s.flag for s in SETTINGS.values() if s.resumable)
+
+
+def like(path: str, **changes) -> dataclasses.Field:
+    """The run setting ``path`` (its help and check) with ``changes`` (default, ...)."""
+    return field_of(dataclasses.replace(SETTINGS[path], dest="", flag="", **changes))
+
+
+@dataclass
+class TrainCommand:
+    """`aaer train`'s one setting beyond the run's."""
+
+    resume: str | None = setting(None, "continue the run in RUN_DIR from its checkpoint.pt, "
+                                 "exactly where it stopped; its settings come from its "
+                                 f"config.json (only these may be given: {RESUMABLE})",
+                                 optional=True,
+                                 metavar="RUN_DIR", default_text="off")
+
+
+@dataclass
+class EvalCommand:
+    checkpoint: str = setting(None, "a run directory, its model.pt, a published lineage state "
+                              "dict (model.pth) or a .safetensors file written by `aaer "
+                              "export`", required=True)
+    dataset: str | None = like("data.dataset", default=None, optional=True,
+                               default_text="the run's config.json, else cifar10")
+    data_dir: str | None = like("data.data_dir", default_text="the run's, else ./data/<dataset>")
+    download: bool = like("data.download")
+    model: str | None = like("model.name", default=None, optional=True,
+                             default_text="the run's config.json, else preactresnet18")
+    epsilon: float | None = like("method.epsilon", default=None, optional=True,
+                                 default_text="the run's, else 8")
+    protocol: str = setting("lineage", "evaluation protocol: " + ", ".join(PROTOCOLS),
+                            choices=tuple(PROTOCOLS))
+    n_eval: int | None = like("evaluation.n_eval", help="first N test points (overrides the "
+                              "protocol's)")
+    pgd_steps: int | None = setting(None, "PGD steps (overrides the protocol's)", type=int,
+                                    low=1, optional=True, default_text="the protocol's")
+    pgd_restarts: int | None = setting(None, "PGD restarts (overrides the protocol's)",
+                                       type=int, low=1, optional=True,
+                                       default_text="the protocol's")
+    pgd_step: float | None = setting(None, "PGD step in 1/255", type=float, low=0,
+                                     low_open=True, optional=True, default_text="eps/4")
+    batch_size: int | None = like("evaluation.batch_size", help="evaluation batch")
+    device: str = like("runtime.device")
+    seed: int = like("optim.seed", help="seed of the attacks' random starts")
+    out: str | None = setting(None, "results JSON", optional=True,
+                              default_text="<run dir>/eval_<protocol>.json, or "
+                              "eval_<protocol>.json here")
+    attacks: str | None = setting(None, "comma list from clean, fgsm, pgd, autoattack "
+                                  "(overrides the protocol's)", optional=True,
+                                  default_text="the protocol's")
+    aa_version: str | None = setting(None, "AutoAttack version", choices=AA_VERSIONS,
+                                     optional=True, default_text="the protocol's, standard")
+    aa_attacks: str | None = setting(None, "with --aa-version custom: comma list from "
+                                     "apgd-ce, apgd-dlr, apgd-t, fab, fab-t, square",
+                                     optional=True, default_text="none")
+    aa_backend: str = setting("native", "native: aaer.attacks.autoattack (resumable); "
+                              "official: the `autoattack` package (fra31/auto-attack) if "
+                              "installed", choices=AA_BACKENDS)
+    eval_precision: str = like("evaluation.precision", help="autocast for the attacks' "
+                               "forward passes (recorded when not fp32)")
+
+
+@dataclass
+class ReproduceCommand:
+    suite: str = setting(None, "aaer-cifar10, aaer-cifar100, co-fixture, or a .json/.toml "
+                         "suite file (a grid over datasets, models, methods, eps)",
+                         positional=True, flag="SUITE", metavar="SUITE")
+    out: str | None = setting(None, "suite directory", optional=True,
+                              default_text="runs/<suite>")
+    seeds: int = setting(1, "seeds 0..N-1 for every run", type=int, low=1)
+    scale: str = setting("full", "shrink the suite (fewer epochs, a data subset, a small "
+                         "model) to exercise the pipeline on a CPU", choices=SCALES)
+    jobs: int = setting(1, "runs at once on CPU (one per GPU on CUDA)", type=int, low=1)
+    data_dir: str | None = like("data.data_dir", help="passed to every run",
+                                default_text="each run's default")
+    dry_run: bool = setting(False, "print one command per run and exit", type=bool)
+    summary_only: bool = setting(False, "only (re)write summary.md/.csv from the finished "
+                                 "runs", type=bool)
+    train_args: str = setting("", "flags added to every run, quoted, e.g. --train-args "
+                              "'--device cuda'", metavar="FLAGS", default_text="none")
+
+
+@dataclass
+class DemoCommand:
+    out_dir: str = setting("runs/demo", "where the two runs and the report go")
+    data_dir: str | None = setting(None, "folder with the Fashion-MNIST .gz files",
+                                   optional=True,
+                                   default_text="Debian's /usr/share/datasets/fashion-mnist")
+    download: bool = setting(False, "download Fashion-MNIST (MD5-checked) into --data-dir if "
+                             "it is not there", type=bool)
+    seed: int | None = like("optim.seed", default=None, optional=True, help="seed of both runs",
+                            default_text="the fixture's demo seed, 2; the README's table has "
+                            "seeds 0-4")
+    jobs: int | None = setting(None, "runs trained side by side in separate processes",
+                               type=int, low=1, optional=True,
+                               default_text="one per run, at most one per CPU core")
+    threads: int | None = setting(None, "torch threads per job", type=int, low=1,
+                                  optional=True, default_text="the CPU cores divided among "
+                                  "the jobs")
+    progress: bool = like("runtime.progress", resumable=False)
+
+
+@dataclass
+class ExportCommand:
+    run: str = setting(None, "a finished run directory (model.pt, config.json, results.json)",
+                       required=True)
+    out: str = setting(None, "the .safetensors file to write; its metadata go to the same "
+                       "name with .json", required=True)
+    overwrite: bool = setting(False, "replace existing files", type=bool)
+
+
+@dataclass
+class ReportCommand:
+    run_dirs: list = setting(None, "run directories to compare", positional=True, nargs="+",
+                             flag="RUN_DIR", metavar="RUN_DIR")
+    out: str | None = setting(None, "where report.md and the PNGs go", optional=True,
+                              default_text="the run directory for one run, the runs' common "
+                              "parent for several")
+    tensorboard: bool = setting(False, "also write TensorBoard event files to <out>/"
+                                "tensorboard/<run> (view: tensorboard --logdir "
+                                "<out>/tensorboard)", type=bool)
+
+
+COMMANDS = {"train": TrainCommand, "eval": EvalCommand, "reproduce": ReproduceCommand,
+            "demo": DemoCommand, "export": ExportCommand, "report": ReportCommand}
+__all__ = ["COMMANDS", "Setting", "like", *(c.__name__ for c in COMMANDS.values())]

@@ -1,0 +1,69 @@
+"""Exceptions and exit codes: what each failure means to the user and to the shell.
+
+Every command maps failures the same way (aaer.cli.main):
+- a bad setting, a missing or damaged file, a missing optional package: exit 2, one line
+  naming the value or file and what would be valid; nothing was written or changed;
+- training diverged (a non-finite loss or weight): exit 3, the last good checkpoint kept;
+- a stop signal: the run is checkpointed, exit 128 + the signal number;
+- `aaer reproduce` with failed runs: exit 1.
+"""
+from __future__ import annotations
+
+import os
+import signal
+
+EXIT_FAILED_RUNS = 1
+EXIT_USAGE = 2
+EXIT_DIVERGED = 3
+
+
+class UsageError(ValueError):
+    """A bad setting: reported with exit code 2 before any work starts."""
+
+
+class DamagedFile(UsageError):
+    """A file the program reads is missing a part, unreadable or not what it should be."""
+
+    def __init__(self, path: str, problem: str, fix: str):
+        self.path, self.problem, self.fix = path, problem, fix
+        super().__init__(f"{path}: {problem}; {fix}")
+
+
+class MissingExtra(UsageError):
+    """An optional package is not installed: one line that says how to get it."""
+
+    def __init__(self, package: str, extra: str, needed_for: str):
+        self.package, self.extra = package, extra
+        super().__init__(f"{needed_for} needs the {package} package, which is not installed: "
+                         f"pip install 'aaer[{extra}]' (or pip install {package})")
+
+
+class TrainingInterrupted(Exception):
+    """A stop signal arrived; the run was checkpointed and can be resumed."""
+
+    def __init__(self, signum: int, out_dir: str, epoch: int, step: int, checkpoint: str):
+        self.signum, self.out_dir, self.epoch, self.step = signum, out_dir, epoch, step
+        name = signal.Signals(signum).name
+        super().__init__(f"interrupted by {name} in epoch {epoch} after step {step}; "
+                         f"checkpoint written to {checkpoint}. "
+                         f"Continue with: aaer train --resume {out_dir}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class TrainingDiverged(FloatingPointError):
+    """A non-finite loss or weight: training stopped, the last good checkpoint is kept."""
+
+
+def signal_name(signum: int | None) -> str:
+    return signal.Signals(signum).name if signum is not None else "no signal"
+
+
+def rank() -> int:
+    """This process's rank under torchrun (0 otherwise)."""
+    try:
+        return int(os.environ.get("RANK", "0") or 0)
+    except ValueError:
+        return 0

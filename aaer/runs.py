@@ -1,0 +1,364 @@
+"""The run directory: the only code that knows its file names, reads them and writes them.
+
+One run = one directory:
+
+    config.json        the resolved settings, where each came from, and what was built
+    metrics.jsonl      one line per finished epoch
+    train.log          the human log
+    checkpoint.pt      everything a resume needs (after every epoch, and on SIGTERM)
+    model.pt           the final weights of the bare network (the lineage's state-dict keys)
+    results.json       written last: the run is finished
+    best_probe.pt      the CO monitor's best probe (weights and optimiser state)
+    probes.jsonl       the CO monitor's probes between epochs (--probe-every)
+    autoattack_state_<protocol>.pt   an interrupted AutoAttack's progress
+    tensorboard/       live TensorBoard events (--tensorboard)
+
+``RunDir`` names, reads and writes these files (atomically; checkpoints only through
+``torch.load(weights_only=True)``) and says the run's state: ``empty`` (nothing to
+resume), ``interrupted`` (a checkpoint, no results) or ``finished``. Every reader names
+the file and what to do when it is missing or damaged. ``load_run`` reads a run for the
+report, the suite summary and the demo. Run directories written by aaer 0.1 (a flat
+config.json) still load.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from aaer.config import RunConfig, from_dict, from_flat
+from aaer.config.resolve import complete_method, validate
+from aaer.config.settings import UNSET
+from aaer.errors import DamagedFile
+from aaer.io import (append_jsonl, atomic_torch_save, atomic_write_bytes, atomic_write_json,
+                     fsync_dir, read_json, read_jsonl)
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+LOG = "train.log"
+CHECKPOINT = "checkpoint.pt"
+MODEL = "model.pt"
+RESULTS = "results.json"
+BEST_PROBE = "best_probe.pt"
+PROBES = "probes.jsonl"
+TENSORBOARD = "tensorboard"
+CONFIG_FORMAT = "aaer-run/2"
+CHECKPOINT_FORMAT = "aaer-checkpoint/1"
+STATES = ("empty", "interrupted", "finished")
+# what an aaer 0.1 config.json holds besides the flat settings
+_LEGACY_EXTRAS = ("method_resolved", "data", "model_params", "iters_per_epoch", "total_steps",
+                  "environment", "performance")
+
+
+def aa_state_name(protocol: str) -> str:
+    return f"autoattack_state_{protocol}.pt"
+
+
+def eval_name(protocol: str) -> str:
+    return f"eval_{protocol}.json"
+
+
+class RunDir:
+    """One run directory (it need not exist yet)."""
+
+    def __init__(self, path: str):
+        self.path = os.fspath(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({self.path!r})"
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    def exists(self, name: str) -> bool:
+        return os.path.exists(self.file(name))
+
+    # -- state -----------------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        if self.exists(RESULTS):
+            return "finished"
+        if self.exists(CHECKPOINT):
+            return "interrupted"
+        return "empty"
+
+    def check_for(self, *, overwrite: bool, resume: bool) -> None:
+        """May a run start (or resume) here? A finished run needs overwrite, an unfinished
+        one resume or overwrite; resume needs config.json and checkpoint.pt."""
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise ValueError(f"--out-dir {self.path!r} is a file; valid: a new directory or a "
+                             "run directory")
+        state = self.state
+        if resume:
+            if not os.path.isdir(self.path):
+                raise FileNotFoundError(f"--resume {self.path!r}: no such run directory")
+            if state == "finished":
+                raise ValueError(f"--resume {self.path!r}: the run is finished (results.json), "
+                                 "nothing to resume; evaluate it with `aaer eval`, or train it "
+                                 "again with its flags and --overwrite")
+            if not self.exists(CONFIG):
+                raise FileNotFoundError(f"--resume {self.path!r}: no config.json there; valid: "
+                                        "a run directory written by `aaer train`")
+            if state != "interrupted":
+                raise FileNotFoundError(f"--resume {self.path!r}: no checkpoint.pt there (the "
+                                        "run stopped before its first checkpoint); start it "
+                                        "again with its flags and --overwrite")
+            return
+        if overwrite:
+            return
+        if state == "finished":
+            raise ValueError(f"out-dir {self.path!r} holds a finished run (results.json); "
+                             "pass --overwrite to replace it or choose another --out-dir")
+        if state == "interrupted":
+            raise ValueError(f"out-dir {self.path!r} holds an unfinished run (checkpoint.pt); "
+                             f"continue it with --resume {self.path}, pass --overwrite to "
+                             "start again, or choose another --out-dir")
+
+    def start(self) -> None:
+        """A new run here: create the directory, remove what an earlier run left."""
+        os.makedirs(self.path, exist_ok=True)
+        for stale in (METRICS, RESULTS, MODEL, CHECKPOINT, BEST_PROBE, PROBES):
+            if self.exists(stale):
+                os.remove(self.file(stale))
+
+    # -- config.json -------------------------------------------------------------------
+    _CONFIG_FIX = ("it is written by `aaer train` when a run starts; restore it, or train the "
+                   "run again with its flags and --overwrite")
+
+    def config(self) -> dict[str, Any]:
+        """config.json as written (the resolved settings and what was built)."""
+        return read_json(self.file(CONFIG), self._CONFIG_FIX)
+
+    def settings(self, *, custom_data: bool = False) -> RunConfig:
+        """The resolved run config.json describes (also of an aaer 0.1 run), validated."""
+        raw = self.config()
+        path = self.file(CONFIG)
+        try:
+            if raw.get("format") == CONFIG_FORMAT:
+                cfg = from_dict(raw.get("settings") or {}, path)
+                cfg.sources = dict(raw.get("sources") or {})
+                missing = [p for p, _, v in cfg.items() if v is UNSET]
+                if missing:
+                    raise ValueError(f"missing setting(s) {', '.join(missing)}")
+            elif "format" in raw:
+                raise ValueError(f"unknown format {raw['format']!r}; valid: {CONFIG_FORMAT!r} "
+                                 "(or an aaer 0.1 config without one)")
+            else:
+                cfg = legacy_settings(raw)
+            validate(cfg, custom_data=custom_data)
+        except (ValueError, TypeError) as e:
+            raise DamagedFile(path, f"does not describe a valid run ({e})",
+                              self._CONFIG_FIX) from None
+        return cfg
+
+    def write_config(self, cfg: RunConfig, built: dict[str, Any]) -> None:
+        atomic_write_json(self.file(CONFIG), {"format": CONFIG_FORMAT,
+                                              "settings": cfg.to_dict(),
+                                              "sources": cfg.sources, **built})
+
+    # -- metrics, probes, results --------------------------------------------------------
+    def metrics(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.file(METRICS), "it is written by `aaer train`, one line per "
+                          "epoch; restore it, or resume from checkpoint.pt, which rewrites it")
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        append_jsonl(self.file(METRICS), row)
+
+    def write_metrics(self, rows: list[dict[str, Any]]) -> None:
+        import json
+        atomic_write_bytes(self.file(METRICS), "".join(json.dumps(r) + "\n" for r in rows).encode())
+
+    def append_probe(self, record: dict[str, Any]) -> None:
+        append_jsonl(self.file(PROBES), record)
+
+    def probes(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.file(PROBES))
+
+    def results(self) -> dict[str, Any] | None:
+        if not self.exists(RESULTS):
+            return None
+        return read_json(self.file(RESULTS), "it is written when training ends; train the run "
+                         "again with its flags and --overwrite")
+
+    def write_results(self, results: dict[str, Any]) -> None:
+        atomic_write_json(self.file(RESULTS), results)
+
+    # -- tensors ---------------------------------------------------------------------------
+    def save_model(self, state: dict[str, torch.Tensor]) -> None:
+        atomic_torch_save(self.file(MODEL), state)
+
+    def model_state(self) -> dict[str, torch.Tensor]:
+        return load_tensors(self.file(MODEL), "the final weights of a finished run; train the "
+                            "run again with its flags and --overwrite")
+
+    def write_checkpoint(self, state: dict[str, Any]) -> None:
+        write_checkpoint(self.file(CHECKPOINT), state)
+
+    def read_checkpoint(self) -> dict[str, Any]:
+        return read_checkpoint(self.file(CHECKPOINT))
+
+    def save_best_probe(self, state: dict[str, Any]) -> None:
+        atomic_torch_save(self.file(BEST_PROBE), state)
+
+    def best_probe(self) -> dict[str, Any] | None:
+        if not self.exists(BEST_PROBE):
+            return None
+        return load_tensors(self.file(BEST_PROBE), "the CO monitor's best probe; without it a "
+                            "rollback cannot restore: train the run again with --overwrite")
+
+    def aa_state(self, protocol: str) -> str:
+        return self.file(aa_state_name(protocol))
+
+    @property
+    def log_path(self) -> str:
+        return self.file(LOG)
+
+    @property
+    def tensorboard_dir(self) -> str:
+        return self.file(TENSORBOARD)
+
+
+def load_tensors(path: str, what: str):
+    """torch.load(weights_only=True) of ``path``, or DamagedFile saying what it was."""
+    if not os.path.isfile(path):
+        raise DamagedFile(path, "no such file", what)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated file, not a torch file, or pickled code
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DamagedFile(path, f"cannot be loaded with torch.load(weights_only=True): "
+                          f"{first}", what) from None
+
+
+def write_checkpoint(path: str, state: dict[str, Any]) -> None:
+    """Atomically replace ``path`` with ``state`` (temp file + fsync + rename + dir fsync)."""
+    atomic_torch_save(path, {"format": CHECKPOINT_FORMAT, **state})
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "scheduler", "loader", "rng", "history",
+                   "config", "data")
+
+
+def read_checkpoint(path: str, *, complete: bool = True) -> dict[str, Any]:
+    """A training checkpoint, loaded with weights_only=True; clear errors for anything else.
+    ``complete``: it must hold everything a resume needs."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated file, not a torch file, or pickled code
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"cannot load checkpoint {path}: {first} (only files written by "
+                         "aaer, loadable with torch.load(weights_only=True), are accepted)")
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{path} is not an aaer training checkpoint (format {found!r}; "
+                         f"valid: {CHECKPOINT_FORMAT!r})")
+    missing = [k for k in CHECKPOINT_KEYS if k not in state] if complete else []
+    if missing:
+        raise ValueError(f"checkpoint {path} lacks {', '.join(missing)}; it is damaged: "
+                         "train the run again with its flags and --overwrite")
+    return state
+
+
+def legacy_settings(flat: dict[str, Any]) -> RunConfig:
+    """The resolved run of an aaer 0.1 config.json (or checkpoint config): its flat settings
+    were already resolved; settings it predates take their defaults."""
+    keep = {k: v for k, v in flat.items() if k not in _LEGACY_EXTRAS}
+    keep.setdefault("method", "n-aaer")           # aaer 0.1's TrainConfig default
+    cfg = from_flat(keep, source="aaer 0.1 config.json")
+    for path, s, v in cfg.items():
+        if v is UNSET and path != "method.options":
+            cfg.set(path, s.default, "default (not in an aaer 0.1 config.json)")
+    complete_method(cfg, {})
+    return cfg
+
+
+def checkpoint_settings(ckpt: dict[str, Any]) -> RunConfig:
+    """The settings a checkpoint was written with (nested now, flat in aaer 0.1)."""
+    saved = ckpt.get("config") or {}
+    if isinstance(saved, dict) and set(saved) <= set(RunConfig().to_dict()) and saved:
+        return from_dict(saved, "checkpoint.pt")
+    return legacy_settings(saved)
+
+
+# -- a run read back (report, suite summary, demo) ---------------------------------------
+
+@dataclass
+class Run:
+    """A run directory's contents: settings, raw config, metrics rows and results."""
+
+    path: str
+    settings: RunConfig
+    config: dict[str, Any]
+    rows: list[dict[str, Any]]
+    results: dict[str, Any] | None = None
+    label: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return self.results is not None
+
+    @property
+    def has_probe(self) -> bool:
+        return any("probe_pgd_acc" in r for r in self.rows)
+
+    @property
+    def method(self) -> str:
+        return str(self.settings.method.name)
+
+    @property
+    def seed(self) -> int:
+        return int(self.settings.optim.seed)
+
+    def series(self, key: str) -> tuple[list[int], list[float]]:
+        pts = [(r["epoch"], r[key]) for r in self.rows if r.get(key) is not None]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    def monitored(self) -> bool | None:
+        """True/False: the CO monitor watched the run and did / did not flag CO; None: no
+        monitor."""
+        mon = (self.results or {}).get("monitor")
+        if isinstance(mon, dict) and "co_detected" in mon:
+            return bool(mon["co_detected"])
+        if not any("co_flag" in r for r in self.rows):
+            return None
+        return any(r.get("co_flag") for r in self.rows)
+
+    def co_epoch(self) -> int | None:
+        """The epoch CO began (the first probe of the confirmed run), or None."""
+        mon = (self.results or {}).get("monitor")
+        if isinstance(mon, dict) and "co_epoch" in mon:
+            return mon.get("co_epoch")
+        epochs = [r["co_epoch"] for r in self.rows if r.get("co_epoch") is not None]
+        if epochs:
+            return epochs[0]
+        flagged = [r.get("co_epoch", r["epoch"]) for r in self.rows if r.get("co_flag")]
+        return flagged[0] if flagged else None
+
+    def co_events(self) -> list[dict]:
+        mon = (self.results or {}).get("monitor")
+        if isinstance(mon, dict):
+            return list(mon.get("events", []))
+        return [e for r in self.rows for e in r.get("co_events", [])]
+
+
+def load_run(path: str, *, need_epochs: bool = True) -> Run:
+    """Read one run directory; FileNotFoundError/ValueError saying what is missing."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"run directory {path!r} does not exist")
+    run = RunDir(path)
+    if not run.exists(CONFIG):
+        raise FileNotFoundError(f"{path!r} is not a run directory: it has no config.json "
+                                "(give directories written by `aaer train` or `aaer demo`)")
+    settings = run.settings(custom_data=True)
+    rows = run.metrics()
+    if need_epochs and not rows:
+        raise ValueError(f"run {path!r} has no finished epoch yet (metrics.jsonl is missing "
+                         "or empty)")
+    return Run(path=path, settings=settings, config=run.config(), rows=rows,
+               results=run.results())
