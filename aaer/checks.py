@@ -40,7 +40,8 @@ def number(name: str, value, *, integer: bool = False, low=None, high=None,
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"invalid {name} {value!r}: not a number (must be {what})")
     if not math.isfinite(value):
-        raise ValueError(f"invalid {name} {value!r}: not a finite number (must be {what})")
+        rest = "" if what == "a finite number" else f" (must be {what})"
+        raise ValueError(f"invalid {name} {value!r}: not a finite number{rest}")
     if integer:
         if value != int(value):
             raise ValueError(f"invalid {name} {value!r}: not an integer (must be {what})")

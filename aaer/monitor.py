@@ -147,13 +147,14 @@ def select_probe_data(source: str, n: int, train_x, train_y, test_x, test_y,
     Returns (probe_x, probe_y, train_x, train_y, description). ``holdout`` takes the n
     images that follow the first ``n_train`` when the data set has them (training is
     unchanged), else the last n of the training images, which are then not trained on.
+    ``n`` >= 1 and ``source`` are checked by the schema; what is checked here is whether the
+    data have room for the probe.
     """
     source = SETTINGS["monitor.probe_source"].check(source)
-    if n < 1:
-        raise ValueError(f"invalid --probe-n {n!r}: must be >= 1")
     if source == "test":
         if n > test_x.shape[0]:
-            raise ValueError(f"--probe-n {n} exceeds the {test_x.shape[0]} test points")
+            raise ValueError(f"invalid --probe-n {n!r}: it exceeds the {test_x.shape[0]} test "
+                             f"points; valid: 0..{test_x.shape[0]}")
         kept_x = train_x[:n_train] if n_train is not None else train_x
         kept_y = train_y[:n_train] if n_train is not None else train_y
         return test_x[:n], test_y[:n], kept_x, kept_y, f"the first {n} test points"

@@ -273,7 +273,7 @@ def legacy_settings(flat: dict[str, Any]) -> RunConfig:
     for path, s, v in cfg.items():
         if v is UNSET and path != "method.options":
             cfg.set(path, s.default, "default (not in an aaer 0.1 config.json)")
-    complete_method(cfg, {})
+    complete_method(cfg)
     return cfg
 
 

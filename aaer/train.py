@@ -131,10 +131,10 @@ def build_trainer(cfg, dataset=None, *, resume: bool = False) -> Trainer:
         from aaer import data
         dataset = data.load_dataset(run_cfg.data.dataset, run_cfg.data.data_dir,
                                     download=run_cfg.data.download)
-    check_data(run_cfg, dataset)
     n = run_cfg.data.n_train
     train_x, train_y = (dataset.train_x[:n], dataset.train_y[:n]) if n is not None else \
         (dataset.train_x, dataset.train_y)
+    check_data(run_cfg, dataset)
     monitor, train_x, train_y = build_monitor(run_cfg, dataset, train_x, train_y)
     if ckpt is not None:
         check_resume(run_cfg, dataset, ckpt, (train_x, train_y))

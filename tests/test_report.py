@@ -199,3 +199,43 @@ def test_seed_band_and_by_method_plot(tmp_path):
     assert co == []                                  # epoch 2 is not shared by both runs
     assert seed_band([a], "probe_pgd_acc")[4] == [2]
     assert seed_band([a, b], "aae_count") is None
+
+
+def test_train_writes_tensorboard_events_live(tmp_path):
+    """`--tensorboard` writes each epoch (and each probe, by optimiser step) while the run
+    trains: the events are there after every epoch, read with TensorBoard's own reader."""
+    from aaer.train import TrainConfig, build_trainer
+    from tests.test_methods_baselines import tiny_dataset
+    out = tmp_path / "run"
+    tr = build_trainer(TrainConfig(method="rs-aaer", model="small-cnn", epochs=3, batch_size=16,
+                                   eval_protocol="none", progress=False, device="cpu",
+                                   probe_n=8, probe_every=2, tensorboard=True,
+                                   out_dir=str(out)), tiny_dataset())
+    seen = []
+    end_epoch = tr.end_epoch
+
+    def spy(row):
+        end_epoch(row)
+        seen.append(scalars(str(out / "tensorboard")))    # read while training goes on
+
+    tr.end_epoch = spy
+    tr.fit()
+    assert [[st for st, _ in s["train/loss"]] for s in seen] == [[0], [0, 1], [0, 1, 2]]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    final = seen[-1]
+    assert [v for _, v in final["train/loss"]] == pytest.approx([r["train_loss"] for r in rows])
+    assert [v for _, v in final["probe/pgd_acc"]] == pytest.approx(
+        [r["probe_pgd_acc"] for r in rows])
+    probes = [json.loads(line) for line in (out / "probes.jsonl").read_text().splitlines()]
+    assert [st for st, _ in final["probe_by_step/pgd_acc"]] == [p["step"] for p in probes]
+
+
+def test_missing_tensorboard_is_one_line(two_runs, tmp_path, capsys, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)   # not installed
+    out = tmp_path / "rep"
+    assert main(["report", *two_runs, "--out", str(out), "--tensorboard"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("aaer: error: --tensorboard needs the tensorboard package, which is not "
+                   "installed: pip install 'aaer[tensorboard]' (or pip install tensorboard)")
+    assert not out.exists()                              # refused before anything was written

@@ -110,16 +110,13 @@ def _check_checkpoint(cfg: RunConfig, dataset, train, ckpt: dict[str, Any]) -> N
 def check_data(cfg: RunConfig, dataset) -> None:
     """Data-dependent checks, before the run directory is touched."""
     n_all, n_test = len(dataset.train_y), len(dataset.test_y)
-    d, e, m = cfg.data, cfg.evaluation, cfg.monitor
+    d, e = cfg.data, cfg.evaluation
     if d.n_train is not None and d.n_train > n_all:
         raise ValueError(f"invalid --n-train {d.n_train!r}: {dataset.name} has {n_all} "
                          f"training images; valid: 1..{n_all}")
     if e.n_eval is not None and e.n_eval > n_test:
         raise ValueError(f"invalid --n-eval {e.n_eval!r}: {dataset.name} has {n_test} test "
                          f"images; valid: 1..{n_test}")
-    if m.probe_source == "test" and m.probe_n > n_test:
-        raise ValueError(f"invalid --probe-n {m.probe_n!r}: {dataset.name} has {n_test} test "
-                         f"images; valid: 0..{n_test}")
     if dataset.num_classes < 2:
         raise ValueError(f"data set {dataset.name} has {dataset.num_classes} class; "
                          "classification needs at least 2")

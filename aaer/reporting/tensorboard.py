@@ -50,9 +50,8 @@ class LiveWriter:
     """Listener of the trainer: one event file per (re)start of a run."""
 
     def __init__(self, log_dir: str):
-        os.makedirs(log_dir, exist_ok=True)
         self.log_dir = log_dir
-        self.writer = summary_writer(log_dir)
+        self.writer = summary_writer(log_dir)      # creates log_dir
 
     def epoch(self, row: dict) -> None:
         _scalars(self.writer, EPOCH_SCALARS, row, row["epoch"])

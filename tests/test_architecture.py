@@ -1,0 +1,155 @@
+"""The package's layers: imports point one way (leaves <- config <- runs <- engine <-
+evaluation <- monitor <- reporting <- the train door <- experiments <- cli), no import
+cycle, counting imports inside functions, and the model registry imports no architecture.
+
+The import graph is read from the source (ast), not from what happens to be imported at
+run time: ``from pkg import name`` is an edge to ``pkg.name`` when that is a module, else to
+``pkg`` itself.
+"""
+import ast
+import os
+
+import pytest
+
+ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "aaer")
+
+# module prefix -> layer; a module may import only modules of its own layer or below
+LAYERS = [
+    (0, ("aaer", "aaer.checks", "aaer.errors", "aaer.io")),
+    (1, ("aaer.data", "aaer.models", "aaer.methods", "aaer.attacks")),
+    (2, ("aaer.config",)),
+    (3, ("aaer.runs",)),
+    (4, ("aaer.engine",)),
+    (5, ("aaer.evaluation",)),
+    (6, ("aaer.monitor",)),
+    (7, ("aaer.reporting", "aaer.export")),
+    (8, ("aaer.train",)),
+    (9, ("aaer.experiments",)),
+    (10, ("aaer.cli", "aaer.__main__")),
+]
+LEAVES = ("aaer.data", "aaer.models", "aaer.methods", "aaer.attacks")
+
+
+def modules() -> dict[str, str]:
+    out = {}
+    for here, _, names in os.walk(ROOT):
+        for n in names:
+            if n.endswith(".py"):
+                rel = os.path.relpath(os.path.join(here, n), os.path.dirname(ROOT))
+                mod = rel[:-3].replace(os.sep, ".")
+                out[mod[:-len(".__init__")] if mod.endswith(".__init__") else mod] = \
+                    os.path.join(here, n)
+    return out
+
+
+MODULES = modules()
+
+
+def imports_of(mod: str) -> set[str]:
+    path = MODULES[mod]
+    package = mod if path.endswith("__init__.py") else mod.rsplit(".", 1)[0]
+    tree = ast.parse(open(path).read(), path)
+    out = set()
+    for node in ast.walk(tree):             # every import, inside functions too
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - node.level + 1]
+                src = ".".join(base + ([node.module] if node.module else []))
+            else:
+                src = node.module
+            names = [f"{src}.{a.name}" if f"{src}.{a.name}" in MODULES else src
+                     for a in node.names]
+        else:
+            continue
+        out |= {n for n in names if n == "aaer" or n.startswith("aaer.")}
+    return {n for n in out if n in MODULES} - {mod}
+
+
+GRAPH = {m: imports_of(m) for m in MODULES}
+
+
+def layer(mod: str) -> int:
+    best = None
+    for n, prefixes in LAYERS:
+        for p in prefixes:
+            if mod == p or mod.startswith(p + "."):
+                if best is None or len(p) > best[1]:
+                    best = (n, len(p))
+    assert best is not None, f"{mod} is in no layer: add it to LAYERS"
+    return best[0]
+
+
+def test_every_module_has_a_layer():
+    for m in MODULES:
+        layer(m)
+
+
+def test_imports_point_down_the_layers():
+    up = [f"{m} (layer {layer(m)}) imports {d} (layer {layer(d)})"
+          for m, deps in GRAPH.items() for d in deps if layer(d) > layer(m)]
+    assert not up, "\n".join(up)
+
+
+def test_leaves_import_only_themselves_and_the_foundation():
+    bad = []
+    for m, deps in GRAPH.items():
+        leaf = next((p for p in LEAVES if m == p or m.startswith(p + ".")), None)
+        if leaf is None:
+            continue
+        bad += [f"{m} imports {d}" for d in deps
+                if layer(d) == 1 and not (d == leaf or d.startswith(leaf + "."))]
+    assert not bad, "\n".join(bad)
+
+
+def test_no_import_cycle():
+    index, low, stack, on, cycles = {}, {}, [], set(), []
+
+    def visit(v):                       # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in GRAPH[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                cycles.append(sorted(comp))
+
+    for v in sorted(GRAPH):
+        if v not in index:
+            visit(v)
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def test_the_cycle_finder_finds_a_cycle(monkeypatch):
+    """The oracle itself: a made-up two-module cycle is reported."""
+    monkeypatch.setitem(GRAPH, "aaer.io", GRAPH["aaer.io"] | {"aaer.checks"})
+    monkeypatch.setitem(GRAPH, "aaer.checks", GRAPH["aaer.checks"] | {"aaer.io"})
+    with pytest.raises(AssertionError, match="aaer.checks"):
+        test_no_import_cycle()
+
+
+def test_model_registry_imports_no_architecture():
+    assert GRAPH["aaer.models.registry"] == set()
+
+
+def test_only_the_run_directory_names_its_files():
+    """The run directory's file names are written in aaer/runs.py and nowhere else."""
+    names = ('"results.json"', '"metrics.jsonl"', '"checkpoint.pt"', '"config.json"',
+             '"best_probe.pt"', '"probes.jsonl"', '"model.pt"', '"train.log"')
+    found = [f"{m}: {n}" for m, path in MODULES.items() if m != "aaer.runs"
+             for n in names if n in open(path).read()]
+    assert not found, found
