@@ -138,7 +138,9 @@ def build_trainer(cfg, dataset=None, *, resume: bool = False) -> Trainer:
     monitor, train_x, train_y = build_monitor(run_cfg, dataset, train_x, train_y)
     if ckpt is not None:
         check_resume(run_cfg, dataset, ckpt, (train_x, train_y))
-    listeners = [LiveWriter(run.tensorboard_dir)] if run_cfg.runtime.tensorboard else []
+    from aaer.errors import rank
+    listeners = [LiveWriter(run.tensorboard_dir)] \
+        if run_cfg.runtime.tensorboard and rank() == 0 else []
     trainer = Trainer(run_cfg, dataset, run, train_set=(train_x, train_y), monitor=monitor,
                       final_eval=final_evaluation(run_cfg, run, dataset), listeners=listeners)
     if ckpt is not None:

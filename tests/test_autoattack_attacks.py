@@ -172,39 +172,63 @@ def test_square_p_schedule_of_autoattack():
     assert p[4001] == p[4999] == 0.8 / 128
 
 
+def _bisect(f, lo, hi, target, iters=200):
+    """The smallest x in [lo, hi] with f(x) >= target, f nondecreasing (float64 bisection)."""
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if f(mid) >= target else (mid, hi)
+    return hi
+
+
+def _minimal_norm_oracle(t, w, b, norm):
+    """Exact minimal-norm step d with w.d = c = b - w.t and -t <= d <= 1 - t, by a 1-D
+    search on one scalar, independent of the code under test; None if the box cannot reach
+    the plane. L2 (KKT): d = clip(mu w, -t, 1 - t) for the mu with w.d = c. Linf: the least
+    s whose box [-s, s] n [-t, 1 - t] contains a d with w.d = c."""
+    c = b - w @ t
+    lo, hi = -t, 1 - t
+    sign = 1.0 if c >= 0 else -1.0          # search toward the plane: maximise sign * w.d
+    reach = lambda d: sign * float(w @ d)
+    if norm == "L2":
+        d_of = lambda mu: torch.clamp(sign * mu * w, lo, hi)
+        top = 1e6
+    else:
+        d_of = lambda s: torch.where(sign * w > 0, torch.minimum(hi, torch.full_like(hi, s)),
+                                     torch.maximum(lo, torch.full_like(lo, -s)))
+        top = 1.0
+    if reach(d_of(top)) < abs(c) - 1e-12:
+        return None
+    x = _bisect(lambda v: reach(d_of(v)), 0.0, top, abs(c))
+    d = d_of(x)
+    return d.norm().item() if norm == "L2" else d.abs().max().item()
+
+
 @pytest.mark.parametrize("norm", ["Linf", "L2"])
 def test_hyperplane_box_projection_is_the_minimal_norm_solution(norm):
-    from scipy import optimize as scipy_optimize   # dev dependency
     g = torch.Generator().manual_seed(1)
     t = torch.rand(12, 5, generator=g, dtype=torch.float64)
     w = torch.randn(12, 5, generator=g, dtype=torch.float64)
     b = (w * t).sum(1) + torch.randn(12, generator=g, dtype=torch.float64)
     d = project_hyperplane_box(t, w, b, norm)
+    kinds = set()
     for i in range(12):
-        ti, wi, bi = t[i].numpy(), w[i].numpy(), b[i].item()
-        bounds = list(zip(-ti, 1 - ti))
-        if norm == "Linf":   # min s  s.t. -s <= d_j <= s, w.d = b - w.t
-            res = scipy_optimize.linprog(
-                c=[0] * 5 + [1], A_eq=[list(wi) + [0]], b_eq=[bi - wi @ ti],
-                A_ub=[[(j == k) * sgn for k in range(5)] + [-1]
-                      for j in range(5) for sgn in (1, -1)], b_ub=[0] * 10,
-                bounds=bounds + [(0, None)])
-            feasible, best = res.status == 0, res.fun if res.status == 0 else None
-            got = d[i].abs().max().item()
-        else:
-            res = scipy_optimize.minimize(
-                lambda u: u @ u, x0=[0.] * 5, jac=lambda u: 2 * u, method="SLSQP",
-                bounds=bounds, constraints=[{"type": "eq", "fun": lambda u: wi @ u + wi @ ti - bi}],
-                options={"ftol": 1e-14, "maxiter": 500})
-            feasible = res.success and abs(wi @ res.x + wi @ ti - bi) < 1e-7
-            best, got = res.fun ** 0.5, d[i].norm().item()
-        on_plane = abs((w[i] * (t[i] + d[i])).sum().item() - bi) < 1e-9
-        assert (t[i] + d[i]).min() >= -1e-12 and (t[i] + d[i]).max() <= 1 + 1e-12
-        if feasible:
-            assert on_plane and got == pytest.approx(best, abs=1e-6)
-        else:   # unreachable plane: the box corner closest to it
+        best = _minimal_norm_oracle(t[i], w[i], b[i].item(), norm)
+        x = t[i] + d[i]
+        assert x.min() >= -1e-12 and x.max() <= 1 + 1e-12
+        if best is None:     # unreachable plane: the box corner closest to it
+            kinds.add("corner")
             corner = torch.where((w[i] > 0) == ((b[i] - w[i] @ t[i]) > 0), 1., 0.).double()
-            assert torch.allclose(t[i] + d[i], corner)
+            assert torch.allclose(x, corner)
+            continue
+        kinds.add("plane")
+        assert abs((w[i] @ x).item() - b[i].item()) < 1e-9
+        got = d[i].norm().item() if norm == "L2" else d[i].abs().max().item()
+        assert got == pytest.approx(best, abs=1e-9)
+        if norm == "L2":     # optimality: d / w is one multiplier wherever d is not at the box
+            inside = (x > 1e-9) & (x < 1 - 1e-9) & (w[i].abs() > 1e-8)
+            ratios = (d[i] / w[i])[inside]
+            assert torch.allclose(ratios, ratios[0].expand_as(ratios), atol=1e-9)
+    assert kinds == {"plane", "corner"}       # both branches of the oracle were tested
 
 
 def test_same_seed_same_result_and_caller_rng_untouched():

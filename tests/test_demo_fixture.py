@@ -13,6 +13,7 @@ SEED = 2        # the demo's default; RS-FGSM hit CO in all five seeds measured
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_demo_shows_co_for_rs_fgsm_and_not_for_rs_aaer(tmp_path):
     out = io.StringIO()
     res = run_demo(str(tmp_path / "demo"), seed=SEED, jobs=2, threads=1, stream=out)

@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def run_bench(name, *args):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", name), *args],
-                          capture_output=True, text=True, timeout=300,
+                          capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": ROOT}, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc.stdout.strip().splitlines()

@@ -73,6 +73,7 @@ def test_bad_suite_inputs_are_refused(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(240)
 def test_tiny_user_suite_end_to_end(tmp_path, capsys):
     data = tmp_path / "fmnist"
     write_idx_set(str(data), np.random.default_rng(0), n_train=96, n_test=32)

@@ -217,12 +217,12 @@ def cifar_run(tmp_path_factory):
     ref = root / "ref"
     proc = subprocess.run(_cmd(*RUN_FLAGS, "--data-dir", str(root / "data"), "--out-dir",
                                str(ref)), env=_env(), capture_output=True, text=True,
-                          timeout=600)
+                          timeout=200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root, ref
 
 
-def _wait_for(cond, proc, timeout=300):
+def _wait_for(cond, proc, timeout=200):
     t0 = time.time()
     while not cond():
         assert proc.poll() is None, f"the run ended before the signal: {proc.stderr.read()}"
@@ -245,7 +245,7 @@ def _kill_and_resume(tmp_path, cifar_run, signum, after_epochs, seed):
         # a random moment within the next epoch (5 steps of >= STEP_DELAY s each)
         time.sleep(random.Random(seed).uniform(0.0, 4 * STEP_DELAY))
         proc.send_signal(signum)
-        err = proc.communicate(timeout=300)[1]
+        err = proc.communicate(timeout=200)[1]
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -256,7 +256,7 @@ def _kill_and_resume(tmp_path, cifar_run, signum, after_epochs, seed):
     where = (ckpt["epoch"], ckpt["loader"]["position"], ckpt["partial"] is not None)
 
     again = subprocess.run(_cmd("--resume", str(out), "--no-progress"), env=_env(),
-                           capture_output=True, text=True, timeout=600)
+                           capture_output=True, text=True, timeout=200)
     assert again.returncode == 0, again.stderr[-3000:]
     assert_same_weights(torch.load(out / "model.pt", weights_only=True),
                         torch.load(ref / "model.pt", weights_only=True))
@@ -281,17 +281,20 @@ def _read(path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(240)
 def test_sigterm_mid_run_then_resume_is_bitwise_equal(tmp_path, cifar_run):
     epoch, position, mid = _kill_and_resume(tmp_path, cifar_run, signal.SIGTERM, 1, seed=11)
     assert epoch >= 1
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(240)
 def test_sigint_in_first_epoch_then_resume_is_bitwise_equal(tmp_path, cifar_run):
     _kill_and_resume(tmp_path, cifar_run, signal.SIGINT, 0, seed=12)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(240)
 def test_sigkill_resumes_from_the_last_epoch_checkpoint(tmp_path, cifar_run):
     epoch, position, mid = _kill_and_resume(tmp_path, cifar_run, signal.SIGKILL, 1, seed=13)
     assert not mid and position == 0      # no chance to write a mid-epoch checkpoint

@@ -16,6 +16,7 @@ LINEAGE_KEYS_HEAD = ["conv1.weight", "layer1.0.bn1.weight", "layer1.0.bn1.bias"]
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(240)
 def test_seed_command_runs_end_to_end(tmp_path):
     data = tmp_path / "cifar-data"
     write_cifar10(str(data), np.random.default_rng(0), per_batch=8, n_test=6)
@@ -23,7 +24,7 @@ def test_seed_command_runs_end_to_end(tmp_path):
     cmd = [sys.executable, os.path.join(ROOT, "AAER.py"), "--epoch", "1", "--clamp", "1",
            "--alpha", "1.25", "--epsilon", "8", "--lamda1", "1.0", "--lamda2", "2.5",
            "--lamda3", "1.5", "--out-dir", str(out), "--data-dir", str(data)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=200,
                           env={**os.environ, "PYTHONPATH": ROOT})
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("config.json", "metrics.jsonl", "train.log", "model.pt", "results.json"):
