@@ -30,12 +30,24 @@ class DamagedFile(UsageError):
 
 
 class MissingExtra(UsageError):
-    """An optional package is not installed: one line that says how to get it."""
+    """A package is not installed: one line that says how to get it. ``extra``: the aaer
+    extra that installs it, or None for one of aaer's own dependencies."""
 
-    def __init__(self, package: str, extra: str, needed_for: str):
+    def __init__(self, package: str, extra: str | None, needed_for: str):
         self.package, self.extra = package, extra
+        how = (f"pip install 'aaer[{extra}]' (or pip install {package})" if extra else
+               f"pip install {package} (aaer depends on it: reinstall aaer)")
         super().__init__(f"{needed_for} needs the {package} package, which is not installed: "
-                         f"pip install 'aaer[{extra}]' (or pip install {package})")
+                         f"{how}")
+
+
+def require(module: str, package: str, extra: str | None, needed_for: str):
+    """Import ``module``, or MissingExtra naming the package to install."""
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtra(package, extra, needed_for) from None
 
 
 class TrainingInterrupted(Exception):

@@ -139,9 +139,13 @@ class RunDir:
             if raw.get("format") == CONFIG_FORMAT:
                 cfg = from_dict(raw.get("settings") or {}, path)
                 cfg.sources = dict(raw.get("sources") or {})
+                for p, s, v in cfg.items():
+                    if v is not UNSET and not (custom_data and p == "data.dataset"):
+                        s.check(v)
                 missing = [p for p, _, v in cfg.items() if v is UNSET]
                 if missing:
-                    raise ValueError(f"missing setting(s) {', '.join(missing)}")
+                    shown = ", ".join(missing[:4]) + (", ..." if len(missing) > 4 else "")
+                    raise ValueError(f"{len(missing)} setting(s) missing: {shown}")
             elif "format" in raw:
                 raise ValueError(f"unknown format {raw['format']!r}; valid: {CONFIG_FORMAT!r} "
                                  "(or an aaer 0.1 config without one)")
@@ -159,9 +163,16 @@ class RunDir:
                                               "sources": cfg.sources, **built})
 
     # -- metrics, probes, results --------------------------------------------------------
+    _METRICS_FIX = ("it is written by `aaer train`, one line per epoch; restore it, or "
+                    "resume from checkpoint.pt, which rewrites it")
+
     def metrics(self) -> list[dict[str, Any]]:
-        return read_jsonl(self.file(METRICS), "it is written by `aaer train`, one line per "
-                          "epoch; restore it, or resume from checkpoint.pt, which rewrites it")
+        rows = read_jsonl(self.file(METRICS), self._METRICS_FIX)
+        for i, row in enumerate(rows):
+            if not isinstance(row.get("epoch"), int) or isinstance(row.get("epoch"), bool):
+                raise DamagedFile(self.file(METRICS), f"line {i + 1} has no integer 'epoch'",
+                                  self._METRICS_FIX)
+        return rows
 
     def append_metrics(self, row: dict[str, Any]) -> None:
         append_jsonl(self.file(METRICS), row)
@@ -176,11 +187,22 @@ class RunDir:
     def probes(self) -> list[dict[str, Any]]:
         return read_jsonl(self.file(PROBES))
 
+    _RESULTS_FIX = ("it is written when training ends; restore it, or train the run again "
+                    "with its flags and --overwrite")
+
     def results(self) -> dict[str, Any] | None:
         if not self.exists(RESULTS):
             return None
-        return read_json(self.file(RESULTS), "it is written when training ends; train the run "
-                         "again with its flags and --overwrite")
+        res = read_json(self.file(RESULTS), self._RESULTS_FIX)
+        ev = res.get("evaluation")
+        if ev is not None and not (isinstance(ev, dict) and isinstance(ev.get("results"), dict)
+                                   and all(isinstance(r, dict) for r in ev["results"].values())):
+            raise DamagedFile(self.file(RESULTS), "its 'evaluation' is not an evaluation "
+                              "report", self._RESULTS_FIX)
+        if res.get("monitor") is not None and not isinstance(res["monitor"], dict):
+            raise DamagedFile(self.file(RESULTS), "its 'monitor' is not a monitor summary",
+                              self._RESULTS_FIX)
+        return res
 
     def write_results(self, results: dict[str, Any]) -> None:
         atomic_write_json(self.file(RESULTS), results)
@@ -205,8 +227,13 @@ class RunDir:
     def best_probe(self) -> dict[str, Any] | None:
         if not self.exists(BEST_PROBE):
             return None
-        return load_tensors(self.file(BEST_PROBE), "the CO monitor's best probe; without it a "
-                            "rollback cannot restore: train the run again with --overwrite")
+        what = ("the CO monitor's best probe; without it a stop or rollback cannot restore: "
+                "train the run again with --overwrite")
+        state = load_tensors(self.file(BEST_PROBE), what)
+        if not isinstance(state, dict) or not {"model", "optimizer", "probe"} <= set(state):
+            raise DamagedFile(self.file(BEST_PROBE), "lacks the model, optimizer or probe "
+                              "entries", what)
+        return state
 
     def aa_state(self, protocol: str) -> str:
         return self.file(aa_state_name(protocol))

@@ -20,7 +20,8 @@ from aaer.engine.preflight import check_data, check_data_dir, check_resume
 from aaer.evaluation import evaluate, format_table, get_protocol
 from aaer.monitor import build_monitor
 from aaer.reporting.tensorboard import LiveWriter
-from aaer.runs import RunDir
+from aaer.errors import DamagedFile
+from aaer.runs import CHECKPOINT, RunDir
 
 
 class TrainConfig:
@@ -146,6 +147,14 @@ def build_trainer(cfg, dataset=None, *, resume: bool = False) -> Trainer:
     if ckpt is not None:
         try:
             trainer.load_state(ckpt)
+        except DamagedFile:
+            trainer.close()
+            raise
+        except (KeyError, IndexError, RuntimeError, TypeError, ValueError) as e:
+            trainer.close()
+            raise DamagedFile(run.file(CHECKPOINT), f"does not hold a state this run can "
+                              f"continue from ({type(e).__name__}: {e})",
+                              "train the run again with its flags and --overwrite") from None
         except BaseException:
             trainer.close()
             raise

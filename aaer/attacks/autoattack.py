@@ -165,6 +165,12 @@ class AutoAttack:
         if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
             raise ValueError(f"state_path {self.state_path} is not an AutoAttack state "
                              f"file of format {_STATE_FORMAT!r}")
+        missing = [k for k in ("fingerprint", "robust", "adv_idx", "adv", "done", "current",
+                               "per_attack", "seconds", "clean_acc") if k not in state]
+        if missing or not isinstance(state["fingerprint"], dict):
+            raise ValueError(f"state_path {self.state_path} is damaged (lacks "
+                             f"{', '.join(missing) or 'its fingerprint'}); delete it to "
+                             "start AutoAttack over")
         differ = [k for k in sorted(set(fp) | set(state["fingerprint"]))
                   if fp.get(k) != state["fingerprint"].get(k)]
         if differ:

@@ -66,6 +66,12 @@ def load(path: str, name: str, source: str) -> dict | None:
     if (not isinstance(entry, dict) or entry.get("format") != FORMAT or entry.get("name") != name
             or entry.get("source") != os.path.realpath(source)):
         return None
+    tensors = ("train_x", "train_y", "test_x", "test_y", "stats")
+    if not all(isinstance(entry.get(k), torch.Tensor) for k in tensors) or \
+            not isinstance(entry.get("files"), list) or \
+            not isinstance(entry.get("classes"), list):
+        warnings.warn(f"ignoring incomplete data cache {path}; rebuilding it")
+        return None
     try:
         now = _stats(entry["files"])
     except OSError:  # a source file vanished: rebuild (the parser then names what is missing)

@@ -16,6 +16,8 @@ import zipfile
 
 import numpy as np
 
+from aaer.errors import require
+
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 
 
@@ -139,6 +141,7 @@ def _worker_decode(task: tuple[list[str], bool]):
 
 
 def _decode_all(tree: _Tree, rels: list[str], gray_ok: bool) -> list[np.ndarray]:
+    require("PIL", "pillow", None, "decoding image folders")   # here, not in a worker
     workers = min(os.cpu_count() or 1, 16, len(rels) // 256)
     if len(rels) < PARALLEL_MIN or workers < 2 or "fork" not in mp.get_all_start_methods():
         return [_decode_one(tree, r, gray_ok) for r in rels]

@@ -24,8 +24,9 @@ from typing import Any
 from aaer.config.commands import SCALES
 from aaer.config.flags import request_from_argv
 from aaer.config.resolve import resolve
-from aaer.config.schema import FLAT
+from aaer.config.schema import FLAT, SETTINGS
 from aaer.experiments.demo import CO_FIXTURE, FIXTURE_SETTINGS
+from aaer.errors import require
 from aaer.io import atomic_write_bytes
 from aaer.methods.aaer import N_LAMBDAS, RS_LAMBDAS
 from aaer.reporting.report import write_report
@@ -142,6 +143,27 @@ def user_suite(path: str) -> list[tuple[str, str, float, list[str]]]:
         raise ValueError(f"suite file {path!r}: unknown keys {unknown}; valid: {sorted(allowed)}")
     if not spec.get("methods") or not spec.get("eps"):
         raise ValueError(f"suite file {path!r} needs non-empty 'methods' and 'eps' lists")
+
+    def strings(key, default):
+        v = spec.get(key, default)
+        if not isinstance(v, list) or not all(isinstance(x, (str, int, float)) and
+                                              not isinstance(x, bool) for x in v):
+            raise ValueError(f"suite file {path!r}: {key!r} must be a list of values, got {v!r}")
+        return v
+    for key, default in (("datasets", ["cifar10"]), ("models", ["preactresnet18"]),
+                         ("methods", []), ("eps", []), ("flags", [])):
+        strings(key, default)
+    spec["eps"] = [SETTINGS["method.epsilon"].check(e) if not isinstance(e, str) else e
+                   for e in spec["eps"]]
+    if any(isinstance(e, str) for e in spec["eps"]):
+        raise ValueError(f"suite file {path!r}: 'eps' must be numbers (1/255 units), got "
+                         f"{spec['eps']!r}")
+    if "epochs" in spec:
+        spec["epochs"] = SETTINGS["optim.epochs"].check(spec["epochs"])
+    mf = spec.get("method_flags", {})
+    if not isinstance(mf, dict) or not all(isinstance(v, list) for v in mf.values()):
+        raise ValueError(f"suite file {path!r}: 'method_flags' must map a method to a list of "
+                         f"flags, got {mf!r}")
     rows = []
     for ds in spec.get("datasets", ["cifar10"]):
         for model in spec.get("models", ["preactresnet18"]):
@@ -153,6 +175,8 @@ def user_suite(path: str) -> list[tuple[str, str, float, list[str]]]:
                              "--epsilon", _fmt(float(eps))]
                     if "epochs" in spec:
                         flags += ["--epochs", str(int(spec["epochs"]))]
+                    if "data_dir" in spec:
+                        flags += ["--data-dir", str(spec["data_dir"])]
                     flags += [str(v) for v in spec.get("flags", [])]
                     flags += [str(v) for v in spec.get("method_flags", {}).get(method, [])]
                     rows.append((name, label, float(eps), flags))
@@ -429,7 +453,7 @@ def summary_csv(summary: list[dict]) -> str:
 
 
 def plot_robust_vs_eps(summary: list[dict], path: str) -> bool:
-    import matplotlib
+    matplotlib = require("matplotlib", "matplotlib", None, "plotting a suite's summary")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from aaer.errors import require
 from aaer.io import atomic_write_bytes
 from aaer.monitor import evidence_text
 from aaer.reporting.tensorboard import require_tensorboard, write_tensorboard
@@ -152,7 +153,7 @@ def legend_title(runs: list[Run], styles) -> str | None:
 
 def plot_runs(runs: list[Run], out_dir: str) -> list[str]:
     """The three PNGs; returns their paths."""
-    import matplotlib
+    matplotlib = require("matplotlib", "matplotlib", None, "plotting a report")
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
@@ -355,6 +356,7 @@ def write_report(run_dirs: list[str], out_dir: str | None = None,
     """
     if not run_dirs:
         raise ValueError("give at least one run directory")
+    require("matplotlib", "matplotlib", None, "plotting a report")
     if tensorboard:
         require_tensorboard()
     runs = [load_run(d) for d in run_dirs]
