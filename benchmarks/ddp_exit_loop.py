@@ -6,6 +6,10 @@ Each run trains the DDP test's tiny sin-CNN (tests/test_ddp.py) for 2 epochs on 
 CIFAR-10 the script writes, with 2 gloo processes. A run that has not exited BOUND seconds
 after it started counts as hung: its process group is killed and the loop goes on. The
 last line says how many of the runs exited by themselves and the slowest exit.
+
+``--library`` ends the worker with a plain interpreter exit instead of the CLI's
+os._exit under torchrun, so only the trainer's own teardown (aaer.engine.distributed.
+shutdown) stands between a finished run and its exit, as for a Python API user.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--bound", type=float, default=120.0, help="seconds before a run is hung")
+    p.add_argument("--library", action="store_true", help="no os._exit: the library's teardown")
     args = p.parse_args()
     sys.path.insert(0, ROOT)
     import numpy as np
@@ -34,6 +39,8 @@ def main() -> int:
     write_cifar10(data, np.random.default_rng(0), per_batch=16, n_test=4)
     script = os.path.join(ROOT, "tests", "test_ddp.py")
     env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    if args.library:
+        env["AAER_DDP_LIBRARY_EXIT"] = "1"
     exited, times = 0, []
     for k in range(args.runs):
         out = os.path.join(tmp, f"run{k}")

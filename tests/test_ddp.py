@@ -106,4 +106,6 @@ if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "worker":
     sys.path.insert(0, ROOT)
     _register_test_model()
     from aaer.cli import main, run
+    if os.environ.get("AAER_DDP_LIBRARY_EXIT"):     # benchmarks/ddp_exit_loop.py --library
+        raise SystemExit(main(["train", *sys.argv[2:]]))
     run(main, argv=["train", *sys.argv[2:]])
