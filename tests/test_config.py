@@ -219,3 +219,52 @@ def test_a_damaged_config_json_is_named_with_what_to_do(tmp_path, text, problem)
     msg = str(e.value)
     assert msg.startswith(str(tmp_path / "config.json")) and problem in msg
     assert "--overwrite" in msg
+
+
+def test_an_aaer_0_1_run_directory_resumes_and_evaluates(tmp_path, capsys):
+    """A run stopped after epoch 0 whose config.json and checkpoint config are in aaer 0.1's
+    flat format: `--resume` finishes it with the weights of an uninterrupted run, and
+    `aaer eval` and `aaer report` read it."""
+    import numpy as np
+    import torch
+
+    from aaer.cli import config_from_args, main
+    from aaer.runs import RunDir, read_checkpoint, write_checkpoint
+    from aaer.train import build_trainer
+    from tests.test_data import write_cifar10
+    data = tmp_path / "data"
+    write_cifar10(str(data), np.random.default_rng(0), per_batch=8, n_test=6)
+    flags = ["train", "--dataset", "cifar10", "--data-dir", str(data), "--model", "small-cnn",
+             "--method", "rs-aaer", "--epsilon", "16", "--epochs", "2", "--batch-size", "8",
+             "--eval-protocol", "none", "--no-progress"]
+    assert main(flags + ["--out-dir", str(tmp_path / "ref")]) == 0
+    old = tmp_path / "old"
+    ns = build_parser().parse_args(flags + ["--out-dir", str(old)])
+    t = build_trainer(config_from_args(ns))
+    t.start()
+    t.end_epoch(t.run_epoch(0))
+    t.close()
+    # rewrite config.json and the checkpoint's config as aaer 0.1 wrote them (flat)
+    new = RunDir(str(old)).settings()
+    flat = {k: v for k, v in new.flat().items()
+            if k not in ("tensorboard", "dist_timeout", "preset", "options", "alpha",
+                         "delta_init", "clamp", "lamda1", "lamda2", "lamda3", "aaer_mode",
+                         "warmup_epochs")}
+    flat.update(method_hparams={"lamda2": 7.0, "lamda3": 3.25}, notes=[], eps=16 / 255)
+    raw = RunDir(str(old)).config()
+    (old / "config.json").write_text(json.dumps({**flat, **{k: raw[k] for k in raw
+                                                          if k not in ("format", "settings",
+                                                                       "sources")}}))
+    ckpt = read_checkpoint(str(old / "checkpoint.pt"))
+    ckpt.pop("format")
+    ckpt["config"] = flat
+    write_checkpoint(str(old / "checkpoint.pt"), ckpt)
+
+    assert main(["train", "--resume", str(old)]) == 0
+    a = torch.load(old / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "ref" / "model.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in b)
+    assert main(["eval", "--checkpoint", str(old), "--protocol", "quick"]) == 0
+    assert json.loads((old / "eval_quick.json").read_text())["dataset"] == "cifar10"
+    assert main(["report", str(old)]) == 0
+    capsys.readouterr()
