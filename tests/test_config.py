@@ -11,7 +11,6 @@
 import inspect
 import json
 import math
-import os
 
 import pytest
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from aaer import __version__
-from aaer.config import RunConfig
+from aaer.config import SETTINGS, RunConfig
 from aaer.config.resolve import method_kwargs
 from aaer.engine import distributed
 from aaer.engine.checkpoint import StopSignal, all_finite, rng_state, set_rng_state
@@ -230,17 +230,12 @@ class Trainer:
             if source in QUIET_SOURCES or source.startswith(("not used", "by key")) or \
                     path.count(".") != 1:
                 continue
-            self.log.info("%s %s: %s", self.cfg_flag(path), self.cfg.get(path), source)
+            self.log.info("%s %s: %s", SETTINGS[path].flag, self.cfg.get(path), source)
         self.log.info("method %s %s | model %s (%d params) | data %s: %d train, %d test | "
                       "device %s", self.method.name, self.method.hparams(), self.cfg.model.name,
                       sum(p.numel() for p in self.model.parameters()), self.dataset.name,
                       self.train_x.shape[0], self.dataset.test_x.shape[0], self.device)
         self.log.info(LOG_HEADER)
-
-    @staticmethod
-    def cfg_flag(path: str) -> str:
-        from aaer.config import SETTINGS
-        return SETTINGS[path].flag
 
     # -- training -------------------------------------------------------------------
     def train_step(self, x, y, ctx: StepContext):

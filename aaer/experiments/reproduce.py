@@ -279,7 +279,7 @@ def execute(runs: list[SuiteRun], out_dir: str, jobs: int = 1, log=print) -> dic
     if counts["skipped"]:
         log(f"{counts['skipped']} finished run(s) skipped")
     cpu_threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
-    running: list[tuple[subprocess.Popen, Run, int, object, float]] = []
+    running: list[tuple[subprocess.Popen, SuiteRun, int, object, float]] = []
     free_slots = list(range(jobs))
     queue = list(todo)
     while queue or running:
