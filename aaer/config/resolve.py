@@ -185,7 +185,12 @@ def resolve(request: RunConfig, *, custom_data: bool = False) -> RunConfig:
         sources["optim.epochs"] = (f"{sources['optim.epochs']} {cfg.optim.epochs}, trained "
                                    f"as {epochs} ({method.epochs_rule})")
         cfg.optim.epochs = epochs
-    cfg.sources = sources
+    cfg.sources = {}                                 # in schema order, as config.json lists them
+    for path, _, _ in cfg.items():
+        cfg.sources[path] = sources[path]
+        if path == "method.options":
+            cfg.sources.update({p: v for p, v in sources.items()
+                                if p.startswith("method.options.")})
     validate(cfg, custom_data=custom_data)
     return cfg
 
