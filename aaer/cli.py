@@ -231,10 +231,22 @@ def cmd_export(a) -> int:
     return 0
 
 
+def slurm_settings(a):
+    from aaer.experiments.executors import SlurmSettings
+    return SlurmSettings(partition=a.slurm_partition, account=a.slurm_account, qos=a.slurm_qos,
+                         gpus_per_run=a.slurm_gpus_per_run, cpus_per_run=a.slurm_cpus_per_run,
+                         mem_gb=a.slurm_mem_gb, time_min=a.slurm_time,
+                         array_parallelism=a.slurm_array_parallelism,
+                         signal_delay_s=a.slurm_signal_delay,
+                         max_requeues=a.slurm_max_requeues, sbatch=a.slurm_sbatch,
+                         setup=a.slurm_setup)
+
+
 def cmd_reproduce(a) -> int:
     import shlex
 
     from aaer.experiments import reproduce as rp
+    from aaer.experiments.executors import LocalExecutor, SlurmExecutor, status_lines
     extra = shlex.split(a.train_args)
     suite_name = os.path.splitext(os.path.basename(a.suite))[0]
     out = a.out or os.path.join("runs", suite_name)
@@ -243,9 +255,30 @@ def cmd_reproduce(a) -> int:
     if a.dry_run:
         print("\n".join(rp.dry_run_lines(runs, out)))
         return 0
+    slurm = SlurmExecutor(slurm_settings(a)) if a.executor == "slurm" else None
+    if a.status:
+        if slurm is None:
+            from aaer.runs import RunDir
+            rows = [{"run": r.name, "state": RunDir(os.path.join(out, r.name)).state,
+                     "detail": ""} for r in runs]
+        else:
+            rows = slurm.status(runs, out)
+        print("\n".join(status_lines(rows)))
+        return 0
     failed = 0
     if not a.summary_only:
-        counts = rp.execute(runs, out, jobs=a.jobs)
+        if slurm is None:
+            counts = LocalExecutor(a.jobs).submit(runs, out)
+        else:
+            counts = slurm.submit(runs, out)
+            print(f"slurm: {counts['submitted']} submitted, {counts['queued']} already queued, "
+                  f"{counts['skipped']} already finished")
+            if not a.wait and (counts["submitted"] or counts["queued"]):
+                print(f"see `aaer reproduce {a.suite} --executor slurm --status` (same flags); "
+                      "run this command again once the jobs have ended to write the summary")
+                return 0
+            counts = {**counts, **slurm.wait(runs, out)}
+            counts["ok"] -= counts["skipped"]          # finished before this call
         failed = counts["failed"]
         print(f"runs: {counts['ok']} ok, {counts['failed']} failed, "
               f"{counts['skipped']} already finished")

@@ -173,3 +173,23 @@ def test_toml_suites_without_a_toml_reader_say_what_to_do(tmp_path, monkeypatch)
     monkeypatch.setattr(builtins, "__import__", no_toml)
     with pytest.raises(ValueError, match="Python >= 3.11 or the tomli package"):
         rp.build_runs(str(grid), seeds=1)
+
+
+def test_slurm_executor_refusals_are_one_line(tmp_path, capsys, monkeypatch):
+    """Without Slurm commands on PATH, or without submitit: exit 2 and one line; nothing
+    is submitted or written."""
+    monkeypatch.setenv("PATH", str(tmp_path))                  # no sbatch, no squeue
+    out = tmp_path / "o"
+    argv = ["reproduce", "co-fixture", "--out", str(out), "--executor", "slurm"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "needs Slurm's sbatch, srun" in err and "login node" in err
+    assert not out.exists()
+    import sys
+    monkeypatch.setitem(sys.modules, "submitit", None)
+    for name in ("sbatch", "srun", "squeue", "scontrol"):     # stand-ins that are never run
+        (tmp_path / name).write_text("#!/bin/sh\nexit 1\n")
+        (tmp_path / name).chmod(0o755)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "needs the submitit package" in err and "pip install 'aaer[slurm]'" in err

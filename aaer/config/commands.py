@@ -15,6 +15,7 @@ from aaer.config.schema import SETTINGS
 from aaer.config.settings import Setting, field_of, setting
 
 SCALES = ("full", "small", "tiny")
+EXECUTORS = ("local", "slurm")
 AA_BACKENDS = ("native", "official")
 
 
@@ -100,6 +101,39 @@ class ReproduceCommand:
                                  "runs", type=bool)
     train_args: str = setting("", "flags added to every run, quoted, e.g. --train-args "
                               "'--device cuda'", metavar="FLAGS", default_text="none")
+    executor: str = setting("local", "where the runs execute: local (this machine, --jobs at "
+                            "a time) or slurm (one Slurm job per run, a job array, through "
+                            "submitit)", choices=EXECUTORS)
+    status: bool = setting(False, "print where each run stands (pending / running / finished "
+                           "/ interrupted / failed) and exit", type=bool)
+    wait: bool = setting(False, "--executor slurm: wait until the jobs have ended, then write "
+                         "the summary", type=bool)
+    slurm_partition: str | None = setting(None, "Slurm partition", optional=True,
+                                          default_text="the cluster's default")
+    slurm_account: str | None = setting(None, "Slurm account", optional=True,
+                                        default_text="none")
+    slurm_qos: str | None = setting(None, "Slurm QOS", optional=True, default_text="none")
+    slurm_gpus_per_run: int = setting(1, "GPUs per run", type=int, low=0)
+    slurm_cpus_per_run: int = setting(4, "CPUs per run (also its torch threads)", type=int,
+                                      low=1)
+    slurm_mem_gb: float | None = setting(None, "memory per run in GB", type=float, low=0,
+                                         low_open=True, optional=True,
+                                         default_text="the partition's default")
+    slurm_time: int = setting(24 * 60, "time limit per job in minutes (a run that reaches it "
+                              "checkpoints, is requeued and resumes)", type=int, low=1)
+    slurm_array_parallelism: int = setting(64, "jobs of the array running at once", type=int,
+                                           low=1)
+    slurm_signal_delay: int = setting(120, "seconds before the time limit at which a job gets "
+                                      "SIGTERM to checkpoint and requeue", type=int, low=15)
+    slurm_max_requeues: int = setting(3, "requeues after the time limit before a run is left "
+                                      "interrupted (preemptions always requeue)", type=int,
+                                      low=0)
+    slurm_sbatch: dict = setting({}, "another sbatch option for every job, e.g. --slurm-sbatch "
+                                 "constraint=a100", type=dict, metavar="KEY=VALUE",
+                                 default_text="none")
+    slurm_setup: list = setting([], "a shell line run in each job before aaer, e.g. "
+                                "--slurm-setup 'module load cuda'", type=list, metavar="LINE",
+                                default_text="none")
 
 
 @dataclass

@@ -51,6 +51,8 @@ def add_setting(group, s: Setting) -> None:
             kw["help"] = f"turn off: {s.help}"
     elif s.type is dict:
         kw.update(action="append", type=_key_value, metavar=s.metavar or "KEY=VALUE")
+    elif s.type is list:
+        kw.update(action="append", metavar=s.metavar)
     else:
         if s.type in (int, float):
             kw["type"] = s.type

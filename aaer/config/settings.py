@@ -78,7 +78,8 @@ class Setting:
         if self.type in (int, float):
             return describe_range(self.low, self.high, self.low_open, self.high_open,
                                   self.type is int)
-        return {bool: "true or false", dict: "KEY=VALUE pairs"}.get(self.type, "a string")
+        return {bool: "true or false", dict: "KEY=VALUE pairs",
+                list: "strings"}.get(self.type, "a string")
 
     def check(self, value):
         """``value`` checked (and normalised, e.g. 2.0 -> 2 for an int), or ValueError."""
@@ -100,6 +101,10 @@ class Setting:
         elif self.type is bool:
             if not isinstance(value, bool):
                 raise ValueError(f"invalid {name} {value!r}: must be true or false")
+        elif self.type is list:
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"invalid {name} {value!r}: must be a list of strings")
+            value = list(value)
         elif self.type is dict:
             if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
                 raise ValueError(f"invalid {name} {value!r}: must be a mapping of names to "

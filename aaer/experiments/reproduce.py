@@ -2,7 +2,8 @@
 
 A suite is a list of runs (method x eps x seed x data set x model), each an `aaer train`
 command line. Runs go to <out>/<run name>/; a finished run (results.json) is skipped and
-an interrupted one (checkpoint.pt, no results.json) is resumed, so the whole suite can be
+an interrupted one (checkpoint.pt, no results.json) is resumed (aaer.experiments.executors:
+on this machine or on Slurm), so the whole suite can be
 stopped and started again. The suite ends with summary.md and summary.csv: per method and
 eps, mean ± std over seeds of clean, PGD and AutoAttack accuracy, seconds per epoch, and
 the CO rate (the fraction of seeds in which the monitor flagged catastrophic overfitting).
@@ -15,9 +16,6 @@ import json
 import math
 import os
 import shlex
-import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -251,66 +249,6 @@ def check_runs(runs: list[SuiteRun], out_dir: str) -> None:
             resolve(request_from_argv(argv))
         except (ValueError, TypeError) as e:
             raise ValueError(f"suite run {run.name}: {e}") from None
-
-
-def command_for(run: SuiteRun, out_dir: str) -> list[str]:
-    run_dir = os.path.join(out_dir, run.name)
-    if run_state(run_dir) == "interrupted":
-        return ["train", "--resume", run_dir, "--no-progress"]
-    return run.argv(out_dir)
-
-
-def _gpu_count() -> int:
-    try:
-        import torch
-        return torch.cuda.device_count() if torch.cuda.is_available() else 0
-    except Exception:  # noqa: BLE001
-        return 0
-
-
-def execute(runs: list[SuiteRun], out_dir: str, jobs: int = 1, log=print) -> dict[str, int]:
-    """Run every unfinished run, ``jobs`` at a time (one per visible GPU on CUDA)."""
-    os.makedirs(os.path.join(out_dir, "logs"), exist_ok=True)
-    gpus = _gpu_count()
-    if gpus:
-        jobs = min(jobs, gpus) if jobs > 1 else 1
-    todo = [r for r in runs if run_state(os.path.join(out_dir, r.name)) != "finished"]
-    counts = {"skipped": len(runs) - len(todo), "ok": 0, "failed": 0}
-    if counts["skipped"]:
-        log(f"{counts['skipped']} finished run(s) skipped")
-    cpu_threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
-    running: list[tuple[subprocess.Popen, SuiteRun, int, object, float]] = []
-    free_slots = list(range(jobs))
-    queue = list(todo)
-    while queue or running:
-        while queue and free_slots:
-            run = queue.pop(0)
-            slot = free_slots.pop(0)
-            env = dict(os.environ)
-            if gpus:
-                env["CUDA_VISIBLE_DEVICES"] = str(slot)
-            elif jobs > 1:
-                env["OMP_NUM_THREADS"] = str(cpu_threads)
-            argv = command_for(run, out_dir)
-            resumed = argv[1] == "--resume"
-            logf = open(os.path.join(out_dir, "logs", run.name + ".log"), "ab")
-            log(f"{'resume' if resumed else 'start '} {run.name}")
-            p = subprocess.Popen([sys.executable, "-m", "aaer", *argv], stdout=logf,
-                                 stderr=subprocess.STDOUT, env=env)
-            running.append((p, run, slot, logf, time.time()))
-        time.sleep(0.2)
-        for item in list(running):
-            p, run, slot, logf, t0 = item
-            if p.poll() is None:
-                continue
-            running.remove(item)
-            logf.close()
-            free_slots.append(slot)
-            ok = p.returncode == 0
-            counts["ok" if ok else "failed"] += 1
-            log(f"{'done  ' if ok else 'FAILED'} {run.name} ({time.time() - t0:.0f} s"
-                f"{'' if ok else f', exit {p.returncode}, see logs/{run.name}.log'})")
-    return counts
 
 
 # -- summary ------------------------------------------------------------------------
