@@ -106,14 +106,8 @@ def _run_settings(checkpoint: str):
 
 
 def cmd_eval(a) -> int:
-    import torch
-
-    from aaer.data import load_dataset
-    from aaer.engine import resolve_device
-    from aaer.evaluation import evaluate, format_table, get_protocol, official_autoattack
-    from aaer.io import atomic_write_json
-    from aaer.models import build, load_state_dict_into
-    from aaer.runs import MODEL, aa_state_name, eval_name
+    from aaer.evaluation import get_protocol, official_autoattack
+    from aaer.runs import MODEL
 
     ckpt = os.path.join(a.checkpoint, MODEL) if os.path.isdir(a.checkpoint) else a.checkpoint
     if not os.path.isfile(ckpt):
@@ -124,28 +118,55 @@ def cmd_eval(a) -> int:
     known = {}
     if run is not None:
         known = {"dataset": run.data.dataset, "model": run.model.name,
-                 "epsilon": run.method.epsilon, "data_dir": run.data.data_dir}
+                 "epsilon": run.method.epsilon, "data_dir": run.data.data_dir,
+                 "norm": run.method.norm}
     exported = None
     if ckpt.endswith(".safetensors"):
         from aaer.export import read_exported
         exported_state, exported = read_exported(ckpt)
-        known = {k: exported.get(k) for k in ("dataset", "model", "epsilon", "data_dir")}
+        known = {k: exported.get(k) for k in ("dataset", "model", "epsilon", "data_dir",
+                                               "norm")}
     from aaer.config.schema import SETTINGS
     dataset = a.dataset or known.get("dataset") or "cifar10"
     model_name = a.model or known.get("model") or SETTINGS["model.name"].default
     epsilon = a.epsilon if a.epsilon is not None else \
         SETTINGS["method.epsilon"].check(known.get("epsilon") or 8.0)
+    norm = a.norm or known.get("norm") or "linf"
+    from aaer.config.schema import L2_EPS_MAX, pixel_eps
+    if norm == "l2" and epsilon > L2_EPS_MAX:
+        raise ValueError(f"invalid --epsilon {epsilon!r} with --norm l2: the L2 radius is in "
+                         f"pixel units, e.g. 0.5 (128/255 = 0.502), at most {L2_EPS_MAX:g}")
 
     def split(v):
         return None if v is None else [x.strip() for x in v.split(",") if x.strip()]
-    protocol = get_protocol(a.protocol, n_eval=a.n_eval, pgd_steps=a.pgd_steps,
+    protocol = get_protocol(a.protocol, norm=norm, n_eval=a.n_eval, pgd_steps=a.pgd_steps,
                             pgd_restarts=a.pgd_restarts, pgd_step255=a.pgd_step,
                             attacks=split(a.attacks), aa_version=a.aa_version,
                             aa_attacks=split(a.aa_attacks))
     if "autoattack" in protocol.attacks and a.aa_backend == "official":
         official_autoattack()
-    device = resolve_device(a.device)
-    data = load_dataset(dataset, a.data_dir or known.get("data_dir"), download=a.download)
+    from aaer.engine import distributed
+    dist_info = distributed.setup_distributed(a.device)      # torchrun: shard the points
+    try:
+        return _eval_model(a, ckpt, run_dir, exported, exported_state if exported else None,
+                           dataset, a.data_dir or known.get("data_dir"), model_name,
+                           pixel_eps(epsilon, norm), protocol, dist_info)
+    finally:
+        distributed.shutdown(dist_info)
+
+
+def _eval_model(a, ckpt, run_dir, exported, exported_state, dataset, data_dir, model_name,
+                eps, protocol, dist_info) -> int:
+    import torch
+
+    from aaer.data import load_dataset
+    from aaer.engine import distributed, resolve_device
+    from aaer.evaluation import evaluate, format_table
+    from aaer.io import atomic_write_json
+    from aaer.models import build, load_state_dict_into
+    from aaer.runs import aa_state_name, eval_name
+    device = dist_info.device if dist_info.enabled else resolve_device(a.device)
+    data = load_dataset(dataset, data_dir, download=a.download)
     mean, std = data.mean, data.std
     if exported is not None:
         if exported["num_classes"] != data.num_classes:
@@ -179,10 +200,13 @@ def cmd_eval(a) -> int:
     out = a.out or os.path.join(run_dir or ".", eval_name(protocol.name))
     # a killed AutoAttack resumes from here on the same command; deleted when it completes
     aa_state = os.path.join(os.path.dirname(os.path.abspath(out)), aa_state_name(protocol.name))
-    report = evaluate(model, data.test_x, data.test_y, epsilon / 255, protocol,
+    report = evaluate(model, data.test_x, data.test_y, eps, protocol,
                       batch_size=a.batch_size, device=device, seed=a.seed,
                       precision=a.eval_precision, aa_backend=a.aa_backend,
-                      aa_state_path=aa_state)
+                      aa_state_path=aa_state,
+                      shard=distributed.shard_of(dist_info) if dist_info.enabled else None)
+    if not dist_info.is_main:                 # rank 0 alone reports
+        return 0
     report["checkpoint"] = os.path.abspath(ckpt)
     report["model"] = model_name
     report["dataset"] = dataset

@@ -11,8 +11,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from aaer.attacks.pgd import fgsm, pgd
-from aaer.attacks.protocols import ATTACKS, PROTOCOLS, Protocol, get_protocol
+from aaer.attacks.pgd import fgsm, pgd, skip_draws
+from aaer.attacks.protocols import AA_NORMS, ATTACKS, PROTOCOLS, Protocol, get_protocol
 from aaer.config.schema import SETTINGS
 
 AA_BACKENDS = ("native", "official")
@@ -50,23 +50,26 @@ def official_autoattack():
 
 
 def _autoattack(model, x, y, eps, protocol, seed, batch_size, device, backend, state_path,
-                tune):
+                tune, shard):
     """AutoAttack on all of (x, y) at once (it batches internally)."""
     version = protocol.aa_version
     attacks = list(protocol.aa_attacks) if protocol.aa_attacks else None
+    norm = AA_NORMS[protocol.norm]
     if backend == "native":
         from aaer.attacks.autoattack import AutoAttack
-        aa = AutoAttack(model, "Linf", eps, version=version,
+        aa = AutoAttack(model, norm, eps, version=version,
                         attacks_to_run=attacks if version == "custom" else None, seed=seed,
-                        batch_size=batch_size, state_path=state_path, device=device)
+                        batch_size=batch_size, state_path=state_path, device=device,
+                        shard=shard if shard.world_size > 1 else None)
         if tune is not None:
             tune(aa)
         r = aa.run(x, y)
         return {"acc": r["robust_acc"], "clean_acc": r["clean_acc"],
                 "per_attack": r["per_attack"], "attacks": r["attacks"],
-                "seconds_per_attack": {k: round(v, 3) for k, v in r["seconds"].items()}}
+                "seconds_per_attack": {k: round(v, 3) for k, v in r["seconds"].items()}}, \
+            aa.robust_mask
     Official = official_autoattack()
-    aa = Official(model, norm="Linf", eps=eps, version=version, seed=seed, device=str(device))
+    aa = Official(model, norm=norm, eps=eps, version=version, seed=seed, device=str(device))
     if version == "custom":
         aa.attacks_to_run = attacks
     if tune is not None:
@@ -79,30 +82,57 @@ def _autoattack(model, x, y, eps, protocol, seed, batch_size, device, backend, s
                             for i in range(0, len(x), batch_size)]) == y.cpu()
     robust &= clean
     return {"acc": float(robust.float().mean()), "clean_acc": float(clean.float().mean()),
-            "per_attack": None, "attacks": list(getattr(aa, "attacks_to_run", []) or [])}
+            "per_attack": None, "attacks": list(getattr(aa, "attacks_to_run", []) or [])}, \
+        robust
 
 
-def _batches(x, y, batch_size, device):
-    for i in range(0, x.shape[0], batch_size):
-        xb = x[i:i + batch_size].to(device, non_blocking=True)
-        if xb.dtype == torch.uint8:
-            xb = xb.float().div_(255)
-        yield xb, y[i:i + batch_size].to(device, non_blocking=True)
+def _batch(x, y, start, batch_size, device):
+    xb = x[start:start + batch_size].to(device, non_blocking=True)
+    if xb.dtype == torch.uint8:
+        xb = xb.float().div_(255)
+    return xb, y[start:start + batch_size].to(device, non_blocking=True)
+
+
+def _bits(mask) -> str:
+    return "".join("1" if v else "0" for v in mask.tolist())
+
+
+class _Alone:
+    """The whole evaluation in this process (see aaer.engine.distributed.Shard)."""
+
+    rank, world_size = 0, 1
+
+    @staticmethod
+    def gather(obj):
+        return [obj]
+
+    @staticmethod
+    def owns(k):
+        return True
 
 
 def evaluate(model, x, y, eps: float, protocol: Protocol | str = "lineage", *,
              batch_size: int | None = None, device=None, seed: int = 0, progress=None,
              precision: str = "fp32", aa_backend: str = "native",
-             aa_state_path: str | None = None, _aa_tune=None) -> dict:
+             aa_state_path: str | None = None, shard=None, _aa_tune=None) -> dict:
     """Evaluate ``model`` (eval mode, [0,1] inputs) on test points x (uint8 or float).
 
-    Returns {"protocol": {...}, "eps": eps, "n": n, "seed": seed, "results": {attack: {...}}}
-    where each attack entry holds acc, its parameters, n, seed, protocol and seconds.
-    clean/FGSM/PGD run batch by batch; AutoAttack runs once over all n points, resuming
-    from ``aa_state_path`` (native backend) if a killed run left it there; the state file
-    is deleted once AutoAttack completes. ``batch_size`` None: 256 on CPU, 1024 on CUDA.
-    ``precision`` bf16/fp16 runs the forward passes under autocast (float32 logits).
-    ``_aa_tune(aa)`` (tests) may adjust the AutoAttack object before it runs.
+    ``eps`` is the radius in pixel units, in the protocol's norm (``protocol.norm``).
+    Returns {"protocol": {...}, "eps": eps, "norm": ..., "n": n, "seed": seed, "results":
+    {attack: {...}}, "verdicts": {attack: "0110..."}} where each attack entry holds acc, its
+    parameters, n, seed, protocol, norm and seconds, and each verdict string has a 1 for
+    every point the attack did not break. clean/FGSM/PGD run batch by batch; AutoAttack
+    runs once over all n points, resuming from ``aa_state_path`` (native backend) if a
+    killed run left it there; the state file is deleted once AutoAttack completes.
+    ``batch_size`` None: 256 on CPU, 1024 on CUDA. ``precision`` bf16/fp16 runs the forward
+    passes under autocast (float32 logits). ``_aa_tune(aa)`` (tests) may adjust the
+    AutoAttack object before it runs.
+
+    ``shard`` (aaer.engine.distributed.Shard): several processes evaluate one model, each
+    its own batches (batch k on process k % world_size; the random starts of the others'
+    batches are skipped exactly, so each point sees the noise it sees in one process), and
+    the per-batch results are gathered and added in batch order: every process returns
+    the report one process would have written.
     """
     if isinstance(protocol, str):
         protocol = get_protocol(protocol)
@@ -113,15 +143,20 @@ def evaluate(model, x, y, eps: float, protocol: Protocol | str = "lineage", *,
     if aa_backend not in AA_BACKENDS:
         raise ValueError(f"aa_backend {aa_backend!r} is not valid; valid: "
                          f"{', '.join(AA_BACKENDS)}")
+    shard = shard or _Alone()
     if device is None:
         device = next(model.parameters()).device
     device = torch.device(device)
     if batch_size is None:
         batch_size = default_batch_size(device)
     if "autoattack" in protocol.attacks and aa_backend == "official":
+        if shard.world_size > 1:
+            raise ValueError("--aa-backend official runs in one process; under torchrun use "
+                             "the native backend, which shards AutoAttack over the processes")
         official_autoattack()                  # fail before any work is done
     n = x.shape[0] if protocol.n_eval is None else min(protocol.n_eval, x.shape[0])
     x, y = x[:n], y[:n]
+    norm = protocol.norm
     was_training = model.training
     model.eval()
     net = model
@@ -137,66 +172,94 @@ def evaluate(model, x, y, eps: float, protocol: Protocol | str = "lineage", *,
                 "alpha": alpha, "start": "uniform", "selection": protocol.selection},
     }
     batched = [a for a in protocol.attacks if a != "autoattack"]
-    totals = {a: [0, 0.0, 0.0] for a in batched}   # correct, loss sum, seconds
+    mine: dict[int, dict] = {}        # batch -> attack -> (correct mask, loss sum, seconds)
     try:
-        for xb, yb in _batches(x, y, batch_size, device):
+        for k, start in enumerate(range(0, n, batch_size)):
+            shape = (min(batch_size, n - start), *x.shape[1:])
+            if not shard.owns(k):
+                if "pgd" in batched:
+                    skip_draws(shape, protocol.pgd_restarts, norm, gen)
+                continue
+            xb, yb = _batch(x, y, start, batch_size, device)
+            mine[k] = {}
             for attack in batched:
                 t0 = time.perf_counter()
                 if attack == "clean":
                     xa = xb
                 elif attack == "fgsm":
-                    xa = fgsm(net, xb, yb, eps)
+                    xa = fgsm(net, xb, yb, eps, norm)
                 else:
                     xa = pgd(net, xb, yb, eps, alpha, protocol.pgd_steps,
                              protocol.pgd_restarts, generator=gen,
-                             selection=protocol.selection)
+                             selection=protocol.selection, norm=norm)
                 with torch.no_grad():
                     z = net(xa).float()
-                    totals[attack][0] += int((z.argmax(1) == yb).sum())
-                    totals[attack][1] += float(F.cross_entropy(z, yb, reduction="sum"))
-                totals[attack][2] += time.perf_counter() - t0
+                    ok = (z.argmax(1) == yb).cpu()
+                    loss = float(F.cross_entropy(z, yb, reduction="sum"))
+                mine[k][attack] = (ok, loss, time.perf_counter() - t0)
             if progress is not None and batched:
                 progress(xb.shape[0])
-        results = {}
-        for attack in protocol.attacks:
-            if attack == "autoattack":
-                t0 = time.perf_counter()
-                xf = x.float().div(255) if x.dtype == torch.uint8 else x
-                state = aa_state_path if aa_backend == "native" else None
-                r = _autoattack(net, xf, y, eps, protocol, seed, batch_size, device,
-                                aa_backend, state, _aa_tune)
-                if state is not None and os.path.exists(state):
-                    os.unlink(state)            # done: the numbers are in the report
-                results[attack] = {"acc": r.pop("acc"), **r, "version": protocol.aa_version,
-                                   "norm": "Linf", "eps": eps, "n": n, "seed": seed,
-                                   "protocol": protocol.name,
-                                   "seconds": round(time.perf_counter() - t0, 3),
-                                   "backend": aa_backend}
-                continue
-            correct, loss_sum, secs = totals[attack]
-            results[attack] = {"acc": correct / n, "loss": loss_sum / n, "n": n, "seed": seed,
-                               "protocol": protocol.name, **params[attack],
-                               "seconds": round(secs, 3)}
+        per_batch = {}
+        for part in shard.gather(mine):
+            per_batch.update(part)
+        results, verdicts = {}, {}
+        for attack in batched:
+            rows = [per_batch[k][attack] for k in sorted(per_batch)]
+            mask = torch.cat([r[0] for r in rows])
+            loss_sum = 0.0
+            for r in rows:                     # in batch order: the one-process float sum
+                loss_sum += r[1]
+            secs = sum(r[2] for r in rows)
+            verdicts[attack] = _bits(mask)
+            results[attack] = {"acc": int(mask.sum()) / n, "loss": loss_sum / n, "n": n,
+                               "seed": seed, "protocol": protocol.name, "norm": norm,
+                               **params[attack], "seconds": round(secs, 3)}
+        if "autoattack" in protocol.attacks:
+            t0 = time.perf_counter()
+            xf = x.float().div(255) if x.dtype == torch.uint8 else x
+            state = aa_state_path if aa_backend == "native" else None
+            r, robust = _autoattack(net, xf, y, eps, protocol, seed, batch_size, device,
+                                    aa_backend, state, _aa_tune, shard)
+            if state is not None:
+                from aaer.attacks.autoattack import shard_state_path
+                done = shard_state_path(state, shard if shard.world_size > 1 else None)
+                if os.path.exists(done):
+                    os.unlink(done)         # done: the numbers are in the report
+            verdicts["autoattack"] = _bits(robust.cpu())
+            results["autoattack"] = {"acc": r.pop("acc"), **r, "version": protocol.aa_version,
+                                     "norm": AA_NORMS[norm], "eps": eps, "n": n,
+                                     "seed": seed, "protocol": protocol.name,
+                                     "seconds": round(time.perf_counter() - t0, 3),
+                                     "backend": aa_backend}
+        results = {a: results[a] for a in protocol.attacks}
     finally:
         model.train(was_training)
     for r in results.values():
         if precision != "fp32":
             r["precision"] = precision
-    report = {"protocol": protocol.as_dict(), "eps": eps, "n": n, "seed": seed,
-              "batch_size": batch_size, "results": results}
+    report = {"protocol": protocol.as_dict(), "eps": eps, "norm": norm, "n": n, "seed": seed,
+              "batch_size": batch_size, "results": results, "verdicts": verdicts}
+    if shard.world_size > 1:
+        report["processes"] = shard.world_size
     if precision != "fp32":
         report["precision"] = precision
     return report
 
 
+def eps_text(eps: float, norm: str = "linf") -> str:
+    """'8/255' (L-inf) or '0.5 (L2)'."""
+    return f"{eps * 255:.4g}/255" if norm == "linf" else f"{eps:.4g} (L2)"
+
+
 def format_table(report: dict) -> str:
     """A small human-readable table of one evaluation report."""
-    lines = [f"protocol {report['protocol']['name']}: eps {report['eps'] * 255:.4g}/255, "
+    lines = [f"protocol {report['protocol']['name']}: eps "
+             f"{eps_text(report['eps'], report.get('norm', 'linf'))}, "
              f"n {report['n']}, seed {report['seed']}"
              + (f", precision {report['precision']}" if "precision" in report else ""),
              f"{'attack':<10} {'acc':>8} {'loss':>8}  parameters"]
     skip = ("acc", "loss", "n", "seed", "protocol", "seconds", "eps", "precision", "clean_acc",
-            "per_attack", "seconds_per_attack", "attacks")
+            "per_attack", "seconds_per_attack", "attacks", "norm")
     for attack, r in report["results"].items():
         extra = {k: v for k, v in r.items() if k not in skip}
         par = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"

@@ -195,8 +195,9 @@ class COMonitor:
                  rule: CORule = CORule(), on_co: str = "warn", every_steps: int = 0,
                  seed: int = 0, source: str = "", batch_size: int | None = 256,
                  rollback_change: str = "auto", rollback_step_factor: float = 0.75,
-                 rollback_reg_factor: float = 2.0, max_rollbacks: int = 2):
-        self.x, self.y, self.eps = x, y, float(eps)
+                 rollback_reg_factor: float = 2.0, max_rollbacks: int = 2,
+                 norm: str = "linf"):
+        self.x, self.y, self.eps, self.norm = x, y, float(eps), norm
         self.pgd_steps = int(pgd_steps)
         self.pgd_step255 = None if pgd_alpha is None else float(pgd_alpha) * 255  # None: eps/4
         self.pgd_alpha = float(pgd_alpha) if pgd_alpha is not None else self.eps / 4
@@ -219,6 +220,7 @@ class COMonitor:
     def describe(self) -> dict[str, Any]:
         return {"n": int(self.x.shape[0]), "source": self.source, "pgd_steps": self.pgd_steps,
                 "pgd_restarts": 1, "pgd_alpha": self.pgd_alpha, "eps": self.eps,
+                "norm": self.norm,
                 "pgd_start": "uniform", "fgsm": "zero start, step eps", "seed": self.seed,
                 "every_steps": self.every_steps, "rule": {**asdict(self.rule),
                                                           "text": self.rule.describe()},
@@ -227,7 +229,7 @@ class COMonitor:
     # -- measuring -----------------------------------------------------------------
     def measure(self, model) -> dict[str, float]:
         """Clean, FGSM and PGD accuracy on the probe batch (the model's mode is kept)."""
-        p = Protocol("probe", pgd_steps=self.pgd_steps, pgd_restarts=1,
+        p = Protocol("probe", pgd_steps=self.pgd_steps, pgd_restarts=1, norm=self.norm,
                      pgd_step255=self.pgd_step255, attacks=("clean", "fgsm", "pgd"))
         t0 = time.perf_counter()
         rep = evaluate(model, self.x, self.y, self.eps, p, batch_size=self.batch_size,
@@ -399,5 +401,6 @@ def build_monitor(cfg, dataset, train_x, train_y):
                     source=source, batch_size=cfg.evaluation.batch_size,
                     rollback_change=m.rollback_change,
                     rollback_step_factor=m.rollback_step_factor,
-                    rollback_reg_factor=m.rollback_reg_factor, max_rollbacks=m.max_rollbacks)
+                    rollback_reg_factor=m.rollback_reg_factor, max_rollbacks=m.max_rollbacks,
+                    norm=cfg.method.norm)
     return mon, train_x, train_y

@@ -104,14 +104,15 @@ def final_evaluation(cfg: RunConfig, run: RunDir, dataset):
     """The evaluation after training, as the trainer calls it (None: --eval-protocol none)."""
     if cfg.evaluation.protocol is None:
         return None
-    protocol = get_protocol(cfg.evaluation.protocol, n_eval=cfg.evaluation.n_eval)
+    protocol = get_protocol(cfg.evaluation.protocol, norm=cfg.method.norm,
+                            n_eval=cfg.evaluation.n_eval)
 
-    def final_eval(model, device, log):
+    def final_eval(model, device, log, shard=None):
         # an interrupted AutoAttack resumes from this state on `aaer train --resume`
         report = evaluate(model, dataset.test_x, dataset.test_y, cfg.eps, protocol,
                           batch_size=cfg.evaluation.batch_size, device=device,
                           seed=cfg.optim.seed, precision=cfg.evaluation.precision,
-                          aa_state_path=run.aa_state(protocol.name))
+                          aa_state_path=run.aa_state(protocol.name), shard=shard)
         for line in format_table(report).splitlines():
             log.info(line)
         return report

@@ -11,6 +11,15 @@ does. Versions:
             fab 5 restarts, the targeted attacks and square as in standard)
 The attack objects (`self.attacks[name]`) may be tuned before `run`. With `state_path`
 the evaluation is saved atomically after every batch and resumes from there.
+
+Several processes (`shard`: an object with rank, world_size and gather(obj) -> [obj of
+every rank], e.g. aaer.engine.distributed.Shard): every attack's batches of still-robust
+points are formed exactly as in one process, process r attacks batches b with
+b % world_size == r, and at the end of each attack the processes exchange the points
+they broke (and their adversarial images). Each attack call is seeded by itself, so every
+process ends with the verdicts and images one process would have: the same robust
+accuracy, point for point. Each process keeps its own resume state
+(`<state>.rank<r>of<N>.pt`).
 """
 
 import hashlib
@@ -39,6 +48,14 @@ _STATE_FORMAT = "aaer-autoattack-state-1"
 _SETTINGS = ("norm", "eps", "n_iter", "n_restarts", "loss", "rho", "eot_iter",
              "n_target_classes", "alpha_max", "eta", "beta", "n_queries", "p_init",
              "rescale_schedule", "seed")
+
+
+def shard_state_path(path, shard) -> Path:
+    """The resume-state file of this process: ``path`` itself in one process."""
+    path = Path(path)
+    if shard is None or shard.world_size == 1:
+        return path
+    return path.with_name(f"{path.stem}.rank{shard.rank}of{shard.world_size}{path.suffix}")
 
 
 def _frac(mask):
@@ -79,8 +96,10 @@ def _save_atomic(obj, path):
 
 class AutoAttack:
     def __init__(self, model, norm="Linf", eps=8 / 255, version="standard", attacks_to_run=None,
-                 seed=0, batch_size=500, verbose=False, log=None, state_path=None, device=None):
+                 seed=0, batch_size=500, verbose=False, log=None, state_path=None, device=None,
+                 shard=None):
         self.model = model
+        self.shard = shard
         self.norm = norm
         self.eps = check_norm_eps(norm, eps)
         if version not in VERSIONS:
@@ -109,7 +128,7 @@ class AutoAttack:
         self.batch_size = batch_size
         self.verbose = verbose
         self.log = log
-        self.state_path = None if state_path is None else Path(state_path)
+        self.state_path = None if state_path is None else shard_state_path(state_path, shard)
         self.device = device
 
         common = dict(norm=norm, eps=self.eps, seed=seed, device=device)
@@ -149,6 +168,8 @@ class AutoAttack:
               "version": self.version, "attacks": repr(self.attacks_to_run),
               "seed": self.seed, "batch_size": self.batch_size,
               "attack settings": _digest(repr(sorted(settings.items())))}
+        if self.shard is not None and self.shard.world_size > 1:
+            fp["shard"] = f"{self.shard.rank} of {self.shard.world_size}"
         if isinstance(self.model, torch.nn.Module):
             fp["model"] = _digest(*[kv for k, v in self.model.state_dict().items()
                                     for kv in (k, v)])
@@ -254,12 +275,17 @@ class AutoAttack:
             cur = state["current"]
             if cur is not None and cur["attack"] == name:
                 todo, first_batch = cur["idx"].to(x.device), cur["batches_done"]
+                cur.setdefault("fooled", torch.zeros(0, dtype=torch.long))  # older states
             else:
                 todo, first_batch = robust.nonzero().flatten(), 0
-                state["current"] = {"attack": name, "idx": todo.cpu(), "batches_done": 0}
+                state["current"] = {"attack": name, "idx": todo.cpu(), "batches_done": 0,
+                                    "fooled": torch.zeros(0, dtype=torch.long)}
             attack = self.attacks[name]
             n_batches = math.ceil(len(todo) / self.batch_size)
+            rank, world = (self.shard.rank, self.shard.world_size) if self.shard else (0, 1)
             for b in range(first_batch, n_batches):
+                if b % world != rank:           # another process's batch
+                    continue
                 idx = todo[b * self.batch_size:(b + 1) * self.batch_size]
                 xb, yb = x[idx].to(device), y[idx].to(device)
                 adv = attack.perturb(xb, yb)
@@ -268,12 +294,24 @@ class AutoAttack:
                 robust[idx[fooled]] = False
                 x_adv[idx[fooled]] = adv[fooled].to(x.device)
                 fooled_by_attack[idx[fooled]] = True
+                state["current"]["fooled"] = torch.cat([state["current"]["fooled"],
+                                                        idx[fooled].cpu()])
                 state["current"]["batches_done"] = b + 1
                 state["seconds"][name] = state["seconds"].get(name, 0.) + time.time() - t0
                 t0 = time.time()
                 self._save_state(state, robust, x_adv, fooled_by_attack)
                 self._log(f"{name} - batch {b + 1}/{n_batches} - {int(fooled.sum())} of "
                           f"{len(idx)} points fooled")
+            if world > 1:                       # every process: the points the others broke
+                mine = state["current"]["fooled"]
+                parts = self.shard.gather((mine, x_adv[mine.to(x.device)].cpu()))
+                for r, (others, imgs) in enumerate(parts):
+                    if r == rank or others.numel() == 0:
+                        continue
+                    others = others.to(x.device)
+                    robust[others] = False
+                    x_adv[others] = imgs.to(x.device)
+                    fooled_by_attack[others] = True
             state["seconds"][name] = state["seconds"].get(name, 0.) + time.time() - t0
             state["per_attack"][name] = _frac(robust)
             state["done"].append(name)

@@ -1,7 +1,9 @@
-"""L-inf PGD with random restarts and FGSM, with the fast-AT lineage's semantics (SPEC §5).
+"""PGD with random restarts and FGSM, with the fast-AT lineage's semantics (SPEC §5), in
+L-inf or L2 (SPEC §10).
 
 PGD-k-r: r restarts, each from a uniform random point of the eps-ball (clipped to
-[0,1]), k signed-gradient steps of size alpha, the model in eval mode. Within a restart
+[0,1]), k steps of size alpha along sign(grad) (L-inf) or grad / ||grad||_2 (L2), each
+projected back onto the ball and the box, the model in eval mode. Within a restart
 only examples still classified correctly are moved, so a broken example stays broken.
 Per example the restart with the largest loss is kept.
 
@@ -17,15 +19,24 @@ How restarts combine (``selection``):
 Within a restart a misclassified example is frozen, so each step runs the forward and
 backward pass on the still-correct examples only (in eval mode every example's logits
 depend on that example alone, so this equals stepping the whole batch and masking).
-The input gradient is that of the *summed* per-example cross-entropy: its sign is that of
-the mean's, without the 1/batch scaling that can underflow to a zero gradient.
+The input gradient is that of the *summed* per-example cross-entropy: its sign (and its
+per-example direction) is that of the mean's, without the 1/batch scaling that can
+underflow to a zero gradient.
+
+Random starts: every restart's start is drawn for the whole batch, in order, whatever
+``skip_broken`` skips and also after every example is broken, so a batch always takes
+``restarts`` draws of its own shape from the generator: a process that evaluates only
+some batches can skip the others' draws exactly (aaer.evaluation's sharding).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 
 Tensor = torch.Tensor
+NORMS = ("linf", "l2")
 
 
 def _ce_grad(model, x_adv: Tensor, y: Tensor):
@@ -36,8 +47,34 @@ def _ce_grad(model, x_adv: Tensor, y: Tensor):
     return z.detach(), g
 
 
+def _unit(g: Tensor, norm: str) -> Tensor:
+    if norm == "linf":
+        return g.sign()
+    n = g.flatten(1).norm(dim=1).view(-1, *([1] * (g.dim() - 1)))
+    return g / n.clamp_min(1e-12)
+
+
+def _project(d: Tensor, eps: float, norm: str) -> Tensor:
+    if norm == "linf":
+        return d.clamp(-eps, eps)
+    n = d.flatten(1).norm(dim=1).view(-1, *([1] * (d.dim() - 1)))
+    return d * torch.clamp(eps / n.clamp_min(1e-12), max=1.0)
+
+
+def ball_start(shape, eps: float, norm: str, generator, device, dtype) -> Tensor:
+    """A uniform point of the ``norm`` ball of radius eps for each example."""
+    gen_device = device if generator is None else generator.device
+    if norm == "linf":
+        noise = torch.rand(shape, generator=generator, device=gen_device, dtype=dtype)
+        return ((2 * noise - 1) * eps).to(device)
+    g = torch.randn(shape, generator=generator, device=gen_device, dtype=dtype)
+    u = torch.rand(shape[0], generator=generator, device=gen_device, dtype=dtype)
+    r = eps * u.pow(1.0 / math.prod(shape[1:]))
+    return (_unit(g, "l2") * r.view(-1, *([1] * (len(shape) - 1)))).to(device)
+
+
 def pgd_restart(model, x: Tensor, y: Tensor, eps: float, alpha: float, steps: int,
-                delta: Tensor) -> Tensor:
+                delta: Tensor, norm: str = "linf") -> Tensor:
     """One restart from ``delta``: returns the final perturbation.
 
     Each step moves only the examples still classified correctly; ``live`` holds their
@@ -52,7 +89,7 @@ def pgd_restart(model, x: Tensor, y: Tensor, eps: float, alpha: float, steps: in
         if not bool(ok.any()):
             break
         live, x_l = live[ok], x_l[ok]
-        step = (d_l[ok] + alpha * g[ok].sign()).clamp(-eps, eps)
+        step = _project(d_l[ok] + alpha * _unit(g[ok], norm), eps, norm)
         delta[live] = torch.clamp(x_l + step, 0, 1) - x_l
     return delta
 
@@ -62,12 +99,15 @@ SELECTIONS = ("worst", "max-loss")
 
 def pgd(model, x: Tensor, y: Tensor, eps: float, alpha: float, steps: int = 50,
         restarts: int = 10, skip_broken: bool = True, random_start: bool = True,
-        generator: torch.Generator | None = None, selection: str = "worst") -> Tensor:
+        generator: torch.Generator | None = None, selection: str = "worst",
+        norm: str = "linf") -> Tensor:
     """Perturbation chosen over ``restarts`` PGD runs (see ``selection``); returns x_adv.
 
     The random start of every restart is drawn for the whole batch, whatever
     ``skip_broken`` skips, so every setting sees the same noise for each example.
     """
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
     if selection == "max-loss":
@@ -79,16 +119,13 @@ def pgd(model, x: Tensor, y: Tensor, eps: float, alpha: float, steps: int = 50,
     everyone = torch.arange(n, device=x.device)
     for _ in range(restarts):
         if random_start:
-            gen_device = x.device if generator is None else generator.device
-            noise = torch.rand(x.shape, generator=generator, device=gen_device,
-                               dtype=x.dtype).to(x.device)
-            start = (2 * noise - 1) * eps
+            start = ball_start(x.shape, eps, norm, generator, x.device, x.dtype)
         else:
             start = torch.zeros_like(x)
         idx = (~broken).nonzero().squeeze(1) if skip_broken else everyone
         if idx.numel() == 0:
-            break
-        d = pgd_restart(model, x[idx], y[idx], eps, alpha, steps, start[idx])
+            continue                 # still draw the remaining restarts' starts (above)
+        d = pgd_restart(model, x[idx], y[idx], eps, alpha, steps, start[idx], norm)
         with torch.no_grad():
             z = model(x[idx] + d)
             loss = F.cross_entropy(z.float(), y[idx], reduction="none")
@@ -106,7 +143,15 @@ def pgd(model, x: Tensor, y: Tensor, eps: float, alpha: float, steps: int = 50,
     return (x + best_delta).clamp(0, 1).detach()
 
 
-def fgsm(model, x: Tensor, y: Tensor, eps: float) -> Tensor:
-    """The lineage's FGSM evaluation: zero start, one step of size eps."""
+def fgsm(model, x: Tensor, y: Tensor, eps: float, norm: str = "linf") -> Tensor:
+    """The lineage's FGSM evaluation: zero start, one step of length eps (L-inf: eps *
+    sign(grad); L2: eps * grad / ||grad||_2)."""
     _, g = _ce_grad(model, x, y)
-    return (x + eps * g.sign()).clamp(0, 1).detach()
+    return (x + eps * _unit(g, norm)).clamp(0, 1).detach()
+
+
+def skip_draws(shape, restarts: int, norm: str, generator, dtype=torch.float32) -> None:
+    """Advance ``generator`` past the random starts ``pgd`` draws for one batch of
+    ``shape`` (a batch another process evaluates)."""
+    for _ in range(restarts):
+        ball_start(shape, 1.0, norm, generator, generator.device, dtype)

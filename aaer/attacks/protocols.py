@@ -14,16 +14,21 @@ class Protocol:
     name: str
     pgd_steps: int = 50
     pgd_restarts: int = 10
-    pgd_step255: float | None = None      # step in 1/255 units; None = eps/4
+    pgd_step255: float | None = None      # step as --epsilon writes it (1/255 for L-inf,
+    #                                       pixel units for L2); None = eps/4
     n_eval: int | None = None             # first N test points; None = full test set
     attacks: tuple = ("clean", "fgsm", "pgd")
     selection: str = "worst"              # how restarts combine: see aaer.attacks.pgd
     description: str = ""
     aa_version: str = "standard"          # AutoAttack version (when "autoattack" is run)
     aa_attacks: tuple | None = None       # version "custom": the attacks, in order
+    norm: str = "linf"                    # the threat model every attack of it uses
 
     def pgd_alpha(self, eps: float) -> float:
-        return eps / 4 if self.pgd_step255 is None else self.pgd_step255 / 255.0
+        """The PGD step in pixel units (eps: the radius in pixel units)."""
+        if self.pgd_step255 is None:
+            return eps / 4
+        return self.pgd_step255 / 255.0 if self.norm == "linf" else self.pgd_step255
 
     def as_dict(self):
         d = asdict(self)
@@ -33,6 +38,9 @@ class Protocol:
 
 
 ATTACKS = ("clean", "fgsm", "pgd", "autoattack")
+NORMS = ("linf", "l2")
+# the norms as AutoAttack names them
+AA_NORMS = {"linf": "Linf", "l2": "L2"}
 AA_VERSIONS = ("standard", "rand", "plus", "custom")
 
 
@@ -55,10 +63,18 @@ PROTOCOLS = {
 }
 
 
-def get_protocol(name: str, **overrides) -> Protocol:
+def get_protocol(name: str, norm: str = "linf", **overrides) -> Protocol:
+    """Protocol ``name`` in the ``norm`` threat model, with ``overrides`` (a protocol with
+    overrides is named '<name>+custom'; the norm is recorded apart from the name)."""
     if name not in PROTOCOLS:
         raise ValueError(f"unknown protocol {name!r}; valid: {', '.join(PROTOCOLS)}")
-    p = PROTOCOLS[name]
+    if norm not in NORMS:
+        raise ValueError(f"invalid --norm {norm!r}; valid: {', '.join(NORMS)}")
+    p = replace(PROTOCOLS[name], norm=norm)
+    if norm == "l2" and p.pgd_step255 is not None and overrides.get("pgd_step255") is None:
+        raise ValueError(f"protocol {name!r} fixes an L-inf PGD step ({p.pgd_step255:g}/255); "
+                         "under --norm l2 use a protocol with step eps/4 (lineage, aaer, "
+                         "quick, ...) or give --pgd-step")
     overrides = {k: v for k, v in overrides.items() if v is not None}
     for k in ("attacks", "aa_attacks"):
         if k in overrides:

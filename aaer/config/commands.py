@@ -51,6 +51,8 @@ class EvalCommand:
                              default_text="the run's config.json, else preactresnet18")
     epsilon: float | None = like("method.epsilon", default=None, optional=True,
                                  default_text="the run's, else 8")
+    norm: str | None = like("method.norm", help="threat model of the evaluation: linf or l2",
+                            default_text="the run's, else linf")
     protocol: str = setting("lineage", "evaluation protocol: " + ", ".join(PROTOCOLS),
                             choices=tuple(PROTOCOLS))
     n_eval: int | None = like("evaluation.n_eval", help="first N test points (overrides the "
@@ -60,7 +62,8 @@ class EvalCommand:
     pgd_restarts: int | None = setting(None, "PGD restarts (overrides the protocol's)",
                                        type=int, low=1, optional=True,
                                        default_text="the protocol's")
-    pgd_step: float | None = setting(None, "PGD step in 1/255", type=float, low=0,
+    pgd_step: float | None = setting(None, "PGD step, in --epsilon's units", type=float,
+                                     low=0,
                                      low_open=True, optional=True, default_text="eps/4")
     batch_size: int | None = like("evaluation.batch_size", help="evaluation batch")
     device: str = like("runtime.device")

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aaer.config.schema import FLAT, METHOD_KEYWORDS, SETTINGS, RunConfig
+from aaer.config.schema import FLAT, L2_EPS_MAX, METHOD_KEYWORDS, SETTINGS, RunConfig
 from aaer.config.settings import UNSET
 from aaer.data.datasets import training_defaults
 from aaer.methods import METHODS, create_method
@@ -144,14 +144,15 @@ def resolve(request: RunConfig, *, custom_data: bool = False) -> RunConfig:
                          f"valid: {', '.join(sorted(accepted))}")
 
     # 3. the published table, when none of its values is given
-    published = cls.published(dataset, eps255)
+    norm = kw.get("norm", ("linf", DEFAULT))[0]
+    published = cls.published(dataset, eps255, norm)
     if published is not None and not set(published[0]) & set(kw):
         values, source = published
         kw.update({k: (v, source) for k, v in values.items()})
 
     # 4. the preset: named, or <dataset>-eps<N> when the method has one
     preset = cfg.method.preset
-    auto = f"{dataset}-eps{round(eps255)}"
+    auto = f"{dataset}-eps{round(eps255)}" if norm == "linf" else None
     if preset is UNSET or preset is None:
         preset = auto if auto in cls.presets else None
         cfg.method.preset = preset
@@ -204,6 +205,11 @@ def validate(cfg: RunConfig, *, custom_data: bool = False) -> None:
         if not (custom_data and path == "data.dataset"):
             cfg.set(path, s.check(v))
     o, m = cfg.optim, cfg.monitor
+    if cfg.method.norm == "l2" and cfg.method.epsilon > L2_EPS_MAX:
+        e = cfg.method.epsilon
+        raise ValueError(f"invalid --epsilon {e!r} with --norm l2: the L2 radius is in pixel "
+                         f"units, e.g. 0.5 (128/255 = 0.502), at most {L2_EPS_MAX:g}; "
+                         f"{e:g}/255 would be --epsilon {e / 255:.4g}")
     if o.lr_max < o.lr_min:
         raise ValueError(f"invalid --lr-max/--lr-min {(o.lr_max, o.lr_min)!r}: need "
                          "lr-max > 0 and 0 <= lr-min <= lr-max")

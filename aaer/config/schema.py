@@ -28,6 +28,7 @@ from aaer.config.settings import UNSET, Setting, setting, settings_of
 from aaer.data.datasets import DATASETS, canonical_name
 from aaer.methods import METHODS
 from aaer.methods.aaer import AAER_MODES
+from aaer.methods.base import NORMS
 from aaer.methods.fgsm import DELTA_INITS
 from aaer.models.registry import check_model_name
 
@@ -111,8 +112,12 @@ class MethodConfig:
                                optional=True, extra=_method_name,
                                default_text="rs-aaer if --clamp 1 else n-aaer, with the seed "
                                "script's defaults")
-    epsilon: float = setting(8.0, "L-inf radius in 1/255 units", type=float, low=0, high=255,
+    epsilon: float = setting(8.0, "the threat model's radius, as each norm's literature "
+                             "writes it: L-inf in 1/255 units (8 = 8/255), L2 in pixel units "
+                             "(0.5; 128/255 = 0.502)", type=float, low=0, high=255,
                              low_open=True)
+    norm: str = setting(None, "threat model of training (and of the evaluation after it): "
+                        "linf or l2", choices=NORMS, optional=True, default_text="linf")
     # the method hyper-parameters with a flag of their own (the seed script's); a method
     # that does not take one refuses it; its range is checked by the method itself
     alpha: float = setting(None, "attack step as a multiple of eps", type=float,
@@ -267,8 +272,8 @@ class RunConfig:
 
     @property
     def eps(self) -> float:
-        """eps in pixel units (method.epsilon is in 1/255)."""
-        return self.method.epsilon / 255.0
+        """The radius in pixel units (method.epsilon is in 1/255 for L-inf)."""
+        return pixel_eps(self.method.epsilon, self.method.norm)
 
     @property
     def resolved(self) -> bool:
@@ -308,6 +313,16 @@ class RunConfig:
     def copy(self) -> "RunConfig":
         return RunConfig(**{k: dataclasses.replace(getattr(self, k)) for k in SECTIONS},
                          sources=dict(self.sources))
+
+
+# L2 radii in use are a few pixel units at most (CIFAR 0.5, ImageNet 3.0); a larger value
+# is most likely an L-inf-style 1/255 number
+L2_EPS_MAX = 16.0
+
+
+def pixel_eps(epsilon: float, norm) -> float:
+    """--epsilon in pixel units: epsilon / 255 for L-inf, epsilon itself for L2."""
+    return float(epsilon) if norm == "l2" else float(epsilon) / 255.0
 
 
 def _plain(v):

@@ -139,6 +139,36 @@ def shutdown(info: DistInfo, release=None, timeout_s: float = 60.0) -> None:
         faulthandler.cancel_dump_traceback_later()
 
 
+@dataclass
+class Shard:
+    """This process's share of an evaluation: batch k is its own when k % world_size ==
+    rank; ``gather(obj)`` returns every process's obj, in rank order."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    def gather(self, obj):
+        if self.world_size == 1:
+            return [obj]
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def owns(self, k: int) -> bool:
+        return k % self.world_size == self.rank
+
+
+def shard_of(info: DistInfo) -> Shard:
+    return Shard(info.rank, info.world_size)
+
+
+def broadcast_buffers(model: torch.nn.Module) -> None:
+    """Every process takes rank 0's buffers (BatchNorm statistics), so that evaluating the
+    model in eval mode gives the same numbers on every process."""
+    for b in model.buffers():
+        dist.broadcast(b.data, src=0)
+
+
 def per_rank_batch(global_batch: int, world_size: int) -> int:
     if global_batch % world_size:
         raise ValueError(f"--batch-size {global_batch} (the global batch) does not split evenly "

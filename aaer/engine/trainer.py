@@ -120,7 +120,8 @@ class Trainer:
     ``cfg``: the resolved run (aaer.config.resolve); ``dataset``: the loaded data set;
     ``run``: its run directory; ``train_set``: (x, y) to train on (default: the data set's
     first --n-train images); ``monitor``: the CO monitor (aaer.monitor.COMonitor) or None;
-    ``final_eval(model, device, log)``: the evaluation after training, or None;
+    ``final_eval(model, device, log, shard)``: the evaluation after training, or None
+    (under torchrun every process evaluates its share; rank 0 keeps the report);
     ``listeners``: objects with ``epoch(row)``, ``probe(record)`` and ``close()``.
     The parts are separate methods so that a resume, the monitor or a distributed wrapper
     changes one of them: ``train_step`` (one minibatch), ``run_epoch``, ``end_epoch``
@@ -353,6 +354,8 @@ class Trainer:
     # -- the CO monitor's decisions ---------------------------------------------------
     def observe(self, epoch: int, step: int) -> None:
         """Probe now and do what the monitor decides."""
+        if self.dist.enabled:       # every process probes rank 0's model: one decision
+            distributed.broadcast_buffers(self.model)
         decision = self.monitor.probe(self.model, epoch, step)
         for level, message in decision.messages:
             self.log.log(level, message)
@@ -483,9 +486,14 @@ class Trainer:
             self.log.warning(note)
 
     def evaluate_final(self) -> dict[str, Any] | None:
-        if self.final_eval is None or not self.is_main:
+        if self.final_eval is None:
             return None
-        return self.final_eval(self.model, self.device, self.log)
+        if not self.dist.enabled:
+            return self.final_eval(self.model, self.device, self.log)
+        distributed.broadcast_buffers(self.model)    # rank 0's model (model.pt) everywhere
+        report = self.final_eval(self.model, self.device, self.log,
+                                 distributed.shard_of(self.dist))
+        return report if self.is_main else None
 
     def fit(self) -> dict[str, Any]:
         try:

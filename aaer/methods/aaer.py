@@ -110,8 +110,8 @@ class AAER(SingleStepAttack):
     source = "Lin, Yu, Liu, NeurIPS 2023"
 
     def __init__(self, eps, alpha=1.0, delta_init="random", clamp=0, warmup_epochs=0.0,
-                 lamda1=1.0, lamda2=4.0, lamda3=1.5, mode="reference"):
-        super().__init__(eps, alpha, delta_init, clamp, warmup_epochs)
+                 lamda1=1.0, lamda2=4.0, lamda3=1.5, mode="reference", norm="linf"):
+        super().__init__(eps, alpha, delta_init, clamp, warmup_epochs, norm)
         self.lamda1, self.lamda2, self.lamda3 = (number(k, v, low=0) for k, v in (
             ("lamda1", lamda1), ("lamda2", lamda2), ("lamda3", lamda3)))
         if mode not in MODES:
@@ -150,13 +150,13 @@ class RSAAER(AAER):
     description = "RS-AAER: RS-FGSM attack (U(-eps,eps), step 1.25 eps, projected) + AAER"
 
     def __init__(self, eps, alpha=1.25, delta_init="random", clamp=1, warmup_epochs=0.0,
-                 lamda1=1.0, lamda2=2.5, lamda3=1.5, mode="reference"):
+                 lamda1=1.0, lamda2=2.5, lamda3=1.5, mode="reference", norm="linf"):
         super().__init__(eps, alpha, delta_init, clamp, warmup_epochs, lamda1, lamda2,
-                         lamda3, mode)
+                         lamda3, mode, norm)
 
     @classmethod
-    def published(cls, dataset: str, eps255: float):
-        return _published(RS_LAMBDAS, dataset, eps255)
+    def published(cls, dataset: str, epsilon: float, norm: str = "linf"):
+        return _published(RS_LAMBDAS, dataset, epsilon, norm)
 
 
 class NAAER(AAER):
@@ -164,16 +164,16 @@ class NAAER(AAER):
     description = "N-AAER: N-FGSM attack (U(-2eps,2eps), step eps, no projection) + AAER"
 
     def __init__(self, eps, alpha=1.0, delta_init="random", clamp=0, warmup_epochs=0.0,
-                 lamda1=1.0, lamda2=1.5, lamda3=0.15, mode="reference"):
+                 lamda1=1.0, lamda2=1.5, lamda3=0.15, mode="reference", norm="linf"):
         super().__init__(eps, alpha, delta_init, clamp, warmup_epochs, lamda1, lamda2,
-                         lamda3, mode)
+                         lamda3, mode, norm)
 
     @classmethod
-    def published(cls, dataset: str, eps255: float):
-        return _published(N_LAMBDAS, dataset, eps255)
+    def published(cls, dataset: str, epsilon: float, norm: str = "linf"):
+        return _published(N_LAMBDAS, dataset, epsilon, norm)
 
 
-def _published(table, dataset: str, eps255: float):
+def _published(table, dataset: str, eps255: float, norm: str = "linf"):
     """Published {lamda2, lamda3} for a data set and eps, and where they come from.
 
     Outside the table (other data sets or radii) the entry of the same data set (CIFAR-10
@@ -182,6 +182,11 @@ def _published(table, dataset: str, eps255: float):
     fashion-mnist eps 70)".
     """
     ds = dataset if dataset in ("cifar10", "cifar100") else "cifar10"
+    if norm == "l2":       # the paper has no L2 runs: the pair of the standard CIFAR radii
+        l2, l3 = table[(ds, 8)]
+        return {"lamda2": l2, "lamda3": l3}, (f"no published value for L2: the {ds} L-inf eps "
+                                              "8 entry (L2 0.5 and L-inf 8/255 are the "
+                                              "standard CIFAR pair)")
     radii = sorted({e for (d, e) in table if d == ds})
     nearest = min(radii, key=lambda e: abs(math.log(e) - math.log(max(eps255, 1e-6))))
     exact = ds == dataset and abs(nearest - eps255) < 1e-9

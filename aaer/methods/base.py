@@ -79,8 +79,11 @@ class Method:
     # the first is what --rollback-change auto picks
     strengthen_by: dict[str, str] = {}
 
-    def __init__(self, eps: float):
+    def __init__(self, eps: float, norm: str = "linf"):
         self.eps = number("eps (pixel units, e.g. 8/255)", eps, low=0, low_open=True)
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        self.norm = norm
 
     # -- the recipe --------------------------------------------------------------------
     @classmethod
@@ -89,9 +92,11 @@ class Method:
         return [k for k in inspect.signature(cls.__init__).parameters if k not in ("self", "eps")]
 
     @classmethod
-    def published(cls, dataset: str, eps255: float) -> tuple[dict[str, Any], str] | None:
-        """Hyper-parameters its authors published for this data set and eps, and where
-        they come from ("published cifar10 eps 16"); None when there is no table."""
+    def published(cls, dataset: str, epsilon: float,
+                  norm: str = "linf") -> tuple[dict[str, Any], str] | None:
+        """Hyper-parameters its authors published for this data set, radius (as --epsilon
+        writes it) and norm, and where they come from ("published cifar10 eps 16"); None
+        when there is no table."""
         return None
 
     epochs_rule = ""
@@ -157,11 +162,56 @@ def clip_to_box(x: Tensor, delta: Tensor) -> Tensor:
     return torch.clamp(x + delta, 0.0, 1.0) - x
 
 
-def uniform_noise(x: Tensor, radius: float) -> Tensor:
-    # drawn in NCHW order whatever x's memory format, so channels_last gets the same noise
-    noise = torch.empty_like(x, memory_format=torch.contiguous_format).uniform_(-radius, radius)
+def _like_x(noise: Tensor, x: Tensor) -> Tensor:
+    # noise is drawn in NCHW order whatever x's memory format, so channels_last gets the
+    # same noise
     return noise.contiguous(memory_format=torch.channels_last) if x.dim() == 4 and \
         x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() else noise
+
+
+def uniform_noise(x: Tensor, radius: float) -> Tensor:
+    """U(-radius, radius) per pixel: uniform in the L-inf ball."""
+    noise = torch.empty_like(x, memory_format=torch.contiguous_format).uniform_(-radius, radius)
+    return _like_x(noise, x)
+
+
+# -- the threat model: L-inf or L2 (SPEC §10) ---------------------------------------------
+
+NORMS = ("linf", "l2")
+
+
+def l2_norms(t: Tensor) -> Tensor:
+    """Per-example L2 norm over every pixel and channel, shaped to broadcast against t."""
+    return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.dim() - 1)))
+
+
+def ball_noise(x: Tensor, radius: float, norm: str) -> Tensor:
+    """Uniform in the ``norm`` ball of ``radius`` around 0, one draw per example. L2: an
+    isotropic direction (normalised Gaussian) times radius * U^(1/d), d pixels."""
+    if norm == "linf":
+        return uniform_noise(x, radius)
+    g = torch.randn(x.shape, dtype=x.dtype, device=x.device)
+    u = torch.rand(x.shape[0], dtype=x.dtype, device=x.device)
+    r = radius * u.pow(1.0 / x[0].numel())
+    noise = g / l2_norms(g).clamp_min(1e-12) * r.view(-1, *([1] * (x.dim() - 1)))
+    return _like_x(noise, x)
+
+
+def unit_step(grad: Tensor, norm: str) -> Tensor:
+    """The steepest-ascent unit step: sign(grad) (L-inf) or grad / ||grad||_2 per example
+    (L2; a zero gradient gives a zero step)."""
+    if norm == "linf":
+        return grad.sign()
+    return grad / l2_norms(grad).clamp_min(1e-12)
+
+
+def project(delta: Tensor, radius, norm: str) -> Tensor:
+    """delta projected onto the ``norm`` ball of ``radius``: clipped per pixel (L-inf) or
+    scaled down to length radius when longer (L2)."""
+    if norm == "linf":
+        return delta.clamp(-radius, radius)
+    n = l2_norms(delta)
+    return delta * torch.clamp(radius / n.clamp_min(1e-12), max=1.0)
 
 
 def forward_with_input_grad(model, x_in: Tensor, y: Tensor):

@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from aaer.methods.base import Cost, StepContext, StepOutput, aae_statistics, uniform_noise
+from aaer.methods.base import Cost, StepContext, StepOutput, aae_statistics, ball_noise
 from aaer.methods.fgsm import SingleStepAttack
 from aaer.methods.noise import check_nonnegative, check_positive, noise_settings
 
@@ -41,12 +41,12 @@ def published_lamda(eps255: float) -> float:
     return 5000.0 if eps255 <= 20 else 10000.0
 
 
-def sample_triplet(x, radius: float):
-    """x_a, x_b uniform in the L-inf ball of ``radius`` around x, a ~ U(0,1) per example,
+def sample_triplet(x, radius: float, norm: str = "linf"):
+    """x_a, x_b uniform in the ``norm`` ball of ``radius`` around x, a ~ U(0,1) per example,
     x_c = (1 - a) x_a + a x_b. Returns (x_a, x_b, x_c, a) with a of shape [B]."""
     B = x.shape[0]
     x_ab = x.repeat(2, *([1] * (x.dim() - 1)))
-    x_ab = x_ab + uniform_noise(x_ab, radius)
+    x_ab = x_ab + ball_noise(x_ab, radius, norm)
     x_a, x_b = x_ab[:B], x_ab[B:]
     a = torch.rand(B, device=x.device, dtype=x.dtype)
     a_ = a.view(B, *([1] * (x.dim() - 1)))
@@ -73,23 +73,27 @@ class ELLE(SingleStepAttack):
     source = "Abad Rocamora et al., ICLR 2024"
     presets = {"eps8": {"lamda": 1000.0}, "eps16": {"lamda": 5000.0}}
 
-    def __init__(self, eps, lamda=None, noise="zero", alpha=1.0, warmup_epochs=0.0):
+    def __init__(self, eps, lamda=None, noise="zero", alpha=1.0, warmup_epochs=0.0,
+                 norm="linf"):
         delta_init, clamp = noise_settings(noise)
-        super().__init__(eps, alpha, delta_init, clamp, warmup_epochs)
+        super().__init__(eps, alpha, delta_init, clamp, warmup_epochs, norm)
         self.noise = noise
-        self.lamda = published_lamda(self.eps * 255) if lamda is None else \
+        # published for L-inf radii only; under L2 the eps-8/255 value (L2 0.5 and L-inf
+        # 8/255 are the standard CIFAR pair)
+        eps255 = 8.0 if norm == "l2" else self.eps * 255
+        self.lamda = published_lamda(eps255) if lamda is None else \
             check_nonnegative("lamda (ELLE weight)", lamda)
 
     def hparams(self):
         return {"eps": self.eps, "lamda": self.lamda, "noise": self.noise,
-                "alpha": self.alpha, "warmup_epochs": self.warmup_epochs}
+                "alpha": self.alpha, "warmup_epochs": self.warmup_epochs, "norm": self.norm}
 
     def cost(self) -> Cost:
         # attack: 1 forward + 1 input backward; training: x_adv (1) + the 3B triplet (3)
         return Cost(forward=5, backward=5)
 
     def elle_error(self, model, x, y, w: float = 1.0):
-        x_a, x_b, x_c, a = sample_triplet(x, self.eps * w)
+        x_a, x_b, x_c, a = sample_triplet(x, self.eps * w, self.norm)
         y3 = y.repeat(3)
         return linearity_error(
             lambda xs: F.cross_entropy(model(xs).float(), y3, reduction="none"),
@@ -126,9 +130,9 @@ class ELLEA(ELLE):
                "n-eps16": {"lamda_max": 4000.0, "noise": "n"}}
 
     def __init__(self, eps, lamda_max=4000.0, sensitivity=2.0, decay=0.99, noise="zero",
-                 alpha=1.0, warmup_epochs=0.0):
+                 alpha=1.0, warmup_epochs=0.0, norm="linf"):
         lamda_max = check_nonnegative("lamda_max (ELLE-A weight after a spike)", lamda_max)
-        super().__init__(eps, lamda_max, noise, alpha, warmup_epochs)
+        super().__init__(eps, lamda_max, noise, alpha, warmup_epochs, norm)
         self.lamda = None         # adaptive: see current_lamda
         self.lamda_max = lamda_max
         self.sensitivity = check_nonnegative("sensitivity (std multiples for a spike)",
@@ -143,7 +147,7 @@ class ELLEA(ELLE):
     def hparams(self):
         return {"eps": self.eps, "lamda_max": self.lamda_max, "sensitivity": self.sensitivity,
                 "decay": self.decay, "noise": self.noise, "alpha": self.alpha,
-                "warmup_epochs": self.warmup_epochs}
+                "warmup_epochs": self.warmup_epochs, "norm": self.norm}
 
     def _state(self, device):
         if self._dev is None or self._dev["lamda"].device != torch.device(device):

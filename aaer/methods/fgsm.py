@@ -17,20 +17,26 @@ import torch.nn.functional as F
 
 from aaer.checks import number
 from aaer.methods.base import (Cost, Method, StepContext, StepOutput, aae_statistics,
-                               clip_to_box, forward_with_input_grad, uniform_noise)
+                               ball_noise, clip_to_box, forward_with_input_grad, project,
+                               unit_step)
 
 DELTA_INITS = ("zero", "random")
 
 
 class SingleStepAttack(Method):
-    """x_adv = clip_[0,1](x + Proj(eta + alpha * w * sign(grad_x l(x + eta))))."""
+    """x_adv = clip_[0,1](x + Proj(eta + alpha * w * step(grad_x l(x + eta)))).
+
+    L-inf: step = sign, Proj = clip to [-eps, eps], eta uniform in the cube. L2 (SPEC §10):
+    step = grad / ||grad||_2 per example, Proj = onto the L2 ball, eta uniform in the L2
+    ball (radius eps, RS variant; 2 eps, N variant, which does not project).
+    """
 
     single_step = True
     strengthen_by = {"step": "alpha"}
 
     def __init__(self, eps: float, alpha: float = 1.25, delta_init: str = "random",
-                 clamp: int = 1, warmup_epochs: float = 0.0):
-        super().__init__(eps)
+                 clamp: int = 1, warmup_epochs: float = 0.0, norm: str = "linf"):
+        super().__init__(eps, norm)
         if delta_init not in DELTA_INITS:
             raise ValueError(f"delta_init must be one of {DELTA_INITS}, got {delta_init!r}")
         clamp = number("clamp (0: N variant, 1: RS variant)", clamp, integer=True, low=0, high=1)
@@ -41,7 +47,7 @@ class SingleStepAttack(Method):
 
     def hparams(self):
         return {"eps": self.eps, "alpha": self.alpha, "delta_init": self.delta_init,
-                "clamp": self.clamp, "warmup_epochs": self.warmup_epochs}
+                "clamp": self.clamp, "warmup_epochs": self.warmup_epochs, "norm": self.norm}
 
     def cost(self) -> Cost:
         return Cost(forward=2, backward=2)
@@ -56,11 +62,11 @@ class SingleStepAttack(Method):
         if self.delta_init == "zero":
             return torch.zeros_like(x)
         radius = self.eps if self.clamp else 2 * self.eps
-        return uniform_noise(x, radius)
+        return ball_noise(x, radius, self.norm)
 
     def step_direction(self, grad):
         """The attack's step direction from the input gradient (ZeroGrad overrides it)."""
-        return grad.sign()
+        return unit_step(grad, self.norm)
 
     def attack(self, model, x, y, ctx: StepContext):
         """Steps 1-4 of SPEC §2. Returns (z0, l0, z1, l1, grad): z1/l1 carry gradient;
@@ -70,7 +76,7 @@ class SingleStepAttack(Method):
         z0, l0, grad = forward_with_input_grad(model, x + eta, y)
         delta = eta + self.alpha * eps * w * self.step_direction(grad)
         if self.clamp:
-            delta = delta.clamp(-eps * w, eps * w)
+            delta = project(delta, eps * w, self.norm)
         z1 = model((x + delta).clamp(0.0, 1.0))
         l1 = F.cross_entropy(z1.float(), y, reduction="none")
         return z0, l0, z1, l1, grad
@@ -87,8 +93,9 @@ class FGSM(SingleStepAttack):
     description = "FGSM-AT: zero start, step eps, projected"
     source = "Goodfellow et al. 2015; Wong et al. 2020"
 
-    def __init__(self, eps, alpha=1.0, delta_init="zero", clamp=1, warmup_epochs=0.0):
-        super().__init__(eps, alpha, delta_init, clamp, warmup_epochs)
+    def __init__(self, eps, alpha=1.0, delta_init="zero", clamp=1, warmup_epochs=0.0,
+                 norm="linf"):
+        super().__init__(eps, alpha, delta_init, clamp, warmup_epochs, norm)
 
 
 class RSFGSM(SingleStepAttack):
@@ -96,8 +103,9 @@ class RSFGSM(SingleStepAttack):
     description = "RS-FGSM: U(-eps,eps) start, step 1.25 eps, projected"
     source = "Wong, Rice, Kolter, ICLR 2020"
 
-    def __init__(self, eps, alpha=1.25, delta_init="random", clamp=1, warmup_epochs=0.0):
-        super().__init__(eps, alpha, delta_init, clamp, warmup_epochs)
+    def __init__(self, eps, alpha=1.25, delta_init="random", clamp=1, warmup_epochs=0.0,
+                 norm="linf"):
+        super().__init__(eps, alpha, delta_init, clamp, warmup_epochs, norm)
 
 
 class NFGSM(SingleStepAttack):
@@ -105,5 +113,6 @@ class NFGSM(SingleStepAttack):
     description = "N-FGSM: U(-2eps,2eps) start, step eps, no projection"
     source = "de Jorge et al., NeurIPS 2022"
 
-    def __init__(self, eps, alpha=1.0, delta_init="random", clamp=0, warmup_epochs=0.0):
-        super().__init__(eps, alpha, delta_init, clamp, warmup_epochs)
+    def __init__(self, eps, alpha=1.0, delta_init="random", clamp=0, warmup_epochs=0.0,
+                 norm="linf"):
+        super().__init__(eps, alpha, delta_init, clamp, warmup_epochs, norm)

@@ -31,7 +31,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from aaer.methods.base import Cost, Method, StepContext, StepOutput
+from aaer.methods.base import Cost, Method, StepContext, StepOutput, project, unit_step
 from aaer.methods.noise import check_count, check_positive
 
 
@@ -43,15 +43,16 @@ class FreeAT(Method):
     strengthen_by = {"step": "alpha"}
     replays = 8
 
-    def __init__(self, eps, replays=8, alpha=1.0):
-        super().__init__(eps)
+    def __init__(self, eps, replays=8, alpha=1.0, norm="linf"):
+        super().__init__(eps, norm)
         self.replays = check_count("replays (m, minibatch replays)", replays, minimum=1)
         self.alpha = check_positive("alpha (ascent step as a multiple of eps)", alpha)
         self.delta = None          # the carried perturbation buffer [N, C, H, W]
         self._leaf = None          # this replay's delta, whose .grad the loop's backward fills
 
     def hparams(self):
-        return {"eps": self.eps, "replays": self.replays, "alpha": self.alpha}
+        return {"eps": self.eps, "replays": self.replays, "alpha": self.alpha,
+                "norm": self.norm}
 
     @property
     def epochs_rule(self) -> str:
@@ -73,8 +74,8 @@ class FreeAT(Method):
             return
         b = leaf.shape[0]
         with torch.no_grad():
-            self.delta[:b] = (leaf.detach() + self.alpha * self.eps * leaf.grad.sign()) \
-                .clamp(-self.eps, self.eps)
+            self.delta[:b] = project(leaf.detach() + self.alpha * self.eps *
+                                     unit_step(leaf.grad, self.norm), self.eps, self.norm)
 
     def _buffer_for(self, x):
         d = self.delta

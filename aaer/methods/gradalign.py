@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from aaer.methods.base import Cost, StepContext, StepOutput, aae_statistics, uniform_noise
+from aaer.methods.base import Cost, StepContext, StepOutput, aae_statistics, ball_noise
 from aaer.methods.fgsm import SingleStepAttack
 from aaer.methods.noise import check_nonnegative, noise_settings
 
@@ -60,16 +60,20 @@ class GradAlign(SingleStepAttack):
     # the preset's training change: the published runs use a peak learning rate of 0.3
     train_overrides = {"lr_max": 0.3}
 
-    def __init__(self, eps, lamda=None, noise="zero", alpha=1.0, warmup_epochs=0.0):
+    def __init__(self, eps, lamda=None, noise="zero", alpha=1.0, warmup_epochs=0.0,
+                 norm="linf"):
         delta_init, clamp = noise_settings(noise)
-        super().__init__(eps, alpha, delta_init, clamp, warmup_epochs)
+        super().__init__(eps, alpha, delta_init, clamp, warmup_epochs, norm)
         self.noise = noise
-        self.lamda = published_lamda(self.eps * 255) if lamda is None else \
+        # published for L-inf radii only; under L2 the eps-8/255 value (L2 0.5 and L-inf
+        # 8/255 are the standard CIFAR pair)
+        eps255 = 8.0 if norm == "l2" else self.eps * 255
+        self.lamda = published_lamda(eps255) if lamda is None else \
             check_nonnegative("lamda (GradAlign weight)", lamda)
 
     def hparams(self):
         return {"eps": self.eps, "lamda": self.lamda, "noise": self.noise,
-                "alpha": self.alpha, "warmup_epochs": self.warmup_epochs}
+                "alpha": self.alpha, "warmup_epochs": self.warmup_epochs, "norm": self.norm}
 
     def cost(self) -> Cost:
         if self.lamda == 0:
@@ -81,7 +85,7 @@ class GradAlign(SingleStepAttack):
         stats = aae_statistics(z0, z1.detach(), l0, l1.detach())
         loss = l1.mean()
         if self.lamda > 0:
-            x2 = (x + uniform_noise(x, self.eps)).requires_grad_(True)
+            x2 = (x + ball_noise(x, self.eps, self.norm)).requires_grad_(True)
             l2 = F.cross_entropy(model(x2).float(), y)
             (g2,) = torch.autograd.grad(l2, x2, create_graph=True)
             cos, valid = gradient_cosine(g1, g2)

@@ -46,8 +46,13 @@ class MultiGrad(SingleStepAttack):
     presets = {"eps8": {"samples": 3}, "eps16": {"samples": 3}}
 
     def __init__(self, eps, samples=3, agree=None, alpha=2.0, batched=True,
-                 warmup_epochs=0.0):
-        super().__init__(eps, alpha, "zero", 1, warmup_epochs)
+                 warmup_epochs=0.0, norm="linf"):
+        super().__init__(eps, alpha, "zero", 1, warmup_epochs, norm)
+        if norm == "l2":
+            raise ValueError(f"{self.name} works on the signs of the input gradient's "
+                             "coordinates (an L-inf construction); it has no L2 form: use "
+                             "--norm linf, or an L2 method (fgsm, rs-fgsm, n-fgsm, rs-aaer, "
+                             "n-aaer, gradalign, elle, elle-a, pgd, free)")
         self.samples = check_count("samples (random points)", samples, minimum=1)
         agree = self.samples if agree is None else agree
         if isinstance(agree, bool) or not isinstance(agree, (int, float)) \
@@ -64,7 +69,7 @@ class MultiGrad(SingleStepAttack):
     def hparams(self):
         return {"eps": self.eps, "samples": self.samples, "agree": self.agree,
                 "alpha": self.alpha, "batched": self.batched,
-                "warmup_epochs": self.warmup_epochs}
+                "warmup_epochs": self.warmup_epochs, "norm": self.norm}
 
     def cost(self) -> Cost:
         return Cost(forward=self.samples + 1, backward=self.samples + 1)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from aaer.methods.base import (Cost, Method, StepContext, StepOutput, clip_to_box,
-                               forward_with_input_grad, uniform_noise)
+                               ball_noise, forward_with_input_grad, project, unit_step)
 from aaer.methods.noise import check_count, check_positive
 
 ATTACK_MODES = ("train", "eval")
@@ -27,18 +27,18 @@ DELTA_INITS = ("random", "zero")
 
 
 def pgd_perturbation(model, x, y, eps: float, step: float, steps: int,
-                     random_start: bool = True):
-    """K-step L-inf PGD on mean CE, every example moved every step.
+                     random_start: bool = True, norm: str = "linf"):
+    """K-step PGD on mean CE in the ``norm`` ball, every example moved every step.
 
     Returns (delta, losses): losses[k] is the per-example CE at delta_k, k = 0..K-1
     (from the attack's own forward passes, detached).
     """
-    delta = clip_to_box(x, uniform_noise(x, eps)) if random_start else torch.zeros_like(x)
+    delta = clip_to_box(x, ball_noise(x, eps, norm)) if random_start else torch.zeros_like(x)
     losses = []
     for _ in range(steps):
         _, l, g = forward_with_input_grad(model, x + delta, y)
         losses.append(l)
-        delta = clip_to_box(x, (delta + step * g.sign()).clamp(-eps, eps))
+        delta = clip_to_box(x, project(delta + step * unit_step(g, norm), eps, norm))
     return delta.detach(), losses
 
 
@@ -51,8 +51,8 @@ class PGDAT(Method):
     strengthen_by = {"step": "alpha"}
 
     def __init__(self, eps, steps=10, alpha=0.25, step255=None, delta_init="random",
-                 attack_mode="train"):
-        super().__init__(eps)
+                 attack_mode="train", norm="linf"):
+        super().__init__(eps, norm)
         self.steps = check_count("steps (PGD iterations)", steps, minimum=1)
         self.alpha = check_positive("alpha (PGD step as a multiple of eps)", alpha)
         self.step255 = None if step255 is None else check_positive(
@@ -71,7 +71,8 @@ class PGDAT(Method):
 
     def hparams(self):
         return {"eps": self.eps, "steps": self.steps, "alpha": self.alpha,
-                "step255": self.step255, "delta_init": self.delta_init, "attack_mode": self.attack_mode}
+                "step255": self.step255, "delta_init": self.delta_init,
+                "attack_mode": self.attack_mode, "norm": self.norm}
 
     def cost(self) -> Cost:
         return Cost(forward=self.steps + 1, backward=self.steps + 1)
@@ -82,7 +83,8 @@ class PGDAT(Method):
             model.eval()
         try:
             delta, losses = pgd_perturbation(model, x, y, self.eps, self.step_size,
-                                             self.steps, self.delta_init == "random")
+                                             self.steps, self.delta_init == "random",
+                                             self.norm)
         finally:
             model.train(was_training)
         z = model((x + delta).clamp(0.0, 1.0))

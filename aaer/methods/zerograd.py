@@ -43,9 +43,14 @@ class ZeroGrad(SingleStepAttack):
     presets = {"eps8": {"q": 0.35}, "eps16": {"q": 0.35},
                "cifar100-eps8": {"q": 0.45}, "cifar100-eps16": {"q": 0.45}}
 
-    def __init__(self, eps, q=0.35, noise="rs", alpha=2.0, warmup_epochs=0.0):
+    def __init__(self, eps, q=0.35, noise="rs", alpha=2.0, warmup_epochs=0.0, norm="linf"):
         delta_init, clamp = noise_settings(noise)
-        super().__init__(eps, alpha, delta_init, clamp, warmup_epochs)
+        super().__init__(eps, alpha, delta_init, clamp, warmup_epochs, norm)
+        if norm == "l2":
+            raise ValueError(f"{self.name} works on the signs of the input gradient's "
+                             "coordinates (an L-inf construction); it has no L2 form: use "
+                             "--norm linf, or an L2 method (fgsm, rs-fgsm, n-fgsm, rs-aaer, "
+                             "n-aaer, gradalign, elle, elle-a, pgd, free)")
         try:
             q = float(q)
         except (TypeError, ValueError):
@@ -58,7 +63,7 @@ class ZeroGrad(SingleStepAttack):
 
     def hparams(self):
         return {"eps": self.eps, "q": self.q, "noise": self.noise, "alpha": self.alpha,
-                "warmup_epochs": self.warmup_epochs}
+                "warmup_epochs": self.warmup_epochs, "norm": self.norm}
 
     def cost(self) -> Cost:
         return Cost(forward=2, backward=2)

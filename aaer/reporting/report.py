@@ -24,6 +24,7 @@ import os
 from typing import Any
 
 from aaer.errors import require
+from aaer.evaluation import eps_text
 from aaer.io import atomic_write_bytes
 from aaer.monitor import evidence_text
 from aaer.reporting.tensorboard import require_tensorboard, write_tensorboard
@@ -51,11 +52,13 @@ def eval_protocol_text(evaluation: dict) -> str:
     """'lineage: PGD-50-10, step 2/255, uniform start, n=10000, seed 0' for one report."""
     proto = evaluation.get("protocol", {})
     pgd = evaluation.get("results", {}).get("pgd")
-    parts = [proto.get("name", "?")]
+    norm = evaluation.get("norm", "linf")
+    parts = [proto.get("name", "?") + (" (L2)" if norm == "l2" else "")]
     if pgd is not None:
-        parts.append(f"PGD-{pgd['steps']}-{pgd['restarts']} step {pgd['alpha'] * 255:.4g}/255"
+        parts.append(f"PGD-{pgd['steps']}-{pgd['restarts']} step "
+                     f"{eps_text(pgd['alpha'], norm).replace(' (L2)', '')}"
                      f" ({pgd.get('selection', 'worst')} restart rule)")
-    parts.append(f"FGSM zero start, eps {evaluation.get('eps', 0) * 255:.4g}/255")
+    parts.append(f"FGSM zero start, eps {eps_text(evaluation.get('eps', 0), norm)}")
     parts.append(f"n={evaluation.get('n')}, seed {evaluation.get('seed')}")
     return ", ".join(parts)
 
@@ -64,7 +67,8 @@ def probe_protocol_text(run: Run) -> str:
     mon = (run.results or {}).get("monitor")
     if mon is not None:
         p = mon["probe"]
-        return (f"probe: PGD-{p['pgd_steps']}-1 step {p['pgd_alpha'] * 255:.4g}/255 and FGSM "
+        step = eps_text(p["pgd_alpha"], p.get("norm", "linf"))
+        return (f"probe: PGD-{p['pgd_steps']}-1 step {step} and FGSM "
                 f"on {p['source']}, eval mode, seed {p['seed']}")
     m = run.settings.monitor
     return (f"probe: PGD-{m.probe_steps}-1 step eps/4 and FGSM on {m.probe_n} held-out points "
