@@ -67,7 +67,8 @@ def test_two_gloo_processes_match_one_process_on_the_global_batch(tmp_path):
     flags = ["--dataset", "cifar10", "--data-dir", str(data), "--model", MODEL,
              "--method", "rs-aaer", "--delta-init", "zero", "--lamda2", "2.5",
              "--lamda3", "1.5", "--epochs", "2", "--batch-size", "16", "--lr-max", "0.05",
-             "--eval-protocol", "none", "--no-progress", "--device", "cpu"]
+             "--eval-protocol", "quick", "--eval-batch-size", "2", "--no-progress",
+             "--device", "cpu"]
     script = os.path.join(ROOT, "tests", "test_ddp.py")
     one, two = tmp_path / "one", tmp_path / "two"
     _run([sys.executable, script, "worker", *flags, "--out-dir", str(one)], tmp_path)
@@ -91,6 +92,18 @@ def test_two_gloo_processes_match_one_process_on_the_global_batch(tmp_path):
         for k in ("train_loss", "aaer_reg", "aaer_ce_var", "aaer_var_gap", "aae_logit_var"):
             assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-6), k
 
+    # the final evaluation was sharded over the 2 processes and equals a 1-process
+    # evaluation of the model rank 0 saved
+    ev = json.loads((two / "results.json").read_text())["evaluation"]
+    assert ev["processes"] == 2 and ev["n"] == 4
+    _run([sys.executable, script, "eval", "--checkpoint", str(two), "--protocol", "quick",
+          "--batch-size", "2", "--out", str(tmp_path / "again.json")], tmp_path)
+    again = json.loads((tmp_path / "again.json").read_text())
+    untimed = lambda res: {a: {k: v for k, v in r.items() if k != "seconds"}
+                           for a, r in res.items()}
+    assert again["verdicts"] == ev["verdicts"]
+    assert untimed(again["results"]) == untimed(ev["results"])
+
     w1 = torch.load(one / "model.pt", weights_only=True)
     w2 = torch.load(two / "model.pt", weights_only=True)
     assert list(w1) == list(w2)
@@ -102,10 +115,11 @@ def test_two_gloo_processes_match_one_process_on_the_global_batch(tmp_path):
     assert max((w1[k] - init[k]).abs().max().item() for k in w1) > 1e-3
 
 
-if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "worker":
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] in ("worker", "eval"):
     sys.path.insert(0, ROOT)
     _register_test_model()
     from aaer.cli import main, run
+    command = ["train"] if sys.argv[1] == "worker" else ["eval"]
     if os.environ.get("AAER_DDP_LIBRARY_EXIT"):     # benchmarks/ddp_exit_loop.py --library
-        raise SystemExit(main(["train", *sys.argv[2:]]))
-    run(main, argv=["train", *sys.argv[2:]])
+        raise SystemExit(main([*command, *sys.argv[2:]]))
+    run(main, argv=[*command, *sys.argv[2:]])
