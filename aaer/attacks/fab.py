@@ -100,7 +100,7 @@ class FAB:
         df = z - z[rows, y][:, None]
         dg = (jac - jac[rows, y][:, None]).flatten(2)
         df[rows, y] = 1e10
-        dual = dg.abs().sum(2) if self.norm == "Linf" else dg.norm(dim=2)
+        dual = dg.abs().sum(2) if self.norm == "Linf" else (dg ** 2).sum(2).sqrt()
         k = (df.abs() / (dual + 1e-12)).argmin(1)
         return df[rows, k], dg[rows, k].reshape(x1.shape)
 
