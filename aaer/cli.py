@@ -73,7 +73,15 @@ def cmd_train(ns: argparse.Namespace, seed_script: bool = False) -> int:
     from aaer.config.settings import UNSET
     out = request.runtime.out_dir
     _print_results(SETTINGS["runtime.out_dir"].default if out is UNSET else out, results)
+    _co_outcome(results)
     return 0
+
+
+def _co_outcome(results: dict) -> None:
+    """A run whose catastrophic overfitting was not rescued says so as it ends."""
+    outcome = (results.get("monitor") or {}).get("outcome", "")
+    if rank() == 0 and (outcome.startswith("not rescued") or outcome.startswith("still in")):
+        print(f"aaer: catastrophic overfitting {outcome}", file=sys.stderr)
 
 
 def cmd_resume(ns: argparse.Namespace) -> int:
@@ -90,6 +98,7 @@ def cmd_resume(ns: argparse.Namespace) -> int:
                          f"cannot be given with it (valid with --resume: {valid})")
     results = resume(run_dir, **values)
     _print_results(run_dir, results)
+    _co_outcome(results)
     return 0
 
 

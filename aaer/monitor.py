@@ -294,6 +294,9 @@ class COMonitor:
         best = self._best
         restored = None if best is None else \
             {"epoch": best["epoch"], "step": best["step"], "pgd": best["pgd"]}
+        if response == "rollback" and restored is None:
+            # no probe before CO was good: go back to the start of training
+            restored = {"epoch": -1, "step": 0, "pgd": None}
         event["restored_from"] = restored
         if response == "stop" or restored is None:
             if restored is None:
@@ -312,18 +315,50 @@ class COMonitor:
         decision.change, decision.factors = self.rollback_change, dict(self.factors)
         self._pending = event
 
-    def rolled_back(self, change: dict[str, Any]) -> str:
-        """The trainer applied the rollback (``change``: what the method changed); returns
-        the log line."""
+    def rewound(self, before: dict[str, Any]) -> None:
+        """The trainer restored an earlier state (and with it this monitor's probes of that
+        time); the CO events and rollbacks of ``before`` (the state just before) stay."""
+        self.events = list(before["events"])
+        self.rollbacks = list(before["rollbacks"])
+        self.co_epoch = before["co_epoch"]
+        self._reported = len(self.events)
+
+    def rolled_back(self, change: dict[str, Any], epochs_discarded: float = 0.0,
+                    rows_discarded: list | None = None) -> str:
+        """The trainer rolled back (``change``: what the method changed; the epochs of
+        training it threw away, and their metrics rows); returns the log line."""
         event, self._pending = self._pending, None
         restored = event["restored_from"]
         rb = {"epoch": event["epoch"], "step": event["step"], "restored_from": restored,
-              **change}
+              **change, "epochs_discarded": epochs_discarded,
+              "rows_discarded": list(rows_discarded or [])}
         self.rollbacks.append(rb)
-        event["rollback"] = rb
-        return (f"--on-co rollback: weights and optimiser state of the best probe (epoch "
-                f"{restored['epoch']}, PGD acc {restored['pgd']:.4f}) restored; "
-                f"{change['param']} {change['old']:g} -> {change['new']:g}; training continues")
+        event["rollback"] = {k: v for k, v in rb.items() if k != "rows_discarded"}
+        where = "the start of training" if restored["epoch"] < 0 else \
+            f"the best probe (epoch {restored['epoch']}, PGD acc {restored['pgd']:.4f})"
+        return (f"--on-co rollback {len(self.rollbacks)}/{self.max_rollbacks}: training goes "
+                f"back to {where}, {epochs_discarded:g} epoch(s) discarded; "
+                f"{change['param']} {change['old']:g} -> {change['new']:g}")
+
+    def epochs_discarded(self) -> float:
+        """Epochs trained and thrown away by rollbacks (the price of the rescue)."""
+        return sum(rb.get("epochs_discarded", 0.0) for rb in self.rollbacks)
+
+    def outcome(self) -> str:
+        """What became of the run: no CO / CO (warned) / rescued / not rescued / stopped."""
+        in_co = bool(self._streak)
+        if self.co_epoch is None:
+            return "no CO"
+        if self.on_co == "warn":
+            return "CO, warned (--on-co warn)"
+        if self.stopped is not None:
+            n = len(self.rollbacks)
+            if self.on_co == "rollback":
+                return (f"not rescued: CO again after {n} rollback(s); stopped with the "
+                        "weights of the best probe")
+            return "stopped at CO with the weights of the best probe (--on-co stop)"
+        return f"{'still in CO at the end' if in_co else 'rescued'} after " \
+               f"{len(self.rollbacks)} rollback(s)"
 
     # -- records ---------------------------------------------------------------------
     def epoch_fields(self) -> dict[str, Any]:
@@ -349,9 +384,13 @@ class COMonitor:
 
     def summary(self) -> dict[str, Any]:
         best = self._best
+        outcome = self.outcome()
         return {"probe": self.describe(), "co_detected": self.co_epoch is not None,
                 "co_epoch": self.co_epoch, "events": self.events, "rollbacks": self.rollbacks,
-                "stopped": self.stopped,
+                "stopped": self.stopped, "outcome": outcome,
+                "rescued": outcome.startswith("rescued"),
+                "ends_in_co": bool(self._streak) and self.stopped is None,
+                "epochs_discarded": round(self.epochs_discarded(), 6),
                 "best_probe": None if best is None else {
                     k: best[k] for k in ("epoch", "step", "clean", "fgsm", "pgd")},
                 "final_probe": None if not self.history else {

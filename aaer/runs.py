@@ -9,6 +9,7 @@ One run = one directory:
     model.pt           the final weights of the bare network (the lineage's state-dict keys)
     results.json       written last: the run is finished
     best_probe.pt      the CO monitor's best probe (weights and optimiser state)
+    rewind.pt          --on-co rollback: the whole training state a rollback returns to
     probes.jsonl       the CO monitor's probes between epochs (--probe-every)
     autoattack_state_<protocol>.pt   an interrupted AutoAttack's progress
     tensorboard/       live TensorBoard events (--tensorboard)
@@ -42,6 +43,7 @@ CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
 RESULTS = "results.json"
 BEST_PROBE = "best_probe.pt"
+REWIND = "rewind.pt"
 PROBES = "probes.jsonl"
 TENSORBOARD = "tensorboard"
 CONFIG_FORMAT = "aaer-run/2"
@@ -119,7 +121,7 @@ class RunDir:
     def start(self) -> None:
         """A new run here: create the directory, remove what an earlier run left."""
         os.makedirs(self.path, exist_ok=True)
-        for stale in (METRICS, RESULTS, MODEL, CHECKPOINT, BEST_PROBE, PROBES):
+        for stale in (METRICS, RESULTS, MODEL, CHECKPOINT, BEST_PROBE, PROBES, REWIND):
             if self.exists(stale):
                 os.remove(self.file(stale))
 
@@ -234,6 +236,14 @@ class RunDir:
             raise DamagedFile(self.file(BEST_PROBE), "lacks the model, optimizer or probe "
                               "entries", what)
         return state
+
+    def save_rewind(self, state: dict[str, Any]) -> None:
+        atomic_torch_save(self.file(REWIND), {"format": CHECKPOINT_FORMAT, **state})
+
+    def rewind_point(self) -> dict[str, Any] | None:
+        if not self.exists(REWIND):
+            return None
+        return read_checkpoint(self.file(REWIND))
 
     def aa_state(self, protocol: str) -> str:
         return self.file(aa_state_name(protocol))

@@ -241,49 +241,138 @@ def test_stop_ends_training_with_the_best_probe_weights(tmp_path, monkeypatch):
     assert not all(torch.equal(best[k], reached[3][k]) for k in best)   # not epoch 3's
 
 
-def test_rollback_restores_and_strengthens_the_regulariser_then_stops(tmp_path, monkeypatch):
+def _spy_epochs(trainer):
+    """The weights and torch RNG state at the start of every run_epoch call, in order."""
+    starts = []
+    run_epoch = trainer.run_epoch
+
+    def spy(epoch):
+        starts.append((epoch, {k: v.clone() for k, v in trainer.model.net.state_dict().items()},
+                       torch.get_rng_state().clone()))
+        return run_epoch(epoch)
+
+    trainer.run_epoch = spy
+    return starts
+
+
+def _same(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_rollback_rewinds_strengthens_and_stops_when_co_comes_back(tmp_path, monkeypatch):
+    # epoch:          0     1    2      3      | 2    3       4
     _scripted(monkeypatch, [0.25, 0.5, 0.125, 0.125, 0.5, 0.0625, 0.0625],
               [0.25, 0.375, 0.5, 0.5, 0.5, 0.625, 0.625])
-    cfg = _cfg(tmp_path, "rb", on_co="rollback", max_rollbacks=1, epochs=7)
+    cfg = _cfg(tmp_path, "rb", on_co="rollback", max_rollbacks=1, epochs=5)
     trainer = build_trainer(cfg, _dataset())
+    starts = _spy_epochs(trainer)
     res = trainer.fit()
     rows = _rows(cfg)
-    rb = res["monitor"]["rollbacks"]
+    mon = res["monitor"]
+    rb = mon["rollbacks"]
+    # CO confirmed at epoch 3 (since 2): back to the end of epoch 1, 2 epochs discarded
     assert len(rb) == 1 and rb[0]["epoch"] == 3 and rb[0]["restored_from"]["epoch"] == 1
+    assert rb[0]["epochs_discarded"] == 2.0 and [r["epoch"] for r in rb[0]["rows_discarded"]] \
+        == [2, 3]
     assert (rb[0]["param"], rb[0]["old"], rb[0]["new"]) == ("lamda1", 1.0, 2.0)
-    assert trainer.method.lamda1 == 2.0 and rows[3]["method_changes"] == {"lamda1": 2.0}
-    # CO again (epochs 5-6) exceeds --max-rollbacks 1: stop
-    assert res["monitor"]["stopped"]["epoch"] == 6 and len(rows) == 7
-    assert rows[6]["co_events"][0]["response"] == "stop (max rollbacks reached)"
-    assert rows[6]["co_events"][0]["onset_epoch"] == 5
-    # the best probe stays epoch 1 (0.5 first; the equal 0.5 at epoch 4 is not better)
-    assert res["monitor"]["best_probe"]["epoch"] == 1
+    assert trainer.method.lamda1 == 2.0 and rows[2]["method_changes"] == {"lamda1": 2.0}
+    # epoch 2 ran twice, the second time from exactly the state after epoch 1
+    assert [e for e, _, _ in starts] == [0, 1, 2, 3, 2, 3, 4]
+    assert _same(starts[4][1], starts[2][1]) and torch.equal(starts[4][2], starts[2][2])
+    # CO again (epochs 3-4) after --max-rollbacks 1: stop with the best probe's weights
+    assert mon["stopped"]["epoch"] == 4 and [r["epoch"] for r in rows] == [0, 1, 2, 3, 4]
+    assert rows[4]["co_events"][0]["response"] == "stop (max rollbacks reached)"
+    assert mon["outcome"].startswith("not rescued: CO again after 1 rollback(s)")
+    assert not mon["rescued"] and res["epochs_trained"] == 7.0
+    assert mon["best_probe"]["epoch"] == 1                 # the later equal 0.5 is not better
 
 
-def test_rollback_of_a_plain_method_shrinks_the_step_and_keeps_the_schedule(tmp_path,
-                                                                             monkeypatch):
-    _scripted(monkeypatch, [0.25, 0.5, 0.125, 0.125, 0.375, 0.375], [0.25, 0.375] + [0.5] * 4)
+def test_rollback_of_a_plain_method_rescues_the_run(tmp_path, monkeypatch):
+    _scripted(monkeypatch, [0.25, 0.5, 0.125, 0.125, 0.375, 0.375, 0.4, 0.45],
+              [0.25, 0.375, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5])
     cfg = _cfg(tmp_path, "rb2", method="rs-fgsm", method_hparams={}, on_co="rollback",
                epochs=6)
     trainer = build_trainer(cfg, _dataset())
-    seen = {}
+    starts = _spy_epochs(trainer)
+    res = trainer.fit()
+    mon = res["monitor"]
+    assert trainer.method.alpha == pytest.approx(1.25 * 0.75)
+    assert mon["rollbacks"][0]["param"] == "alpha" and mon["outcome"] == \
+        "rescued after 1 rollback(s)"
+    assert mon["rescued"] and not mon["ends_in_co"] and mon["epochs_discarded"] == 2.0
+    assert res["epochs_trained"] == 8.0 and [r["epoch"] for r in _rows(cfg)] == list(range(6))
+    assert _same(starts[4][1], starts[2][1]) and torch.equal(starts[4][2], starts[2][2])
+    # the schedule went back with the rest: epoch 2's second run has epoch 2's lr
+    lrs = [r["lr"] for r in _rows(cfg)]
+    assert lrs[2] == pytest.approx(mon["rollbacks"][0]["rows_discarded"][0]["lr"])
+    assert mon["stopped"] is None
+
+
+def test_co_from_the_start_rolls_back_to_the_start(tmp_path, monkeypatch):
+    # masked CO (PGD 0 while FGSM is high) from the first probes: no good probe to go back
+    # to, so training starts again from its initial state with a smaller step
+    _scripted(monkeypatch, [0.0, 0.0, 0.25, 0.3, 0.3], [0.5, 0.5, 0.3, 0.35, 0.35])
+    cfg = _cfg(tmp_path, "start", method="fgsm", method_hparams={}, on_co="rollback",
+               epochs=3)
+    trainer = build_trainer(cfg, _dataset())
+    starts = _spy_epochs(trainer)
+    res = trainer.fit()
+    rb = res["monitor"]["rollbacks"][0]
+    assert rb["restored_from"] == {"epoch": -1, "step": 0, "pgd": None}
+    assert rb["epochs_discarded"] == 2.0 and trainer.method.alpha == pytest.approx(0.75)
+    assert [e for e, _, _ in starts] == [0, 1, 0, 1, 2]
+    assert _same(starts[2][1], starts[0][1]) and torch.equal(starts[2][2], starts[0][2])
+    assert res["monitor"]["outcome"] == "rescued after 1 rollback(s)"
+
+
+def test_rollback_to_a_best_probe_between_two_steps(tmp_path, monkeypatch):
+    # 3 steps an epoch, a probe every 2 steps and at each epoch end; the best probe is at
+    # step 4, inside epoch 1: the rollback returns there, partial sums and all
+    _scripted(monkeypatch, [0.25, 0.3, 0.5, 0.0625, 0.0625, 0.5, 0.5, 0.5],
+              [0.25, 0.3, 0.5, 0.625, 0.625, 0.5, 0.5, 0.5])
+    cfg = _cfg(tmp_path, "mid", method="rs-fgsm", method_hparams={}, on_co="rollback",
+               probe_every=2, epochs=3)
+    res = build_trainer(cfg, _dataset()).fit()
+    rb = res["monitor"]["rollbacks"][0]
+    assert (rb["restored_from"]["epoch"], rb["restored_from"]["step"]) == (1, 4)
+    assert rb["epochs_discarded"] == pytest.approx(4 / 3)      # steps 5..8 of 9
+    rows = _rows(cfg)
+    assert [r["epoch"] for r in rows] == [0, 1, 2] and all(r["n"] == 192 for r in rows)
+    assert res["monitor"]["outcome"] == "rescued after 1 rollback(s)"
+
+
+def test_rollback_survives_a_resume(tmp_path, monkeypatch):
+    """Killed after the rollback: the resumed run keeps the rollback, the strengthened
+    method and the rewind point, and ends as the uninterrupted run."""
+    seq = ([0.25, 0.5, 0.125, 0.125, 0.375, 0.375, 0.4, 0.45],
+           [0.25, 0.375, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5])
+    _scripted(monkeypatch, *seq)
+    ref = build_trainer(_cfg(tmp_path, "ref", method="rs-fgsm", method_hparams={},
+                             on_co="rollback", epochs=6), _dataset()).fit()
+    calls = _scripted(monkeypatch, *seq)
+    cfg = _cfg(tmp_path, "cut", method="rs-fgsm", method_hparams={}, on_co="rollback",
+               epochs=6)
+    trainer = build_trainer(cfg, _dataset())
     end_epoch = trainer.end_epoch
+
+    class Killed(Exception):
+        pass
 
     def spy(row):
         end_epoch(row)
-        if row["epoch"] == 3:
-            seen["lr"] = trainer.opt.param_groups[0]["lr"]
-            seen["sched_lr"] = trainer.sched.get_last_lr()[0]
-            seen["w"] = {k: v.clone() for k, v in trainer.model.net.state_dict().items()}
-
+        if len(calls) == 5:                   # epoch 2's second run is checkpointed
+            raise Killed()
     trainer.end_epoch = spy
-    res = trainer.fit()
-    assert trainer.method.alpha == pytest.approx(1.25 * 0.75)
+    with pytest.raises(Killed):
+        trainer.fit()
+    trainer.close()
+    from aaer.train import resume
+    res = resume(cfg.out_dir, dataset=_dataset())
     assert res["monitor"]["rollbacks"][0]["param"] == "alpha"
-    assert seen["lr"] == pytest.approx(seen["sched_lr"])   # the schedule's lr, not epoch 1's
-    best = torch.load(tmp_path / "rb2" / "best_probe.pt", weights_only=True)["model"]
-    assert all(torch.equal(best[k], seen["w"][k]) for k in best)
-    assert res["monitor"]["stopped"] is None and len(_rows(cfg)) == 6
+    assert res["monitor"]["outcome"] == ref["monitor"]["outcome"]
+    a = torch.load(tmp_path / "cut" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "ref" / "model.pt", weights_only=True)
+    assert _same(a, b)
 
 
 def test_rollback_that_cannot_apply_fails_before_training(tmp_path):

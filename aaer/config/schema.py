@@ -191,8 +191,9 @@ class MonitorConfig:
     probe_every: int = setting(0, "also probe every STEPS optimiser steps (0: once per epoch)",
                                type=int, low=0, metavar="STEPS")
     on_co: str = setting("warn", "response to CO: log it; stop with the best probe's weights; "
-                         "or restore them and continue with a smaller step / stronger "
-                         "regulariser", choices=CO_RESPONSES)
+                         "or roll the whole training state back to the best probe (the "
+                         "start, if none) and train on with a stronger method",
+                         choices=CO_RESPONSES)
     co_drop: float = setting(0.2, "CO when probe PGD accuracy falls more than this below the "
                              "reference", type=float, low=0, high=1, low_open=True,
                              high_open=True)
@@ -211,13 +212,15 @@ class MonitorConfig:
                               type=float, low=0, high=1, high_open=True)
     co_patience: int = setting(2, "consecutive probes that must meet the rule (Wong et al.: 1)",
                                type=int, low=1)
-    rollback_change: str = setting("auto", "what a rollback changes (auto: the method's first "
-                                   "choice, AAER's lamda1, else the step alpha)",
+    rollback_change: str = setting("auto", "what a rollback changes (auto: the method's own "
+                                   "choice: a regulariser's weight -- AAER's lamda1, "
+                                   "GradAlign's and ELLE's lamda -- else the step alpha)",
                                    choices=ROLLBACK_CHANGES)
     rollback_step_factor: float = setting(0.75, "rollback: alpha is multiplied by this",
                                           type=float, low=0, high=1, low_open=True,
                                           high_open=True)
-    rollback_reg_factor: float = setting(2.0, "rollback: lamda1 is multiplied by this",
+    rollback_reg_factor: float = setting(2.0, "rollback: the regulariser's weight is "
+                                         "multiplied by this",
                                          type=float, low=1, low_open=True)
     max_rollbacks: int = setting(2, "after this many rollbacks the next CO stops the run",
                                  type=int, low=0)

@@ -36,6 +36,14 @@ from aaer.methods import Method, StepContext, create_method
 from aaer.runs import CHECKPOINT, RunDir
 
 
+class Rewound(Exception):
+    """A rollback put the training state back: go on from epoch ``epoch``."""
+
+    def __init__(self, epoch: int):
+        super().__init__(f"rolled back to epoch {epoch}")
+        self.epoch = epoch
+
+
 def resolve_device(name: str) -> torch.device:
     """auto: cuda if present, else cpu (the name itself is checked by the schema)."""
     if name == "auto":
@@ -175,9 +183,14 @@ class Trainer:
         self.seconds_before, self.t_train = 0.0, time.time()
         self.last_good = "no checkpoint was written yet"
         self.data_sha256: str | None = None
-        # the CO monitor's best probe (weights + optimiser) and whether it stopped training
+        # the CO monitor's best probe (weights + optimiser) and whether it stopped training;
+        # --on-co rollback: the whole state a rollback returns to (the best probe's, or the
+        # start's), and the epochs trained in all, rolled-back ones included
         self.best: dict[str, Any] | None = None
         self.stopping = False
+        self.rewind_point: dict[str, Any] | None = None
+        self._best_pending = False
+        self._row: dict[str, Any] | None = None
         # seconds to sleep after each step: lets tests interrupt a run at a random step
         self.step_delay = float(os.environ.get("AAER_STEP_DELAY", "0") or 0)
         if self.is_main:
@@ -301,7 +314,9 @@ class Trainer:
                                               "seconds": time.time() - t0})
             step = epoch * len(self.loader) + i + 1
             if self.monitor is not None and self.monitor.due(step):
-                self.observe(epoch, step)
+                self.observe(epoch, step, {"loss_sum": loss_sum, "correct": correct,
+                                           "stat_sums": stat_sums, "n_seen": n_seen,
+                                           "seconds": time.time() - t0})
                 if self.stopping:
                     break
         if bar is not None:
@@ -335,9 +350,13 @@ class Trainer:
         if self.monitor is not None:
             step = (epoch + 1) * len(self.loader)
             if not self.stopping and self.monitor.last_step() != step:
+                self._row = row                   # a rollback here discards it too
                 self.observe(epoch, step)
+                self._row = None
             row.update(self.monitor.epoch_fields())
         self.history.append(row)
+        if self._best_pending:                   # the epoch's probe was the best so far
+            self.keep_rewind_point(self.state_dict(epoch))
         if self.is_main:
             self.run.append_metrics(row)
         self.log.info("%d \t %.1f \t %.4f \t %.4f \t %.4f \t %d \t %.4f \t %.4f%s", epoch,
@@ -352,8 +371,13 @@ class Trainer:
         self.save_checkpoint(epoch)
 
     # -- the CO monitor's decisions ---------------------------------------------------
-    def observe(self, epoch: int, step: int) -> None:
-        """Probe now and do what the monitor decides."""
+    @property
+    def rolls_back(self) -> bool:
+        return self.monitor is not None and self.monitor.on_co == "rollback"
+
+    def observe(self, epoch: int, step: int, partial: dict[str, Any] | None = None) -> None:
+        """Probe now and do what the monitor decides (``partial``: the sums of the epoch in
+        progress, for a probe between two steps)."""
         if self.dist.enabled:       # every process probes rank 0's model: one decision
             distributed.broadcast_buffers(self.model)
         decision = self.monitor.probe(self.model, epoch, step)
@@ -361,19 +385,62 @@ class Trainer:
             self.log.log(level, message)
         if decision.new_best:
             self.remember_best(decision.record)
-        if decision.action == "stop":
-            if decision.restore:
-                self.restore_best(with_optimizer=False)
-            self.stopping = True
-        elif decision.action == "rollback":
-            self.restore_best(with_optimizer=True)
-            change = self.method.strengthen(decision.change, decision.factors)
-            self.log.warning("%s", self.monitor.rolled_back(change))
+            if self.rolls_back:
+                if partial is None:              # at an epoch's end: once it is recorded
+                    self._best_pending = True
+                else:
+                    self.keep_rewind_point(self.state_dict(epoch, partial))
         if self.is_main:
             if self.monitor.every_steps:        # every probe, also the epochs' last
                 self.run.append_probe(decision.record)
             for listener in self.listeners:
                 listener.probe(decision.record)
+        if decision.action == "stop":
+            if decision.restore:
+                self.restore_best(with_optimizer=False)
+            self.stopping = True
+        elif decision.action == "rollback":
+            self.rewind(decision, epoch + (step - epoch * len(self.loader)) / len(self.loader))
+
+    def keep_rewind_point(self, state: dict[str, Any]) -> None:
+        self._best_pending = False
+        self.rewind_point = copy.deepcopy(state)
+        if self.is_main:
+            self.run.save_rewind(self.rewind_point)
+
+    def rewind(self, decision, position: float) -> None:
+        """Roll back: the whole state of the rewind point (weights, optimiser, schedule,
+        the loader's position and RNG, every RNG, the epoch's sums, the metrics and the
+        monitor's probes) comes back; the monitor keeps its CO events and rollbacks; the
+        method is strengthened as it declares; training goes on from there."""
+        target = self.rewind_point
+        if target is None:
+            raise RuntimeError("CO flagged but the state to roll back to is not available "
+                               "(rewind.pt is missing from the run directory)")
+        kept = self.monitor.state_dict()
+        discarded = self.history[len(target["history"]):]
+        if self._row is not None:                 # the epoch whose probe confirmed CO
+            rec = decision.record
+            discarded.append({**self._row, "probe_clean_acc": rec["clean"],
+                              "probe_fgsm_acc": rec["fgsm"], "probe_pgd_acc": rec["pgd"],
+                              "co_flag": True})
+            self._row = None
+        back_to = target["epoch"] + (1 if target["partial"] is None else 0) + \
+            (target["loader"]["position"] / len(self.loader) if target["partial"] is not None
+             else 0.0)
+        elapsed = self.seconds_before + time.time() - self.t_train
+        self.restore(target)
+        self.monitor.rewound(kept)
+        for change in self.monitor.rollbacks:          # every earlier rollback's change
+            self.method.apply_change(change)
+        change = self.method.strengthen(decision.change, decision.factors)
+        self.log.warning("%s", self.monitor.rolled_back(
+            change, epochs_discarded=round(position - back_to, 6), rows_discarded=discarded))
+        self.seconds_before, self.t_train = elapsed, time.time()
+        if self.is_main:
+            self.run.write_metrics(self.history)
+        self.save_checkpoint(target["epoch"], target["partial"])
+        raise Rewound(self.start_epoch)
 
     def remember_best(self, record: dict[str, Any]) -> None:
         self.best = {
@@ -448,8 +515,10 @@ class Trainer:
         raise TrainingInterrupted(self.stop.signum, self.run.path, epoch, step,
                                   self.run.file(CHECKPOINT))
 
-    def load_state(self, ckpt: dict[str, Any]) -> None:
-        """Continue from a checkpoint written by ``save_checkpoint`` (exact resume)."""
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        """Put the training state of ``ckpt`` (a checkpoint or a rewind point) back: weights,
+        optimiser, schedule, method state, the monitor, the loader's position, the metrics,
+        the epoch's partial sums and, last, every RNG state. Returns the RNG notes."""
         from aaer.models import load_state_dict_into
         load_state_dict_into(self.model.net, ckpt["model"])
         self.opt.load_state_dict(ckpt["optimizer"])
@@ -462,11 +531,19 @@ class Trainer:
             for change in self.monitor.rollbacks:     # the changes rollbacks made
                 self.method.apply_change(change)
             self.stopping = self.monitor.stopped is not None
-            self.best = self.run.best_probe()
         self.loader.load_state_dict(ckpt["loader"])
         self.history = list(ckpt["history"])
         self.partial = ckpt["partial"]
         self.start_epoch = ckpt["epoch"] + (1 if self.partial is None else 0)
+        return set_rng_state(ckpt["rng"])         # last: nothing may draw before training
+
+    def load_state(self, ckpt: dict[str, Any]) -> None:
+        """Continue from a checkpoint written by ``save_checkpoint`` (exact resume)."""
+        notes = self.restore(ckpt)
+        if self.monitor is not None and "monitor" in ckpt:
+            self.best = self.run.best_probe()
+            if self.rolls_back:
+                self.rewind_point = self.run.rewind_point()
         self.seconds_before = float(ckpt["train_seconds"])
         self.data_sha256 = ckpt["data"]["sha256"]
         self.resumed = True
@@ -482,7 +559,7 @@ class Trainer:
         self.log.info("resumed from %s at epoch %d, step %d (checkpoint of %s) on %s",
                       self.run.file(CHECKPOINT), self.start_epoch, step, ckpt["saved_at"],
                       self.device)
-        for note in set_rng_state(ckpt["rng"]):   # last: nothing may draw before training
+        for note in notes:
             self.log.warning(note)
 
     def evaluate_final(self) -> dict[str, Any] | None:
@@ -500,30 +577,40 @@ class Trainer:
             if self.start_epoch == 0 and not self.resumed:
                 self.start()
             self.stop.install()
-            t_train = self.t_train = time.time()
-            for epoch in range(self.start_epoch, self.cfg.optim.epochs):
-                if self.stopping:
-                    break
-                row = self.run_epoch(epoch)
-                self.end_epoch(row)
+            self.t_train = time.time()
+            if self.rolls_back and self.rewind_point is None and not self.resumed:
+                self.keep_rewind_point(self.state_dict(-1))   # CO before any good probe
+            epoch = self.start_epoch
+            while epoch < self.cfg.optim.epochs and not self.stopping:
+                try:
+                    row = self.run_epoch(epoch)
+                    self.end_epoch(row)
+                except Rewound as back:
+                    epoch = back.epoch
+                    continue
                 if self.stop.requested:         # the end-of-epoch checkpoint is written
                     self.log.info("received %s: stopping after epoch %d; continue with: aaer "
                                   "train --resume %s", signal_name(self.stop.signum), epoch,
                                   self.run.path)
                     raise TrainingInterrupted(self.stop.signum, self.run.path, epoch + 1, 0,
                                               self.run.file(CHECKPOINT))
+                epoch += 1
             self.stop.restore()                 # evaluation may be stopped at once
-            train_seconds = time.time() - t_train + self.seconds_before
+            train_seconds = time.time() - self.t_train + self.seconds_before
             if self.is_main:
                 self.run.save_model(self.model.net.state_dict())
             self.log.info("Total train time: %.4f minutes", train_seconds / 60)
-            # train_seconds covers every epoch run so far, resumed ones included
+            # train_seconds covers every epoch run so far, resumed and rolled-back ones
+            # included
             epochs_run = self.history[-1]["epoch"] + 1 if self.history else \
                 self.cfg.optim.epochs
+            if self.monitor is not None:
+                epochs_run += self.monitor.epochs_discarded()
             results: dict[str, Any] = {
                 "train_seconds": round(train_seconds, 3),
                 "seconds_per_epoch": round(train_seconds / max(epochs_run, 1), 3),
-                "epochs": self.cfg.optim.epochs, "final_epoch": self.history[-1]}
+                "epochs": self.cfg.optim.epochs, "epochs_trained": round(epochs_run, 6),
+                "final_epoch": self.history[-1]}
             if self.resumes:
                 results["resumes"] = self.resumes
             if self.monitor is not None:

@@ -273,8 +273,20 @@ def collect(runs: list[SuiteRun], out_dir: str) -> list[dict]:
             "n_eval": ev.get("pgd", {}).get("n"),
             "seconds_per_epoch": res.get("seconds_per_epoch"), "co": co,
             "co_epoch": r.co_epoch() if co else None,
+            "train_seconds": res.get("train_seconds"), **monitor_outcome(res),
             **run_trajectory(metrics)})
     return rows
+
+
+def monitor_outcome(results: dict) -> dict:
+    """The CO monitor's verdict on a finished run: rollbacks, epochs they discarded, whether
+    the run ends in CO, and the outcome in words."""
+    mon = results.get("monitor")
+    if not isinstance(mon, dict):
+        return {}
+    return {"rollbacks": len(mon.get("rollbacks", [])),
+            "epochs_discarded": mon.get("epochs_discarded", 0.0),
+            "ends_in_co": mon.get("ends_in_co"), "outcome": mon.get("outcome")}
 
 
 def run_trajectory(metrics: list[dict]) -> dict:
@@ -354,8 +366,9 @@ def summary_markdown(suite: str, summary: list[dict], rows: list[dict]) -> str:
               "last probe met the CO rule but training ended before a second probe could "
               "confirm it; such runs do not count in the CO rate.", "",
               "| run | seed | clean | PGD | CO epoch | probe PGD best (epoch) -> last | "
-              "AAEs first / at best / max / last (fraction) | s/epoch |",
-              "|---|---|---|---|---|---|---|---|"]
+              "AAEs first / at best / max / last (fraction) | s/epoch | rollbacks (epochs "
+              "discarded) | outcome |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         f = (lambda v: "n/a" if v is None else f"{100 * v:.2f}")
         co = "n/a" if r["co"] is None else ("none" if not r["co"] else str(r["co_epoch"]))
@@ -373,8 +386,11 @@ def summary_markdown(suite: str, summary: list[dict], rows: list[dict]) -> str:
                    f"{r['aae_max']} / {r['aae_last']}"
                    + ("" if frac is None else f" ({frac:.2f})"))
         spe = r.get("seconds_per_epoch")
+        rb = "n/a" if r.get("rollbacks") is None else \
+            f"{r['rollbacks']} ({r.get('epochs_discarded', 0):g})"
         lines.append(f"| {r['run']} | {r['seed']} | {f(r['clean'])} | {f(r['pgd'])} | {co} | "
-                     f"{probe} | {aae} | {'n/a' if spe is None else f'{spe:.1f}'} |")
+                     f"{probe} | {aae} | {'n/a' if spe is None else f'{spe:.1f}'} | {rb} | "
+                     f"{r.get('outcome') or 'n/a'} |")
     return "\n".join(lines) + "\n"
 
 

@@ -72,6 +72,8 @@ class ELLE(SingleStepAttack):
     description = "FGSM + lamda * local linearity error of the loss on random triplets"
     source = "Abad Rocamora et al., ICLR 2024"
     presets = {"eps8": {"lamda": 1000.0}, "eps16": {"lamda": 5000.0}}
+    # a rollback after CO raises the linearity weight first
+    strengthen_by = {"regularizer": "lamda", "step": "alpha"}
 
     def __init__(self, eps, lamda=None, noise="zero", alpha=1.0, warmup_epochs=0.0,
                  norm="linf"):
@@ -128,6 +130,7 @@ class ELLEA(ELLE):
     presets = {"eps8": {"lamda_max": 4000.0}, "eps16": {"lamda_max": 4000.0},
                "n-eps8": {"lamda_max": 4000.0, "noise": "n"},
                "n-eps16": {"lamda_max": 4000.0, "noise": "n"}}
+    strengthen_by = {"regularizer": "lamda_max", "step": "alpha"}
 
     def __init__(self, eps, lamda_max=4000.0, sensitivity=2.0, decay=0.99, noise="zero",
                  alpha=1.0, warmup_epochs=0.0, norm="linf"):

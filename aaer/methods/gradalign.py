@@ -59,6 +59,8 @@ class GradAlign(SingleStepAttack):
     presets = {"eps8": {"lamda": 0.2}, "eps16": {"lamda": 2.0}}
     # the preset's training change: the published runs use a peak learning rate of 0.3
     train_overrides = {"lr_max": 0.3}
+    # a rollback after CO raises the alignment weight first
+    strengthen_by = {"regularizer": "lamda", "step": "alpha"}
 
     def __init__(self, eps, lamda=None, noise="zero", alpha=1.0, warmup_epochs=0.0,
                  norm="linf"):

@@ -1,0 +1,97 @@
+"""The CO fixture under two CO policies, side by side: the README's warn / rollback table.
+
+    aaer reproduce co-fixture --seeds 10 --out runs/co-warn
+    aaer reproduce co-fixture --seeds 10 --out runs/co-rollback --train-args "--on-co rollback"
+    python benchmarks/co_policy_table.py runs/co-warn runs/co-rollback
+
+Per method and policy: how many seeds end in CO (the last probes meet the CO rule, or the
+run was flagged and trained on), the rollbacks and the epochs they discarded, final clean
+and PGD accuracy (the fixture's final evaluation, PGD-10 on 1000 test points) per seed and
+on average, and the training wall time. Then, per method, whether rollback kept every
+seed's final PGD accuracy at least that of the same seed without it.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from aaer.runs import load_run  # noqa: E402
+
+METHODS = ("FGSM", "RS-FGSM", "N-FGSM", "RS-AAER", "N-AAER")
+
+
+def read(suite_dir: str) -> dict[tuple[str, int], dict]:
+    out = {}
+    for name in sorted(os.listdir(suite_dir)):
+        m = re.match(r"co-fixture_(.+)_s(\d+)$", name)
+        if not m or not os.path.exists(os.path.join(suite_dir, name, "results.json")):
+            continue
+        run = load_run(os.path.join(suite_dir, name))
+        res, mon = run.results, run.results.get("monitor") or {}
+        ev = res["evaluation"]["results"]
+        ends_in_co = mon.get("ends_in_co")
+        if ends_in_co is None:                # written before outcomes were recorded
+            ends_in_co = bool(mon.get("co_detected")) and not mon.get("stopped")
+        # warn: a flagged run trains on in CO
+        if mon.get("probe", {}).get("on_co") == "warn" and mon.get("co_detected"):
+            ends_in_co = True
+        out[(m.group(1), int(m.group(2)))] = {
+            "clean": ev["clean"]["acc"], "pgd": ev["pgd"]["acc"],
+            "ends_in_co": bool(ends_in_co), "rollbacks": len(mon.get("rollbacks", [])),
+            "discarded": mon.get("epochs_discarded", 0.0), "seconds": res["train_seconds"],
+            "outcome": mon.get("outcome", "")}
+    return out
+
+
+def cells(rows, key, fmt):
+    return "/".join(fmt(r[key]) for r in rows)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("warn_dir")
+    p.add_argument("rollback_dir")
+    a = p.parse_args()
+    policies = {"warn": read(a.warn_dir), "rollback": read(a.rollback_dir)}
+    seeds = sorted({s for pol in policies.values() for (_, s) in pol})
+    print(f"seeds {seeds[0]}-{seeds[-1]}; cells per seed in seed order; accuracies in %\n")
+    print("| method | policy | ends in CO | rollbacks (epochs discarded) | final clean | "
+          "final PGD | mean clean / PGD | wall s (mean) |")
+    print("|---|---|---|---|---|---|---|---|")
+    verdicts = []
+    for method in METHODS:
+        for policy, runs in policies.items():
+            rows = [runs[(method, s)] for s in seeds if (method, s) in runs]
+            if not rows:
+                continue
+            n = len(rows)
+            co = sum(r["ends_in_co"] for r in rows)
+            rb = "/".join(f"{r['rollbacks']}({r['discarded']:g})" for r in rows) \
+                if policy == "rollback" else "-"
+            pct = lambda v: f"{100 * v:.1f}"
+            mc = sum(r["clean"] for r in rows) / n
+            mp = sum(r["pgd"] for r in rows) / n
+            wall = sum(r["seconds"] for r in rows) / n
+            print(f"| {method} | {policy} | {co}/{n} | {rb} | {cells(rows, 'clean', pct)} | "
+                  f"{cells(rows, 'pgd', pct)} | {pct(mc)} / {pct(mp)} | {wall:.0f} |")
+        both = [(s, policies["warn"].get((method, s)), policies["rollback"].get((method, s)))
+                for s in seeds]
+        both = [(s, w, r) for s, w, r in both if w and r]
+        if both:
+            worse = [s for s, w, r in both if r["pgd"] < w["pgd"]]
+            verdicts.append(f"{method}: rollback final PGD >= warn's in "
+                            f"{len(both) - len(worse)}/{len(both)} seeds"
+                            + (f" (lower in seed(s) {worse})" if worse else ""))
+    print()
+    for v in verdicts:
+        print("- " + v)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
