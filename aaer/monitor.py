@@ -435,6 +435,8 @@ def build_monitor(cfg, dataset, train_x, train_y):
     else:
         px, py, _, _, source = select_probe_data(m.probe_source, m.probe_n, train_x,
                                                  train_y, dataset.test_x, dataset.test_y)
+    if hasattr(px, "materialize"):               # held-out streamed images: decode them
+        px = px.materialize()
     mon = COMonitor(px, py, cfg.eps, pgd_steps=m.probe_steps, rule=rule_from_config(m),
                     on_co=m.on_co, every_steps=m.probe_every, seed=cfg.optim.seed,
                     source=source, batch_size=cfg.evaluation.batch_size,

@@ -132,7 +132,9 @@ def build_trainer(cfg, dataset=None, *, resume: bool = False) -> Trainer:
         check_data_dir(run_cfg)
         from aaer import data
         dataset = data.load_dataset(run_cfg.data.dataset, run_cfg.data.data_dir,
-                                    download=run_cfg.data.download)
+                                    download=run_cfg.data.download,
+                                    image_size=run_cfg.data.image_size,
+                                    workers=run_cfg.data.workers)
     n = run_cfg.data.n_train
     train_x, train_y = (dataset.train_x[:n], dataset.train_y[:n]) if n is not None else \
         (dataset.train_x, dataset.train_y)

@@ -58,8 +58,11 @@ def assert_same_weights(a: dict, b: dict):
     assert not differ, f"tensors differ after resume: {differ}"
 
 
+TIMES = ("seconds", "images_per_s", "data_wait_share")
+
+
 def without_time(rows):
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    return [{k: v for k, v in r.items() if k not in TIMES} for r in rows]
 
 
 def read_rows(path):

@@ -98,6 +98,15 @@ class DataConfig:
                              "is not in --data-dir", type=bool, resumable=True)
     n_train: int | None = setting(None, "use only the first N training images", type=int,
                                   low=1, optional=True, default_text="all")
+    image_size: int | None = setting(None, "streamed images (imagenet100, or an imagefolder "
+                                     "of mixed sizes): RandomResizedCrop to this size for "
+                                     "training, Resize(size*8/7) + CenterCrop(size) for "
+                                     "testing", type=int, low=8, optional=True,
+                                     default_text="imagenet100: 224; imagefolder: the images' "
+                                     "own size, not streamed")
+    workers: int | None = setting(None, "processes decoding streamed images (0: the training "
+                                  "process itself)", type=int, low=0, optional=True,
+                                  resumable=True, default_text="min(8, CPU cores)")
 
 
 @dataclass

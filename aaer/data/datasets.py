@@ -14,10 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import cache, formats, images
+from . import cache, formats, images, streaming
 from .download import fetch
 
-DATASETS = ("cifar10", "cifar100", "svhn", "tinyimagenet", "imagefolder", "mnist", "fashion-mnist")
+DATASETS = ("cifar10", "cifar100", "svhn", "tinyimagenet", "imagenet100", "imagefolder", "mnist",
+            "fashion-mnist")
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
@@ -25,6 +26,7 @@ _ALIASES = {
     "cifar-10": "cifar10", "cifar-100": "cifar100", "tiny-imagenet": "tinyimagenet",
     "tiny-imagenet-200": "tinyimagenet", "tinyimagenet200": "tinyimagenet",
     "image-folder": "imagefolder", "fashionmnist": "fashion-mnist", "fmnist": "fashion-mnist",
+    "imagenet-100": "imagenet100", "imagenet_100": "imagenet100",
 }
 
 _C100_MEAN, _C100_STD = (0.50708, 0.48655, 0.44092), (0.26733, 0.25644, 0.27615)
@@ -35,6 +37,7 @@ NORMALIZATION = {
     "svhn": ((0.4380, 0.4440, 0.4730), (0.1751, 0.1771, 0.1744)),
     "tinyimagenet": (_C100_MEAN, _C100_STD),
     "imagefolder": (_IMAGENET_MEAN, _IMAGENET_STD),
+    "imagenet100": (_IMAGENET_MEAN, _IMAGENET_STD),
     "mnist": ((0.1307,), (0.3081,)),
     "fashion-mnist": ((0.2860,), (0.3530,)),
 }
@@ -43,6 +46,9 @@ NORMALIZATION = {
 # CIFAR's (30 epochs, cyclic lr 0 -> 0.2 -> 0 peaking at 1/2, no warm-up).
 TRAINING_DEFAULTS = {
     "svhn": {"epochs": 15, "lr_max": 0.05, "lr_peak": 0.4, "warmup_epochs": 5.0},
+    # the official Imagenet-100 script: its ResNet-18 variant on 224 crops, otherwise the
+    # CIFAR recipe (30 epochs, cyclic 0.2, batch 128)
+    "imagenet100": {"model": "resnet18-imagenet", "image_size": 224},
 }
 
 
@@ -97,9 +103,13 @@ def canonical_name(name: str) -> str:
 def augmentation_for(dataset: Dataset) -> tuple[int, bool]:
     """(random-crop padding, horizontal flip) of the reference recipe: pad 4 + flip at 32x32,
     pad 8 + flip at 64x64 (size // 8 in general); none for the MNIST family."""
-    if dataset.name in ("mnist", "fashion-mnist"):
-        return 0, False
+    if dataset.name in ("mnist", "fashion-mnist") or streamed(dataset):
+        return 0, False         # streamed sets: random-resized crop + flip in the stream
     return dataset.image_size // 8, True
+
+
+def streamed(dataset: Dataset) -> bool:
+    return isinstance(dataset.train_x, streaming.FileImages)
 
 
 def _locate(name: str, root: str) -> str:
@@ -179,8 +189,27 @@ def interleave(entry: dict) -> dict:
     return out
 
 
+def load_streamed(name: str, source: str, image_size: int, workers: int | None) -> Dataset:
+    """ImageNet-100 or a mixed-size image folder, streamed (aaer.data.streaming): the
+    training images stay files, the test images are decoded once with the test transform."""
+    workers = streaming.default_workers() if workers is None else workers
+    store, classes, splits = streaming.scan(source, "imagenet100" if name == "imagenet100"
+                                            else "imagefolder")
+    out = {}
+    for split, (rels, labels) in splits.items():   # one fixed class-mixed order, as folders
+        perm = torch.randperm(len(rels), generator=torch.Generator().manual_seed(ORDER_SEED))
+        out[split] = ([rels[i] for i in perm.tolist()], labels[perm])
+    train_x = streaming.FileImages(store, out["train"][0], image_size, workers)
+    test_x = streaming.decode_test(store, out["test"][0], image_size, workers)
+    mean, std = NORMALIZATION[name]
+    return Dataset(name=name, train_x=train_x, train_y=out["train"][1], test_x=test_x,
+                   test_y=out["test"][1], classes=list(classes), mean=tuple(mean),
+                   std=tuple(std), source=os.path.realpath(source))
+
+
 def load_dataset(name: str, data_dir: str | None = None, *, download: bool = False,
-                 cache_dir: str | None = None) -> Dataset:
+                 cache_dir: str | None = None, image_size: int | None = None,
+                 workers: int | None = None) -> Dataset:
     """Load data set `name` (one of DATASETS) from `data_dir`.
 
     data_dir is the folder holding the release files (for CIFAR also its parent, or the
@@ -192,6 +221,12 @@ def load_dataset(name: str, data_dir: str | None = None, *, download: bool = Fal
     """
     name = canonical_name(name)
     root = os.fspath(data_dir) if data_dir is not None else _default_root(name, download)
+    if name == "imagenet100" or (name == "imagefolder" and image_size is not None):
+        if download:
+            raise ValueError(f"download=True is not available for {name} (it has no official "
+                             "archive to fetch); pass the folder, .zip or .tar as data_dir")
+        source = streaming.locate_imagenet100(root) if name == "imagenet100" else root
+        return load_streamed(name, source, image_size or 224, workers)
     if download:
         if name == "imagefolder":
             raise ValueError("download=True is not available for imagefolder (it has no official "

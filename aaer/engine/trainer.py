@@ -36,6 +36,23 @@ from aaer.methods import Method, StepContext, create_method
 from aaer.runs import CHECKPOINT, RunDir
 
 
+# a loader that keeps the model waiting more than this share of an epoch gets a warning
+STARVED = 0.3
+
+
+def _timed(iterable, waited: list):
+    """``iterable``'s items; adds the time spent producing each to waited[0]."""
+    it = iter(iterable)
+    while True:
+        t = time.perf_counter()
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        waited[0] += time.perf_counter() - t
+        yield item
+
+
 class Rewound(Exception):
     """A rollback put the training state back: go on from epoch ``epoch``."""
 
@@ -138,7 +155,7 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, dataset, run: RunDir, *, train_set=None, monitor=None,
                  final_eval: Callable | None = None, listeners=()):
-        from aaer.data import BatchLoader, augmentation_for
+        from aaer.data import augmentation_for, make_loader, streamed
         from aaer.models import build
 
         self.cfg, self.run, self.dataset = cfg, run, dataset
@@ -165,11 +182,12 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         distributed.reseed_for_rank(opt.seed, self.dist)
         self.pad, self.flip = augmentation_for(ds)
-        self.loader = BatchLoader(self.train_x, self.train_y,
+        self.streamed = streamed(ds)
+        self.loader = make_loader(self.train_x, self.train_y,
                                   distributed.per_rank_batch(opt.batch_size, self.dist.world_size),
                                   shuffle=True, pad=self.pad, flip=self.flip, device=self.device,
                                   seed=opt.seed, rank=self.dist.rank,
-                                  world_size=self.dist.world_size)
+                                  world_size=self.dist.world_size, workers=cfg.data.workers)
         self.total_steps = opt.epochs * len(self.loader) * self.method.replays
         self.opt = torch.optim.SGD(self.model.parameters(), lr=opt.lr_max,
                                    momentum=opt.momentum, weight_decay=opt.weight_decay)
@@ -222,7 +240,10 @@ class Trainer:
                      "n_train": int(self.train_x.shape[0]), "n_test": int(ds.test_x.shape[0]),
                      "shape": list(self.train_x.shape[1:]), "num_classes": ds.num_classes,
                      "mean": list(ds.mean), "std": list(ds.std),
-                     "augmentation": {"crop_pad": self.pad, "hflip": self.flip}},
+                     "augmentation": {"random_resized_crop": int(self.train_x.shape[2]),
+                                      "hflip": True, "test": "resize + center crop",
+                                      "streamed": True} if self.streamed else
+                     {"crop_pad": self.pad, "hflip": self.flip}},
             "model_params": sum(p.numel() for p in self.model.parameters()),
             "iters_per_epoch": len(self.loader), "total_steps": self.total_steps,
             "environment": environment(self.device),
@@ -291,7 +312,8 @@ class Trainer:
             n_seen, t0, self.guard.skipped = p["n_seen"], t0 - p["seconds"], p["skipped"]
         bar = _progress_bar(len(self.loader), f"epoch {epoch + 1}/{epochs}",
                             cfg.runtime.progress and self.is_main)
-        for i, (x, y) in enumerate(self.loader, start=self.loader.position):
+        waited = [0.0]                          # seconds spent waiting for batches
+        for i, (x, y) in enumerate(_timed(self.loader, waited), start=self.loader.position):
             ctx = StepContext(epoch, i, len(self.loader), epochs)
             out = self.train_step(x, y, ctx)
             if out is not None:
@@ -334,10 +356,18 @@ class Trainer:
         sums = {k: v.tolist() if v.dim() else float(v) for k, v in stat_sums.items()}
         skipped = {"skipped_steps": self.guard.skipped} if cfg.runtime.on_nan == "skip-batch" \
             else {}
-        return {"epoch": epoch, "seconds": round(time.time() - t0, 3),
+        seconds = time.time() - t0
+        share = waited[0] / max(seconds, 1e-9)
+        if share > STARVED and seconds > 1.0:
+            self.log.warning("the data loader starved the model: %.0f%% of epoch %d went to "
+                             "waiting for batches; give the loader more --workers (or a "
+                             "faster disk)", 100 * share, epoch)
+        return {"epoch": epoch, "seconds": round(seconds, 3),
                 "lr": self.sched.get_last_lr()[0], "train_loss": float(loss_sum) / n_seen,
                 "train_acc": float(correct) / n_seen, "n": n_seen,
-                **self.method.summarize(sums, n_seen), **skipped}
+                **self.method.summarize(sums, n_seen), **skipped,
+                "images_per_s": round(n_seen / max(seconds, 1e-9), 1),
+                "data_wait_share": round(share, 4)}
 
     def end_epoch(self, row: dict[str, Any]) -> None:
         """Check, probe, record and checkpoint one finished epoch."""
@@ -359,12 +389,14 @@ class Trainer:
             self.keep_rewind_point(self.state_dict(epoch))
         if self.is_main:
             self.run.append_metrics(row)
-        self.log.info("%d \t %.1f \t %.4f \t %.4f \t %.4f \t %d \t %.4f \t %.4f%s", epoch,
+        self.log.info("%d \t %.1f \t %.4f \t %.4f \t %.4f \t %d \t %.4f \t %.4f%s | %.0f "
+                      "img/s, %.0f%% waiting for data", epoch,
                       row["seconds"], row["lr"], row["train_loss"], row["train_acc"],
                       row.get("aae_count", 0), row.get("aaer_ce_var", 0.0),
                       row.get("aaer_var_gap", 0.0),
                       "".join(f" | {k} {row[k]:.4f}" for k in row if k.startswith("probe_")
-                              and k != "probe_seconds"))
+                              and k != "probe_seconds"),
+                      row["images_per_s"], 100 * row["data_wait_share"])
         if self.is_main:
             for listener in self.listeners:
                 listener.epoch(row)
@@ -633,6 +665,8 @@ class Trainer:
         for listener in self.listeners:
             listener.close()
         self.listeners = []
+        if hasattr(self.loader, "close"):           # a streaming loader's worker processes
+            self.loader.close()
         close_logger(self.log)
         distributed.shutdown(self.dist, release=self.release_ddp)
 
