@@ -20,7 +20,8 @@ from aaer.config.flags import add_command_flags, add_run_flags, command_settings
 from aaer.errors import EXIT_DIVERGED, EXIT_FAILED_RUNS, EXIT_USAGE, TrainingInterrupted, rank
 
 OUT_DIR_DATASETS = [(r"cifar-?100", "cifar100"), (r"cifar-?10", "cifar10"), (r"svhn", "svhn"),
-                    (r"tiny", "tinyimagenet"), (r"imagenet", "imagefolder"),
+                    (r"tiny", "tinyimagenet"), (r"imagenet-?_?100", "imagenet100"),
+                    (r"imagenet", "imagefolder"),
                     (r"fashion", "fashion-mnist"), (r"mnist", "mnist")]
 
 

@@ -154,7 +154,7 @@ def train_image(store: Store, rel: str, size: int, rng: np.random.Generator) -> 
     return np.asarray(out).transpose(2, 0, 1)
 
 
-def test_image(store: Store, rel: str, size: int) -> np.ndarray:
+def eval_image(store: Store, rel: str, size: int) -> np.ndarray:
     """Resize(shorter side to eval_size(size)) + CenterCrop(size): uint8 [3, size, size]."""
     from PIL import Image
     img = _rgb(store, rel)
@@ -188,7 +188,7 @@ def _train_batch(task):
 
 def _test_batch(task):
     rels, size = task
-    return np.stack([test_image(_store, r, size) for r in rels])
+    return np.stack([eval_image(_store, r, size) for r in rels])
 
 
 def default_workers() -> int:
