@@ -249,3 +249,28 @@ def test_train_imagenet100_end_to_end(tree, tmp_path, capsys):
     from aaer.cli import infer_dataset
     assert infer_dataset("Imagenet100_RS-AAER_8") == "imagenet100"
     assert infer_dataset("ImageNet-100_x") == "imagenet100"
+
+
+def test_a_streamed_run_killed_mid_epoch_resumes_to_the_same_weights(tree, tmp_path):
+    """kill + resume = the uninterrupted run, with the streaming loader (2 workers)."""
+    import signal
+
+    from aaer.errors import TrainingInterrupted
+    from aaer.train import TrainConfig, build_trainer, train
+    from tests.test_resume import _signal_at
+    ds = load_dataset("imagenet100", str(tree), image_size=16, workers=2)
+
+    def cfg(out):
+        return TrainConfig(dataset="imagenet100", model="small-cnn", method="rs-aaer",
+                           image_size=16, workers=2, epochs=2, batch_size=4,
+                           eval_protocol="none", progress=False, device="cpu",
+                           out_dir=str(out))
+    train(cfg(tmp_path / "ref"), ds)
+    trainer = build_trainer(cfg(tmp_path / "cut"), ds)
+    _signal_at(trainer, 1, 0, signal.SIGTERM)            # after the 1st of 3 batches
+    with pytest.raises(TrainingInterrupted):
+        trainer.fit()
+    train(cfg(tmp_path / "cut"), ds, resume=True)
+    a = torch.load(tmp_path / "cut" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "ref" / "model.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
