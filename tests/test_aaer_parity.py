@@ -137,3 +137,28 @@ def test_paper_and_reference_mode_agree_when_lamda2_zero():
         outs.append((float(out.loss), _grads(model)))
     assert outs[0][0] == pytest.approx(outs[1][0], rel=1e-12)
     assert _max_rel(outs[0][1], outs[1][1]) < 1e-12
+
+
+def test_logged_hinge_is_the_gradient_carrying_part_of_the_term():
+    # reference mode: loss = mean(l1) + lamda1 (m/B) (lamda2 CEvar + lamda3 max(AV - NV, 0));
+    # the logged hinge part is the last summand, and it is on exactly when AV > NV
+    seen = set()
+    for seed in range(12):
+        model, x, y = _setup(seed)
+        method = create_method("n-aaer", EPS, lamda1=1.5, lamda2=2.0, lamda3=0.5)
+        torch.manual_seed(seed)
+        z0, l0, z1, l1, _ = method.attack(model, x, y, StepContext())
+        torch.manual_seed(seed)
+        out = method.step(model, x, y, StepContext())
+        aae = l0 > l1
+        m, B = int(aae.sum()), len(y)
+        var = (z1 - z0).pow(2).sum(1)
+        av, nv = var[aae].mean().item(), var[~aae].mean().item()
+        on = 0 < m < B and av > nv
+        seen.add(on)
+        assert float(out.stats["aaer_hinge_on_sum"]) == (B if on else 0)
+        hinge = 1.5 * m / B * 0.5 * max(av - nv, 0.0) if 0 < m < B else 0.0
+        assert float(out.stats["aaer_hinge_reg_sum"]) / B == pytest.approx(hinge, rel=1e-6, abs=1e-12)
+        ce = 1.5 * m / B * 2.0 * (l0 - l1)[aae].mean().item() if 0 < m < B else 0.0
+        assert float(out.loss) == pytest.approx(l1.mean().item() + ce + hinge, rel=1e-6)  # fp32 term
+    assert seen == {True, False}          # both branches met

@@ -96,7 +96,7 @@ def aaer_regularizer(z0, z1, l0, l1, lamda1: float, lamda2: float, lamda3: float
     m, B = m.detach(), B.detach()
     reg = lamda1 * (m / B) * (lamda2 * ce_var + lamda3 * torch.relu(av - nv))
     reg = torch.where(active, reg, torch.zeros_like(reg))
-    return reg, {"m": m, "ce_var": ce_var.detach(), "av": av.detach(), "nv": nv,
+    return reg, {"m": m, "B": B, "ce_var": ce_var.detach(), "av": av.detach(), "nv": nv,
                  "active": active, "m_local": m_local}
 
 
@@ -133,6 +133,13 @@ class AAER(SingleStepAttack):
         stats["aaer_ce_var_sum"] = on * parts["ce_var"]
         stats["aaer_var_gap_sum"] = on * (parts["av"] - parts["nv"])
         stats["aaer_reg_sum"] = reg.detach() * l1.shape[0]
+        # the part of the term that carries gradient in reference mode (the hinge), and the
+        # share of examples whose batch had it switched on (AV > NV): where it is off, the
+        # step is plain single-step AT
+        hinge_on = (parts["active"] & (parts["av"] > parts["nv"])).float() * l1.shape[0]
+        stats["aaer_hinge_on_sum"] = hinge_on
+        stats["aaer_hinge_reg_sum"] = hinge_on * (self.lamda1 * self.lamda3 * parts["m"]
+                                                  / parts["B"] * (parts["av"] - parts["nv"]))
         return StepOutput(loss=l1.mean() + reg, logits=z1.detach(), stats=stats)
 
     def summarize(self, sums, n):
@@ -142,6 +149,8 @@ class AAER(SingleStepAttack):
         out["aaer_ce_var"] = sums.get("aaer_ce_var_sum", 0.0) / (m + 1e-10)
         out["aaer_var_gap"] = sums.get("aaer_var_gap_sum", 0.0) / (m + 1e-10)
         out["aaer_reg"] = sums.get("aaer_reg_sum", 0.0) / n if n else 0.0
+        out["aaer_hinge_on"] = sums.get("aaer_hinge_on_sum", 0.0) / n if n else 0.0
+        out["aaer_hinge_reg"] = sums.get("aaer_hinge_reg_sum", 0.0) / n if n else 0.0
         return out
 
 
