@@ -6,7 +6,6 @@ many draws, the test transform against a hand-computed resize + crop, determinis
 seed (also across worker counts and processes), resume mid-epoch, .zip and .tar sources,
 damaged inputs refused by name, and `aaer train --dataset imagenet100` end to end.
 """
-import math
 import os
 import shutil
 import tarfile

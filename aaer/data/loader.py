@@ -24,7 +24,37 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 _U8_TO_UNIT = torch.arange(256, dtype=torch.float32).div_(255)
 
 
-class BatchLoader:
+class LoaderPosition:
+    """Where a loader is in its run: the epoch and the batches already yielded in it, saved
+    and restored with the settings that fix the batch order (seed, shuffle, batch size,
+    examples, world size), so a resumed loader replays exactly the remaining batches."""
+
+    def set_epoch(self, epoch: int) -> None:
+        epoch = int(epoch)
+        if not (self._resume_epoch == epoch and self.epoch == epoch):
+            self.position = 0
+        self.epoch = epoch
+        self._resume_epoch = None
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
+                "shuffle": self.shuffle, "batch_size": self.batch_size,
+                "num_examples": self.num_examples, "world_size": self.world_size}
+
+    def load_state_dict(self, d: dict) -> None:
+        for key in ("seed", "shuffle", "batch_size", "num_examples", "world_size"):
+            if key in d and d[key] != getattr(self, key):
+                raise ValueError(f"loader state has {key}={d[key]!r} but this loader has "
+                                 f"{key}={getattr(self, key)!r}: resuming would not replay the "
+                                 "same batches")
+        position = int(d["position"])
+        if not 0 <= position <= len(self):
+            raise ValueError(f"loader state position {position} is outside 0..{len(self)}")
+        self.epoch, self.position = int(d["epoch"]), position
+        self._resume_epoch = self.epoch
+
+
+class BatchLoader(LoaderPosition):
     """Iterate (x float32 [B, C, H, W] in [0, 1], y int64 [B]) on `device`.
 
     Each epoch's order is a permutation seeded by (seed, epoch) (identity when shuffle is
@@ -95,30 +125,6 @@ class BatchLoader:
         if self.drop_last:
             return self.share // self.batch_size
         return math.ceil(self.share / self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        epoch = int(epoch)
-        if not (self._resume_epoch == epoch and self.epoch == epoch):
-            self.position = 0
-        self.epoch = epoch
-        self._resume_epoch = None
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
-                "shuffle": self.shuffle, "batch_size": self.batch_size,
-                "num_examples": self.num_examples, "world_size": self.world_size}
-
-    def load_state_dict(self, d: dict) -> None:
-        for key in ("seed", "shuffle", "batch_size", "num_examples", "world_size"):
-            if key in d and d[key] != getattr(self, key):
-                raise ValueError(f"loader state has {key}={d[key]!r} but this loader has "
-                                 f"{key}={getattr(self, key)!r}: resuming would not replay the "
-                                 f"same batches")
-        position = int(d["position"])
-        if not 0 <= position <= len(self):
-            raise ValueError(f"loader state position {position} is outside 0..{len(self)}")
-        self.epoch, self.position = int(d["epoch"]), position
-        self._resume_epoch = self.epoch
 
     def _plan(self):
         """This rank's example indices and augmentation draws for the current epoch."""

@@ -30,6 +30,7 @@ import zipfile
 import numpy as np
 import torch
 
+from aaer.data.loader import LoaderPosition, _epoch_seed
 from aaer.errors import require
 
 EXTS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp")
@@ -280,7 +281,7 @@ def decode_test(store: Store, rels: list[str], size: int, workers: int,
 
 # -- the training loader -------------------------------------------------------------------
 
-class StreamingLoader:
+class StreamingLoader(LoaderPosition):
     """Batches of a FileImages split, decoded and augmented by worker processes.
 
     The same interface and state as aaer.data.BatchLoader (len, set_epoch, position,
@@ -314,32 +315,7 @@ class StreamingLoader:
     def __len__(self) -> int:
         return math.ceil(self.share / self.batch_size)
 
-    def set_epoch(self, epoch: int) -> None:
-        epoch = int(epoch)
-        if not (self._resume_epoch == epoch and self.epoch == epoch):
-            self.position = 0
-        self.epoch = epoch
-        self._resume_epoch = None
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
-                "shuffle": self.shuffle, "batch_size": self.batch_size,
-                "num_examples": self.num_examples, "world_size": self.world_size}
-
-    def load_state_dict(self, d: dict) -> None:
-        for key in ("seed", "shuffle", "batch_size", "num_examples", "world_size"):
-            if key in d and d[key] != getattr(self, key):
-                raise ValueError(f"loader state has {key}={d[key]!r} but this loader has "
-                                 f"{key}={getattr(self, key)!r}: resuming would not replay the "
-                                 "same batches")
-        position = int(d["position"])
-        if not 0 <= position <= len(self):
-            raise ValueError(f"loader state position {position} is outside 0..{len(self)}")
-        self.epoch, self.position = int(d["epoch"]), position
-        self._resume_epoch = self.epoch
-
     def _order(self) -> torch.Tensor:
-        from aaer.data.loader import _epoch_seed
         g = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch))
         n, total = self.num_examples, self.share * self.world_size
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
