@@ -308,6 +308,27 @@ def test_rollback_of_a_plain_method_rescues_the_run(tmp_path, monkeypatch):
     assert mon["stopped"] is None
 
 
+def test_two_rollbacks_to_the_same_point_on_the_cyclic_schedule(tmp_path, monkeypatch):
+    # CO twice after epoch 1's best probe: both rollbacks return to the same saved state,
+    # and CyclicLR's load_state_dict must not consume that state the first time
+    # epoch:          0     1    2      3      | 2      3      | 2    3    4
+    _scripted(monkeypatch, [0.25, 0.5, 0.125, 0.125, 0.125, 0.125, 0.4, 0.45, 0.45],
+              [0.25, 0.375, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5])
+    cfg = _cfg(tmp_path, "rb3", method="rs-fgsm", method_hparams={}, on_co="rollback",
+               max_rollbacks=2, epochs=5, lr_schedule="cyclic")
+    trainer = build_trainer(cfg, _dataset())
+    starts = _spy_epochs(trainer)
+    res = trainer.fit()
+    mon = res["monitor"]
+    assert [r["restored_from"]["epoch"] for r in mon["rollbacks"]] == [1, 1]
+    assert trainer.method.alpha == pytest.approx(1.25 * 0.75 * 0.75)
+    assert [e for e, _, _ in starts] == [0, 1, 2, 3, 2, 3, 2, 3, 4]
+    assert _same(starts[6][1], starts[2][1]) and torch.equal(starts[6][2], starts[2][2])
+    lrs = [r["lr"] for r in _rows(cfg)]
+    assert lrs[2] == pytest.approx(mon["rollbacks"][1]["rows_discarded"][0]["lr"])
+    assert mon["outcome"] == "rescued after 2 rollback(s)" and res["epochs_trained"] == 9.0
+
+
 def test_co_from_the_start_rolls_back_to_the_start(tmp_path, monkeypatch):
     # masked CO (PGD 0 while FGSM is high) from the first probes: no good probe to go back
     # to, so training starts again from its initial state with a smaller step

@@ -461,7 +461,7 @@ class Trainer:
             (target["loader"]["position"] / len(self.loader) if target["partial"] is not None
              else 0.0)
         elapsed = self.seconds_before + time.time() - self.t_train
-        self.restore(target)
+        self.restore(copy.deepcopy(target))   # loading consumes parts of it (CyclicLR's state)
         self.monitor.rewound(kept)
         for change in self.monitor.rollbacks:          # every earlier rollback's change
             self.method.apply_change(change)
