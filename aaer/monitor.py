@@ -353,12 +353,20 @@ class COMonitor:
             return "CO, warned (--on-co warn)"
         if self.stopped is not None:
             n = len(self.rollbacks)
+            kept = "the weights of the best probe" if self.stopped["restored_from"] else \
+                "its weights in CO (no probe before CO to go back to)"
             if self.on_co == "rollback":
-                return (f"not rescued: CO again after {n} rollback(s); stopped with the "
-                        "weights of the best probe")
-            return "stopped at CO with the weights of the best probe (--on-co stop)"
+                return f"not rescued: CO again after {n} rollback(s); stopped with {kept}"
+            return f"stopped at CO with {kept} (--on-co stop)"
         return f"{'still in CO at the end' if in_co else 'rescued'} after " \
                f"{len(self.rollbacks)} rollback(s)"
+
+    def ends_in_co(self) -> bool:
+        """Do the weights the run ends with meet the CO rule? Its last probes do (warn, or
+        rollback's last attempt), or it stopped at CO with no earlier probe to restore."""
+        if self.stopped is not None:
+            return self.stopped["restored_from"] is None
+        return bool(self._streak)
 
     # -- records ---------------------------------------------------------------------
     def epoch_fields(self) -> dict[str, Any]:
@@ -389,7 +397,7 @@ class COMonitor:
                 "co_epoch": self.co_epoch, "events": self.events, "rollbacks": self.rollbacks,
                 "stopped": self.stopped, "outcome": outcome,
                 "rescued": outcome.startswith("rescued"),
-                "ends_in_co": bool(self._streak) and self.stopped is None,
+                "ends_in_co": self.ends_in_co(),
                 "epochs_discarded": round(self.epochs_discarded(), 6),
                 "best_probe": None if best is None else {
                     k: best[k] for k in ("epoch", "step", "clean", "fgsm", "pgd")},

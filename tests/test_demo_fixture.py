@@ -1,22 +1,31 @@
 """`aaer demo` end to end on the real data set (slow: the CO fixture trained twice, side by
 side, a few minutes): RS-FGSM must overfit catastrophically and the monitor must say so.
+Then the same RS-FGSM seed once more with ``--on-co rollback``: it must end free of CO.
 
-What is asserted about RS-AAER is what held in all five seeds measured (README, CO
+What is asserted about RS-AAER is what held in all the seeds measured (README, CO
 fixture table): no CO flagged, and a higher final PGD accuracy than RS-FGSM's."""
 import io
 
 import pytest
+import torch
 
-from aaer.experiments.demo import run_demo
+from aaer.experiments.demo import co_fixture_config, load_fixture_data, run_demo
+from aaer.train import train
 
-SEED = 2        # the demo's default; RS-FGSM hit CO in all five seeds measured
+SEED = 2        # the demo's default; RS-FGSM hit CO in every seed measured
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = io.StringIO()
+    path = tmp_path_factory.mktemp("fixture") / "demo"
+    return run_demo(str(path), seed=SEED, jobs=2, threads=1, stream=out), out, path
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_demo_shows_co_for_rs_fgsm_and_not_for_rs_aaer(tmp_path):
-    out = io.StringIO()
-    res = run_demo(str(tmp_path / "demo"), seed=SEED, jobs=2, threads=1, stream=out)
+def test_demo_shows_co_for_rs_fgsm_and_not_for_rs_aaer(demo):
+    res, out, path = demo
     fgsm, aaer = res["runs"]
     assert (fgsm.method, aaer.method) == ("rs-fgsm", "rs-aaer")
 
@@ -40,4 +49,26 @@ def test_demo_shows_co_for_rs_fgsm_and_not_for_rs_aaer(tmp_path):
     assert res["verdict"][0].startswith("CO happened: rs-fgsm at epoch")
     assert res["verdict"][1].startswith("No CO: rs-aaer")
     assert text.rstrip().splitlines()[-2:] == res["verdict"]
-    assert f"report:  {tmp_path / 'demo' / 'report.md'}" in text
+    assert f"report:  {path / 'report.md'}" in text
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_rollback_rescues_the_seed_that_overfits_without_it(demo, tmp_path):
+    res, _, _ = demo
+    warn = res["runs"][0]
+    assert warn.method == "rs-fgsm" and warn.results["monitor"]["co_detected"]
+    cfg = co_fixture_config("rs-fgsm", SEED, str(tmp_path / "rollback"), on_co="rollback",
+                            progress=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        result = train(cfg, load_fixture_data())
+    finally:
+        torch.set_num_threads(before)
+    mon = result["monitor"]
+    assert len(mon["rollbacks"]) >= 1 and mon["co_detected"]
+    assert mon["ends_in_co"] is False, mon["outcome"]
+    assert "rescued" in mon["outcome"] and "not rescued" not in mon["outcome"]
+    pgd = lambda r: r["evaluation"]["results"]["pgd"]["acc"]
+    assert pgd(result) >= pgd(warn.results) + 0.1

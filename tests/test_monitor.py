@@ -346,6 +346,21 @@ def test_co_from_the_start_rolls_back_to_the_start(tmp_path, monkeypatch):
     assert res["monitor"]["outcome"] == "rescued after 1 rollback(s)"
 
 
+def test_co_from_the_start_every_time_ends_in_co_and_says_so(tmp_path, monkeypatch):
+    # masked CO from the first probe, before and after the rollback to the start: the run
+    # stops with its current weights, which are in CO (no healthy probe to restore)
+    _scripted(monkeypatch, [0.0, 0.0, 0.0, 0.0], [0.5, 0.5, 0.5, 0.5])
+    cfg = _cfg(tmp_path, "never", method="fgsm", method_hparams={}, on_co="rollback",
+               max_rollbacks=1, epochs=3)
+    res = build_trainer(cfg, _dataset()).fit()
+    mon = res["monitor"]
+    assert len(mon["rollbacks"]) == 1 and mon["stopped"]["restored_from"] is None
+    assert mon["ends_in_co"] is True and not mon["rescued"]
+    assert mon["outcome"] == ("not rescued: CO again after 1 rollback(s); stopped with its "
+                              "weights in CO (no probe before CO to go back to)")
+    assert res["epochs_trained"] == 4.0
+
+
 def test_rollback_to_a_best_probe_between_two_steps(tmp_path, monkeypatch):
     # 3 steps an epoch, a probe every 2 steps and at each epoch end; the best probe is at
     # step 4, inside epoch 1: the rollback returns there, partial sums and all
