@@ -17,7 +17,10 @@ less than ``fgsm_ratio`` (0.5) times the PGD fall (a rise always counts as high)
   completely PGD accuracy then collapses. ``min_drop`` keeps it from firing on a few
   points' noise in a model that was never robust (best under 0.05: no CO to detect).
 - Patience 2 ignores a single noisy dip (seen early in training at CPU scale); the CO
-  epoch reported is the first probe of the confirmed run of CO probes.
+  epoch reported is the first probe of the confirmed run of CO probes. The run's last
+  probe has no successor to confirm it: with ``stop`` or ``rollback`` a candidate there is
+  acted on at once (the event says ``confirmed_by: last probe``), so that neither hands
+  back weights that met the rule; ``warn`` leaves it a candidate.
 - The FGSM clause separates CO (still robust to the single-step attack, broken by PGD)
   from a run that simply diverges (every accuracy falls together).
 A second clause catches runs that are in CO from their first probe, so have no robust
@@ -245,8 +248,10 @@ class COMonitor:
         return self.history[-1]["step"] if self.history else None
 
     # -- deciding --------------------------------------------------------------------
-    def probe(self, model, epoch: int, step: int) -> Decision:
-        """Probe ``model`` now, apply the rule and decide the response."""
+    def probe(self, model, epoch: int, step: int, last: bool = False) -> Decision:
+        """Probe ``model`` now, apply the rule and decide the response. ``last``: the run's
+        final probe; with --on-co stop|rollback a candidate there is acted on at once, since
+        no later probe can confirm it and the run would end with these weights."""
         rec = {"epoch": epoch, "step": step, **self.measure(model)}
         evidence = self.rule.check(self.history, rec, pending=len(self._streak))
         self.history.append(rec)
@@ -259,7 +264,14 @@ class COMonitor:
             return decision
         self._streak.append(rec)
         rec["co_candidate"] = True
-        if len(self._streak) < self.rule.patience:
+        early = last and self.on_co in ("stop", "rollback") and \
+            len(self._streak) < self.rule.patience
+        if early:
+            decision.messages.append((logging.WARNING, (
+                f"CO candidate at the last probe (epoch {epoch}): {evidence_text(evidence)}; "
+                f"acted on without waiting for patience {self.rule.patience} (no later probe, "
+                f"and --on-co {self.on_co} must not hand back these weights)")))
+        elif len(self._streak) < self.rule.patience:
             decision.messages.append((logging.INFO, (
                 f"CO candidate at epoch {epoch}: {evidence_text(evidence)}; CO if the next "
                 f"probe agrees (patience {self.rule.patience})")))
@@ -270,6 +282,8 @@ class COMonitor:
             self.co_epoch = onset["epoch"]
         event = {"epoch": epoch, "step": step, "onset_epoch": onset["epoch"],
                  "onset_step": onset["step"], "evidence": evidence, "response": self.on_co}
+        if early:
+            event["confirmed_by"] = "last probe"
         self._decide(decision, event)
         self.events.append(event)
         if self.on_co != "warn":           # weights were restored: a new run must build up

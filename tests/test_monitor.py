@@ -224,9 +224,9 @@ def test_stop_ends_training_with_the_best_probe_weights(tmp_path, monkeypatch):
     reached = {}
     mon_probe = trainer.monitor.probe
 
-    def spy(model, epoch, step):            # the weights each end-of-epoch probe sees
+    def spy(model, epoch, step, **kw):      # the weights each end-of-epoch probe sees
         reached[epoch] = {k: v.clone() for k, v in model.net.state_dict().items()}
-        return mon_probe(model, epoch, step)
+        return mon_probe(model, epoch, step, **kw)
 
     trainer.monitor.probe = spy
     res = trainer.fit()
@@ -359,6 +359,32 @@ def test_co_from_the_start_every_time_ends_in_co_and_says_so(tmp_path, monkeypat
     assert mon["outcome"] == ("not rescued: CO again after 1 rollback(s); stopped with its "
                               "weights in CO (no probe before CO to go back to)")
     assert res["epochs_trained"] == 4.0
+
+
+def test_a_candidate_at_the_last_probe_is_acted_on_by_rollback_not_by_warn(tmp_path,
+                                                                          monkeypatch):
+    # epoch:             0     1    2    3       | 2    3
+    pgd, fgsm = [0.25, 0.5, 0.5, 0.0625, 0.5, 0.45], [0.25, 0.375, 0.5, 0.625, 0.5, 0.5]
+    _scripted(monkeypatch, pgd, fgsm)
+    res = build_trainer(_cfg(tmp_path, "w", epochs=4), _dataset()).fit()
+    mon = res["monitor"]
+    assert not mon["co_detected"] and mon["ends_in_co"]       # a candidate, not confirmed
+    assert _rows(_cfg(tmp_path, "w"))[-1]["co_candidate"]
+
+    _scripted(monkeypatch, pgd, fgsm)
+    cfg = _cfg(tmp_path, "rb", method="rs-fgsm", method_hparams={}, on_co="rollback",
+               epochs=4)
+    trainer = build_trainer(cfg, _dataset())
+    starts = _spy_epochs(trainer)
+    res = trainer.fit()
+    mon = res["monitor"]
+    ev = mon["events"][0]
+    assert (ev["epoch"], ev["onset_epoch"], ev["confirmed_by"]) == (3, 3, "last probe")
+    assert mon["rollbacks"][0]["restored_from"]["epoch"] == 1       # the first 0.5
+    assert [e for e, _, _ in starts] == [0, 1, 2, 3, 2, 3]
+    assert mon["outcome"] == "rescued after 1 rollback(s)" and not mon["ends_in_co"]
+    log = (tmp_path / "rb" / "train.log").read_text()
+    assert "CO candidate at the last probe (epoch 3)" in log
 
 
 def test_rollback_to_a_best_probe_between_two_steps(tmp_path, monkeypatch):

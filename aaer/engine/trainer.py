@@ -412,7 +412,8 @@ class Trainer:
         progress, for a probe between two steps)."""
         if self.dist.enabled:       # every process probes rank 0's model: one decision
             distributed.broadcast_buffers(self.model)
-        decision = self.monitor.probe(self.model, epoch, step)
+        last = step == self.cfg.optim.epochs * len(self.loader)
+        decision = self.monitor.probe(self.model, epoch, step, last=last)
         for level, message in decision.messages:
             self.log.log(level, message)
         if decision.new_best:
