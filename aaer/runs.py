@@ -141,6 +141,7 @@ class RunDir:
             if raw.get("format") == CONFIG_FORMAT:
                 cfg = from_dict(raw.get("settings") or {}, path)
                 cfg.sources = dict(raw.get("sources") or {})
+                fill_older_run(cfg)
                 for p, s, v in cfg.items():
                     if v is not UNSET and not (custom_data and p == "data.dataset"):
                         s.check(v)
@@ -314,11 +315,20 @@ def legacy_settings(flat: dict[str, Any]) -> RunConfig:
     return cfg
 
 
+def fill_older_run(cfg: RunConfig) -> RunConfig:
+    """Settings added after a run was written get the value that aaer used then."""
+    for p, s, v in cfg.items():
+        if v is UNSET and s.older_runs is not UNSET:
+            cfg.set(p, s.older_runs, "not in the run's files (written before the setting "
+                                     "existed): what aaer did then")
+    return cfg
+
+
 def checkpoint_settings(ckpt: dict[str, Any]) -> RunConfig:
     """The settings a checkpoint was written with (nested now, flat in aaer 0.1)."""
     saved = ckpt.get("config") or {}
     if isinstance(saved, dict) and set(saved) <= set(RunConfig().to_dict()) and saved:
-        return from_dict(saved, "checkpoint.pt")
+        return fill_older_run(from_dict(saved, "checkpoint.pt"))
     return legacy_settings(saved)
 
 

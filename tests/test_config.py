@@ -267,3 +267,51 @@ def test_an_aaer_0_1_run_directory_resumes_and_evaluates(tmp_path, capsys):
     assert json.loads((old / "eval_quick.json").read_text())["dataset"] == "cifar10"
     assert main(["report", str(old)]) == 0
     capsys.readouterr()
+
+
+def test_a_run_written_before_norm_image_size_and_workers_existed_resumes(tmp_path):
+    """config.json and checkpoint.pt without the settings added later (--norm, --image-size,
+    --workers): they read as what aaer did then (linf, not streamed), and the run resumes to
+    the weights of an uninterrupted one; a setting that was always written stays required."""
+    import numpy as np
+    import torch
+
+    from aaer.cli import config_from_args, main
+    from aaer.errors import DamagedFile
+    from aaer.runs import RunDir, read_checkpoint, write_checkpoint
+    from aaer.train import build_trainer
+    from tests.test_data import write_cifar10
+    data = tmp_path / "data"
+    write_cifar10(str(data), np.random.default_rng(0), per_batch=8, n_test=6)
+    flags = ["train", "--dataset", "cifar10", "--data-dir", str(data), "--model", "small-cnn",
+             "--method", "rs-fgsm", "--epsilon", "16", "--epochs", "2", "--batch-size", "8",
+             "--eval-protocol", "none", "--no-progress"]
+    assert main(flags + ["--out-dir", str(tmp_path / "ref")]) == 0
+    old = tmp_path / "old"
+    t = build_trainer(config_from_args(build_parser().parse_args(flags + ["--out-dir",
+                                                                          str(old)])))
+    t.start()
+    t.end_epoch(t.run_epoch(0))
+    t.close()
+    later = {"data": ("image_size", "workers"), "method": ("norm",)}
+    raw = json.loads((old / "config.json").read_text())
+    ckpt = read_checkpoint(str(old / "checkpoint.pt"))
+    for section, names in later.items():
+        for name in names:
+            del raw["settings"][section][name]
+            del ckpt["config"][section][name]
+    (old / "config.json").write_text(json.dumps(raw))
+    write_checkpoint(str(old / "checkpoint.pt"), ckpt)
+
+    cfg = RunDir(str(old)).settings()
+    assert (cfg.method.norm, cfg.data.image_size, cfg.data.workers) == ("linf", None, None)
+    assert cfg.sources["method.norm"].startswith("not in the run's files")
+    assert main(["train", "--resume", str(old)]) == 0
+    a = torch.load(old / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "ref" / "model.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in b)
+
+    del raw["settings"]["optim"]["epochs"]
+    (old / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(DamagedFile, match=r"1 setting\(s\) missing: optim.epochs"):
+        RunDir(str(old)).settings()

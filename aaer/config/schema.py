@@ -103,10 +103,11 @@ class DataConfig:
                                      "training, Resize(size*8/7) + CenterCrop(size) for "
                                      "testing", type=int, low=8, optional=True,
                                      default_text="imagenet100: 224; imagefolder: the images' "
-                                     "own size, not streamed")
+                                     "own size, not streamed", older_runs=None)
     workers: int | None = setting(None, "processes decoding streamed images (0: the training "
                                   "process itself)", type=int, low=0, optional=True,
-                                  resumable=True, default_text="min(8, CPU cores)")
+                                  resumable=True, default_text="min(8, CPU cores)",
+                                  older_runs=None)
 
 
 @dataclass
@@ -126,7 +127,8 @@ class MethodConfig:
                              "(0.5; 128/255 = 0.502)", type=float, low=0, high=255,
                              low_open=True)
     norm: str = setting(None, "threat model of training (and of the evaluation after it): "
-                        "linf or l2", choices=NORMS, optional=True, default_text="linf")
+                        "linf or l2", choices=NORMS, optional=True, default_text="linf",
+                        older_runs="linf")
     # the method hyper-parameters with a flag of their own (the seed script's); a method
     # that does not take one refuses it; its range is checked by the method itself
     alpha: float = setting(None, "attack step as a multiple of eps", type=float,

@@ -70,6 +70,9 @@ class Setting:
     positional: bool = False         # a positional CLI argument
     nargs: str | None = None         # with positional: "+" for a list
     required: bool = False           # the CLI flag must be given
+    # the value of a run written before this setting existed (its config.json and
+    # checkpoint lack it): what that aaer did; UNSET: the setting was always written
+    older_runs: Any = UNSET
 
     def what(self) -> str:
         """What a valid value is, in words."""
