@@ -9,6 +9,11 @@ run was flagged and trained on), the rollbacks and the epochs they discarded, fi
 and PGD accuracy (the fixture's final evaluation, PGD-10 on 1000 test points) per seed and
 on average, and the training wall time. Then, per method, whether rollback kept every
 seed's final PGD accuracy at least that of the same seed without it.
+
+A warn run that was never flagged and whose last probe was no CO candidate has a rollback
+twin that is the same computation (same seed, same code path: rollback acts only on a
+flag, and a candidate at the last probe), so where ``rollback_dir`` lacks that twin its
+cell is the warn run's, marked "=" (``--require-twins`` refuses instead).
 """
 from __future__ import annotations
 
@@ -40,7 +45,10 @@ def read(suite_dir: str) -> dict[tuple[str, int], dict]:
         # warn: a flagged run trains on in CO
         if mon.get("probe", {}).get("on_co") == "warn" and mon.get("co_detected"):
             ends_in_co = True
+        rows = run.rows
         out[(m.group(1), int(m.group(2)))] = {
+            "twin_needed": bool(mon.get("co_detected")) or bool(rows and
+                                                                rows[-1].get("co_candidate")),
             "clean": ev["clean"]["acc"], "pgd": ev["pgd"]["acc"],
             "ends_in_co": bool(ends_in_co), "rollbacks": len(mon.get("rollbacks", [])),
             "discarded": mon.get("epochs_discarded", 0.0), "seconds": res["train_seconds"],
@@ -56,10 +64,20 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("warn_dir")
     p.add_argument("rollback_dir")
+    p.add_argument("--require-twins", action="store_true",
+                   help="every warn run needs its rollback run (no '=' cells)")
     a = p.parse_args()
     policies = {"warn": read(a.warn_dir), "rollback": read(a.rollback_dir)}
+    for key, w in policies["warn"].items():
+        if key in policies["rollback"]:
+            continue
+        if w["twin_needed"] or a.require_twins:
+            print(f"missing: rollback run of {key[0]} seed {key[1]}", file=sys.stderr)
+            continue
+        policies["rollback"][key] = {**w, "same_as_warn": True}
     seeds = sorted({s for pol in policies.values() for (_, s) in pol})
-    print(f"seeds {seeds[0]}-{seeds[-1]}; cells per seed in seed order; accuracies in %\n")
+    print(f"seeds {seeds[0]}-{seeds[-1]}; cells per seed in seed order; accuracies in %; "
+          "=: the warn run's (never flagged, no candidate at the end: the same computation)\n")
     print("| method | policy | ends in CO | rollbacks (epochs discarded) | final clean | "
           "final PGD | mean clean / PGD | wall s (mean) |")
     print("|---|---|---|---|---|---|---|---|")
@@ -70,14 +88,18 @@ def main() -> int:
             if not rows:
                 continue
             n = len(rows)
-            co = sum(r["ends_in_co"] for r in rows)
-            rb = "/".join(f"{r['rollbacks']}({r['discarded']:g})" for r in rows) \
+            co_seeds = [s for s, r in zip([s for s in seeds if (method, s) in runs], rows)
+                        if r["ends_in_co"]]
+            co = f"{len(co_seeds)}/{n}" + (f" (s{','.join(map(str, co_seeds))})"
+                                          if co_seeds else "")
+            rb = "/".join("=" if r.get("same_as_warn") else
+                          f"{r['rollbacks']}({r['discarded']:g})" for r in rows) \
                 if policy == "rollback" else "-"
             pct = lambda v: f"{100 * v:.1f}"
             mc = sum(r["clean"] for r in rows) / n
             mp = sum(r["pgd"] for r in rows) / n
             wall = sum(r["seconds"] for r in rows) / n
-            print(f"| {method} | {policy} | {co}/{n} | {rb} | {cells(rows, 'clean', pct)} | "
+            print(f"| {method} | {policy} | {co} | {rb} | {cells(rows, 'clean', pct)} | "
                   f"{cells(rows, 'pgd', pct)} | {pct(mc)} / {pct(mp)} | {wall:.0f} |")
         both = [(s, policies["warn"].get((method, s)), policies["rollback"].get((method, s)))
                 for s in seeds]

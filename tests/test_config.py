@@ -220,29 +220,43 @@ def test_a_damaged_config_json_is_named_with_what_to_do(tmp_path, text, problem)
     assert "--overwrite" in msg
 
 
-def test_an_aaer_0_1_run_directory_resumes_and_evaluates(tmp_path, capsys):
-    """A run stopped after epoch 0 whose config.json and checkpoint config are in aaer 0.1's
-    flat format: `--resume` finishes it with the weights of an uninterrupted run, and
-    `aaer eval` and `aaer report` read it."""
+def _stopped_after_epoch_0(tmp_path, method):
+    """A 2-epoch run of ``method`` trained to its end (``ref``) and the same run stopped after
+    epoch 0 (``old``, with its checkpoint), as a run killed there leaves it."""
     import numpy as np
-    import torch
 
     from aaer.cli import config_from_args, main
-    from aaer.runs import RunDir, read_checkpoint, write_checkpoint
     from aaer.train import build_trainer
     from tests.test_data import write_cifar10
     data = tmp_path / "data"
     write_cifar10(str(data), np.random.default_rng(0), per_batch=8, n_test=6)
     flags = ["train", "--dataset", "cifar10", "--data-dir", str(data), "--model", "small-cnn",
-             "--method", "rs-aaer", "--epsilon", "16", "--epochs", "2", "--batch-size", "8",
+             "--method", method, "--epsilon", "16", "--epochs", "2", "--batch-size", "8",
              "--eval-protocol", "none", "--no-progress"]
     assert main(flags + ["--out-dir", str(tmp_path / "ref")]) == 0
     old = tmp_path / "old"
-    ns = build_parser().parse_args(flags + ["--out-dir", str(old)])
-    t = build_trainer(config_from_args(ns))
+    t = build_trainer(config_from_args(build_parser().parse_args(flags + ["--out-dir",
+                                                                          str(old)])))
     t.start()
     t.end_epoch(t.run_epoch(0))
     t.close()
+    return old
+
+
+def _same_weights_as_ref(tmp_path, old):
+    import torch
+    a = torch.load(old / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "ref" / "model.pt", weights_only=True)
+    return all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_an_aaer_0_1_run_directory_resumes_and_evaluates(tmp_path, capsys):
+    """A run stopped after epoch 0 whose config.json and checkpoint config are in aaer 0.1's
+    flat format: `--resume` finishes it with the weights of an uninterrupted run, and
+    `aaer eval` and `aaer report` read it."""
+    from aaer.cli import main
+    from aaer.runs import RunDir, read_checkpoint, write_checkpoint
+    old = _stopped_after_epoch_0(tmp_path, "rs-aaer")
     # rewrite config.json and the checkpoint's config as aaer 0.1 wrote them (flat)
     new = RunDir(str(old)).settings()
     flat = {k: v for k, v in new.flat().items()
@@ -260,9 +274,7 @@ def test_an_aaer_0_1_run_directory_resumes_and_evaluates(tmp_path, capsys):
     write_checkpoint(str(old / "checkpoint.pt"), ckpt)
 
     assert main(["train", "--resume", str(old)]) == 0
-    a = torch.load(old / "model.pt", weights_only=True)
-    b = torch.load(tmp_path / "ref" / "model.pt", weights_only=True)
-    assert all(torch.equal(a[k], b[k]) for k in b)
+    assert _same_weights_as_ref(tmp_path, old)
     assert main(["eval", "--checkpoint", str(old), "--protocol", "quick"]) == 0
     assert json.loads((old / "eval_quick.json").read_text())["dataset"] == "cifar10"
     assert main(["report", str(old)]) == 0
@@ -273,26 +285,10 @@ def test_a_run_written_before_norm_image_size_and_workers_existed_resumes(tmp_pa
     """config.json and checkpoint.pt without the settings added later (--norm, --image-size,
     --workers): they read as what aaer did then (linf, not streamed), and the run resumes to
     the weights of an uninterrupted one; a setting that was always written stays required."""
-    import numpy as np
-    import torch
-
-    from aaer.cli import config_from_args, main
+    from aaer.cli import main
     from aaer.errors import DamagedFile
     from aaer.runs import RunDir, read_checkpoint, write_checkpoint
-    from aaer.train import build_trainer
-    from tests.test_data import write_cifar10
-    data = tmp_path / "data"
-    write_cifar10(str(data), np.random.default_rng(0), per_batch=8, n_test=6)
-    flags = ["train", "--dataset", "cifar10", "--data-dir", str(data), "--model", "small-cnn",
-             "--method", "rs-fgsm", "--epsilon", "16", "--epochs", "2", "--batch-size", "8",
-             "--eval-protocol", "none", "--no-progress"]
-    assert main(flags + ["--out-dir", str(tmp_path / "ref")]) == 0
-    old = tmp_path / "old"
-    t = build_trainer(config_from_args(build_parser().parse_args(flags + ["--out-dir",
-                                                                          str(old)])))
-    t.start()
-    t.end_epoch(t.run_epoch(0))
-    t.close()
+    old = _stopped_after_epoch_0(tmp_path, "rs-fgsm")
     later = {"data": ("image_size", "workers"), "method": ("norm",)}
     raw = json.loads((old / "config.json").read_text())
     ckpt = read_checkpoint(str(old / "checkpoint.pt"))
@@ -307,9 +303,7 @@ def test_a_run_written_before_norm_image_size_and_workers_existed_resumes(tmp_pa
     assert (cfg.method.norm, cfg.data.image_size, cfg.data.workers) == ("linf", None, None)
     assert cfg.sources["method.norm"].startswith("not in the run's files")
     assert main(["train", "--resume", str(old)]) == 0
-    a = torch.load(old / "model.pt", weights_only=True)
-    b = torch.load(tmp_path / "ref" / "model.pt", weights_only=True)
-    assert all(torch.equal(a[k], b[k]) for k in b)
+    assert _same_weights_as_ref(tmp_path, old)
 
     del raw["settings"]["optim"]["epochs"]
     (old / "config.json").write_text(json.dumps(raw))
