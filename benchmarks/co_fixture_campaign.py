@@ -5,7 +5,7 @@
     python benchmarks/aaer_fixture_analysis.py runs/co-warn --grid runs/co-grid
 
 The same runs as ``aaer reproduce co-fixture --seeds N`` with and without
-``--train-args "--on-co rollback"`` (and benchmarks/aaer_lamda_grid.sh), in an order that
+``--train-args "--on-co rollback"`` (and the same fixture with --lamda3), in an order that
 finishes whole seeds first, minus the rollback twins that are the same computation as their
 warn run: a rollback run differs from its warn run only once the monitor flags CO or the
 last probe is a CO candidate, so a twin starts only for a warn run that did either (the
@@ -21,30 +21,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from aaer.experiments.reproduce import fixture_flags  # noqa: E402
 
 METHODS = (("fgsm", "FGSM"), ("rs-fgsm", "RS-FGSM"), ("n-fgsm", "N-FGSM"),
            ("rs-aaer", "RS-AAER"), ("n-aaer", "N-AAER"))
 GRID = (("n-aaer", "N-AAER", "3.0"), ("n-aaer", "N-AAER", "1.5"),
         ("rs-aaer", "RS-AAER", "3.0"), ("rs-aaer", "RS-AAER", "0.75"))
 GRID_SEEDS = 5                      # the grid is run on seeds 0-4 only
-
-
-def fixture_flags() -> list[str]:
-    """The fixture's `aaer train` flags, from its definition (without method/seed/out)."""
-    from aaer.experiments.demo import CO_FIXTURE, FIXTURE_SETTINGS
-    from aaer.config import SETTINGS
-    flags = ["--device", "cpu"]
-    by_dest = {s.dest: s for s in SETTINGS.values()}
-    for key in FIXTURE_SETTINGS:
-        value = CO_FIXTURE[key]
-        if value is not None:
-            flags += [by_dest[key].flag, f"{value:g}" if isinstance(value, float) else
-                      str(value)]
-    return flags
 
 
 def finished(d: str) -> bool:
@@ -67,16 +57,14 @@ def main() -> int:
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--no-grid", action="store_true")
     a = p.parse_args()
-    aaer = shutil.which("aaer") or [sys.executable, "-m", "aaer"]
-    aaer = [aaer] if isinstance(aaer, str) else aaer
-    base = fixture_flags()
+    aaer = [sys.executable, "-m", "aaer"]          # as aaer reproduce starts its runs
 
     def job(kind, method, label, seed, extra=()):
         sub = {"warn": "co-warn", "rollback": "co-rollback", "grid": "co-grid"}[kind]
         name = f"co-fixture_{label}_s{seed}" if kind != "grid" else \
             f"{label}_l3-{extra[1]}_s{seed}"
         d = os.path.join(a.out, sub, name)
-        argv = [*aaer, "train", "--method", method, *base, *extra, "--seed", str(seed),
+        argv = [*aaer, "train", *fixture_flags(method), *extra, "--seed", str(seed),
                 "--out-dir", d, "--no-progress"]
         return d, argv, (kind, method, label, seed)
 

@@ -26,6 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from aaer.runs import load_run  # noqa: E402
+from co_fixture_campaign import needs_twin  # noqa: E402
 
 METHODS = ("FGSM", "RS-FGSM", "N-FGSM", "RS-AAER", "N-AAER")
 
@@ -45,10 +46,8 @@ def read(suite_dir: str) -> dict[tuple[str, int], dict]:
         # warn: a flagged run trains on in CO
         if mon.get("probe", {}).get("on_co") == "warn" and mon.get("co_detected"):
             ends_in_co = True
-        rows = run.rows
         out[(m.group(1), int(m.group(2)))] = {
-            "twin_needed": bool(mon.get("co_detected")) or bool(rows and
-                                                                rows[-1].get("co_candidate")),
+            "twin_needed": needs_twin(os.path.join(suite_dir, name)),
             "clean": ev["clean"]["acc"], "pgd": ev["pgd"]["acc"],
             "ends_in_co": bool(ends_in_co), "rollbacks": len(mon.get("rollbacks", [])),
             "discarded": mon.get("epochs_discarded", 0.0), "seconds": res["train_seconds"],
