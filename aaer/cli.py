@@ -340,7 +340,7 @@ def cmd_demo(a) -> int:
     if a.download and data_dir is None:
         data_dir = os.path.join("data", "fashion-mnist")
     run_demo(a.out_dir, data_dir, a.download, DEMO_SEED if a.seed is None else a.seed,
-             progress=a.progress, jobs=a.jobs, threads=a.threads)
+             progress=a.progress, jobs=a.jobs, threads=a.threads, rollback=a.rollback)
     return 0
 
 

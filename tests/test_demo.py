@@ -118,3 +118,61 @@ def test_cli_demo_download_goes_to_a_data_folder(monkeypatch, tmp_path, capsys):
     assert main(["demo", "--download", "--out-dir", str(tmp_path / "o")]) == 2
     assert seen == [(os.path.join("data", "fashion-mnist"), True)]
     assert "no network here" in capsys.readouterr().err
+
+
+def test_epoch_printer_prints_new_epochs_and_a_rollback(tmp_path):
+    from aaer.runs import RunDir
+    cfgs = [demo.co_fixture_config(m, 2, str(tmp_path / d)) for m, d in
+            (("rs-fgsm", "rs-fgsm"), ("rs-fgsm", "rs-fgsm-rollback"))]
+    out = io.StringIO()
+    printer = demo.EpochPrinter(cfgs, out)
+    row = lambda e, pgd: {"epoch": e, "train_acc": 0.5, "aae_count": 7, "seconds": 3.0,
+                          "probe_clean_acc": 0.7, "probe_fgsm_acc": 0.4, "probe_pgd_acc": pgd}
+    run = RunDir(str(tmp_path / "rs-fgsm-rollback"))
+    run.start()
+    printer()                                           # no metrics.jsonl yet: nothing
+    assert out.getvalue() == ""
+    run.write_metrics([row(0, 0.2), row(1, 0.3), row(2, 0.1)])
+    printer()
+    printer()                                           # each epoch printed once
+    run.write_metrics([row(0, 0.2), row(1, 0.3)])       # a rollback back to epoch 1 ...
+    printer()
+    run.write_metrics([row(0, 0.2), row(1, 0.3), row(2, 0.25)])   # ... and epoch 2 again
+    printer()
+    lines = out.getvalue().splitlines()
+    assert [ln[:37] for ln in lines] == [
+        "  rs-fgsm-rollback epoch  0 (1/10) | ", "  rs-fgsm-rollback epoch  1 (2/10) | ",
+        "  rs-fgsm-rollback epoch  2 (3/10) | ",
+        "  rs-fgsm-rollback CO confirmed: roll",
+        "  rs-fgsm-rollback epoch  2 (3/10) | "]
+    assert lines[3] == "  rs-fgsm-rollback CO confirmed: rolled back, training again from epoch 2"
+    assert lines[2].endswith("PGD 0.100 | 3 s") and lines[4].endswith("PGD 0.250 | 3 s")
+
+
+def test_demo_with_rollback_says_what_the_rollback_did(tmp_path, monkeypatch):
+    from tests.test_monitor import _scripted
+    # probes in training order: the rollback run first (CO confirmed at epoch 3, back to
+    # epoch 1, rescued), then RS-FGSM (CO from epoch 2 on), then RS-AAER (no CO)
+    _scripted(monkeypatch,
+              [0.25, 0.5, 0.125, 0.125, 0.375, 0.375, 0.4, 0.45] +
+              [0.25, 0.5, 0.125, 0.125, 0.0625, 0.0625] + [0.25, 0.3, 0.35, 0.4, 0.4, 0.4],
+              [0.25, 0.375, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5] + [0.25, 0.375, 0.5, 0.5, 0.5, 0.5] +
+              [0.5] * 6)
+    out = io.StringIO()
+    res = demo.run_demo(str(tmp_path / "demo"), epochs=6, jobs=1, threads=1, rollback=True,
+                        data=_stand_in(monkeypatch), progress=False, stream=out)
+    text = out.getvalue()
+    assert "training rs-fgsm, rs-aaer and rs-fgsm with --on-co rollback (seed 2, 6 epochs" \
+        in text
+    assert "[1/3] rs-fgsm -> " + str(tmp_path / "demo" / "rs-fgsm-rollback") in text
+    assert [r.label for r in res["runs"]] == ["rs-fgsm", "rs-aaer", "rs-fgsm-rollback"]
+    assert res["verdict"] == [
+        "CO happened: rs-fgsm at epoch 2 (probe PGD accuracy 0.500 at epoch 1 -> 0.125, while "
+        "FGSM accuracy 0.375 -> 0.500, confirmed at epoch 3)",
+        "No CO: rs-aaer (final probe PGD 0.400, clean 0.900)",
+        "With --on-co rollback: rs-fgsm-rollback rescued after 1 rollback(s) (at epoch 3 back "
+        "to epoch 1, alpha 1.25 -> 0.9375; 2 epochs discarded): final probe PGD 0.450, "
+        "against 0.062 for rs-fgsm"]
+    assert text.rstrip().splitlines()[-3:] == res["verdict"]
+    mon = load_run(str(tmp_path / "demo" / "rs-fgsm-rollback")).results["monitor"]
+    assert mon["probe"]["on_co"] == "rollback" and mon["rescued"]

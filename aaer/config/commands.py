@@ -141,7 +141,7 @@ class ReproduceCommand:
 
 @dataclass
 class DemoCommand:
-    out_dir: str = setting("runs/demo", "where the two runs and the report go")
+    out_dir: str = setting("runs/demo", "where the runs and the report go")
     data_dir: str | None = setting(None, "folder with the Fashion-MNIST .gz files",
                                    optional=True,
                                    default_text="Debian's /usr/share/datasets/fashion-mnist")
@@ -157,6 +157,9 @@ class DemoCommand:
                                   optional=True, default_text="the CPU cores divided among "
                                   "the jobs")
     progress: bool = like("runtime.progress", resumable=False)
+    rollback: bool = setting(False, "also train RS-FGSM with --on-co rollback (a third run, "
+                             "<out-dir>/rs-fgsm-rollback) and say what the rollback did",
+                             type=bool)
 
 
 @dataclass

@@ -10,7 +10,8 @@ AAER's lambdas follow the project's published-value rule (the CIFAR-10 entry at 
 nearest eps, here eps 32/255), fixed before any seed was looked at.
 
 ``aaer demo`` trains RS-FGSM and RS-AAER on it (one seed each), writes report.md and the
-plots, and prints a two-line verdict.
+plots, and prints a two-line verdict; with ``rollback`` also RS-FGSM with
+``--on-co rollback``, and a third line saying what the rollback did.
 """
 from __future__ import annotations
 
@@ -50,10 +51,11 @@ CO_FIXTURE: dict[str, Any] = {
 }
 
 DEMO_METHODS = ("rs-fgsm", "rs-aaer")
-# RS-FGSM hit CO in all five seeds of the fixture table (README); with seed 2 it does so at
+# RS-FGSM hit CO in every seed of the fixture table (README); with seed 2 it does so at
 # epoch 6, mid-run (seed 0 only at epoch 8), so the demo's story does not hang on the last
-# probes. RS-AAER was not flagged in any of the five seeds.
+# probes; RS-AAER is not flagged there, and one rollback rescues RS-FGSM.
 DEMO_SEED = 2
+ROLLBACK_SUFFIX = "-rollback"     # the rollback run's folder: <out_dir>/<method>-rollback
 
 
 FIXTURE_SETTINGS = ("dataset", "n_train", "model", "epsilon", "epochs", "batch_size", "lr_max",
@@ -105,23 +107,53 @@ def load_fixture_data(data_dir=None, download: bool = False):
         raise FileNotFoundError(DATA_HELP.format(where=where, error=e)) from None
 
 
+def _on_co(run) -> str:
+    return str(run.settings.monitor.on_co)
+
+
+def _final_probe_pgd(run) -> float:
+    probe = [row for row in run.rows if "probe_pgd_acc" in row]
+    return probe[-1]["probe_pgd_acc"] if probe else float("nan")
+
+
+def rollback_line(run, runs) -> str:
+    """What ``--on-co rollback`` did in ``run``, against the warn run of its method."""
+    mon = (run.results or {}).get("monitor") or {}
+    line = f"With --on-co rollback: {run.label} {mon.get('outcome', 'unfinished')}"
+    done = mon.get("rollbacks", [])
+    if done:
+        back = lambda rb: (f"epoch {rb['restored_from']['epoch']}" if rb["restored_from"]
+                           else "the start")
+        steps = "; ".join(f"at epoch {rb['epoch']} back to {back(rb)}, {rb['param']} "
+                          f"{rb['old']:g} -> {rb['new']:g}" for rb in done)
+        line += f" ({steps}; {mon.get('epochs_discarded', 0):g} epochs discarded)"
+    line += f": final probe PGD {_final_probe_pgd(run):.3f}"
+    twins = [r for r in runs if r.method == run.method and _on_co(r) == "warn"]
+    if twins:
+        line += f", against {_final_probe_pgd(twins[0]):.3f} for {twins[0].label}"
+    return line
+
+
 def verdict(runs) -> list[str]:
-    """Two lines: which runs hit CO (with the evidence) and which did not."""
+    """Two lines: which runs hit CO (with the evidence) and which did not; then a line per
+    run trained with --on-co rollback, saying what the rollback did."""
     co, no = [], []
     for r in runs:
+        if _on_co(r) == "rollback":
+            continue
         e = r.co_epoch()
-        probe = [row for row in r.rows if "probe_pgd_acc" in row]
         if e is not None:
             first = r.co_events()[0]
             ev = first["evidence"]
             co.append(f"{r.label} at epoch {e} ({evidence_text(ev, 3)}, confirmed at epoch "
                       f"{first['epoch']})")
         else:
-            last = probe[-1] if probe else {}
+            last = ([row for row in r.rows if "probe_pgd_acc" in row] or [{}])[-1]
             no.append(f"{r.label} (final probe PGD {last.get('probe_pgd_acc', float('nan')):.3f}, "
                       f"clean {last.get('probe_clean_acc', float('nan')):.3f})")
     return [("CO happened: " + "; ".join(co)) if co else "CO happened in no run.",
-            ("No CO: " + "; ".join(no)) if no else "No run escaped CO."]
+            ("No CO: " + "; ".join(no)) if no else "No run escaped CO."] + \
+        [rollback_line(r, runs) for r in runs if _on_co(r) == "rollback"]
 
 
 def _fit_worker(cfg: RunConfig, data, threads: int) -> dict[str, Any]:
@@ -134,47 +166,65 @@ def _fit_worker(cfg: RunConfig, data, threads: int) -> dict[str, Any]:
     return train(cfg, data)
 
 
-def progress_line(method: str, row: dict, epochs: int) -> str:
+def progress_line(label: str, row: dict, epochs: int, width: int = 8) -> str:
     # epochs count from 0, as in train.log, the report and the CO messages
-    line = (f"  {method:<8} epoch {row['epoch']:>2} ({row['epoch'] + 1}/{epochs}) | train acc "
+    line = (f"  {label:<{width}} epoch {row['epoch']:>2} ({row['epoch'] + 1}/{epochs}) | train acc "
             f"{row['train_acc']:.3f} | AAEs {row.get('aae_count', 0):>5} | probe clean "
             f"{row.get('probe_clean_acc', float('nan')):.3f} FGSM "
             f"{row.get('probe_fgsm_acc', float('nan')):.3f} PGD "
             f"{row.get('probe_pgd_acc', float('nan')):.3f} | {row['seconds']:.0f} s")
     for ev in row.get("co_events", []):
         e = ev["evidence"]
-        line += f"\n  {method:<8} CO flagged at epoch {ev['epoch']}: {evidence_text(e, 3)}"
+        line += f"\n  {label:<{width}} CO flagged at epoch {ev['epoch']}: {evidence_text(e, 3)}"
     return line
+
+
+class EpochPrinter:
+    """Prints the epochs that runs (resolved configs) finished since the last call, read
+    from their metrics.jsonl and labelled by the run's folder name; a rollback (which
+    rewrites metrics.jsonl back to the restored epoch) is printed as such."""
+
+    def __init__(self, cfgs, stream):
+        from aaer.runs import RunDir
+        self.cfgs, self.stream = cfgs, stream
+        self.runs = {c.runtime.out_dir: RunDir(c.runtime.out_dir) for c in cfgs}
+        self.shown = {d: [] for d in self.runs}
+        self.label = {d: os.path.basename(os.path.normpath(d)) for d in self.runs}
+        self.width = max(8, *map(len, self.label.values()))
+
+    def __call__(self) -> None:
+        w = self.width
+        for c in self.cfgs:
+            d = c.runtime.out_dir
+            rows, old = self.runs[d].metrics(), self.shown[d]
+            same = next((i for i, (a, b) in enumerate(zip(rows, old)) if a != b),
+                        min(len(rows), len(old)))
+            if same < len(old):
+                print(f"  {self.label[d]:<{w}} CO confirmed: rolled back, training again "
+                      f"from epoch {same}", file=self.stream, flush=True)
+            for row in rows[same:]:
+                print(progress_line(self.label[d], row, c.optim.epochs, w), file=self.stream,
+                      flush=True)
+            self.shown[d] = rows
 
 
 def train_side_by_side(cfgs, data, jobs: int, threads: int, stream) -> None:
     """Train the resolved runs ``cfgs`` in ``jobs`` worker processes with ``threads`` torch
-    threads each, printing each finished epoch to ``stream``. ``data``: a Dataset to use
-    instead of loading Fashion-MNIST in each worker (None: load it)."""
+    threads each (started in the order given), printing each finished epoch to ``stream``.
+    ``data``: a Dataset to use instead of loading Fashion-MNIST in each worker (None: load
+    it)."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    from aaer.runs import RunDir
-    runs = {c.runtime.out_dir: RunDir(c.runtime.out_dir) for c in cfgs}
-    seen = {d: 0 for d in runs}
-
-    def report_new():
-        for c in cfgs:
-            d = c.runtime.out_dir
-            rows = runs[d].metrics()
-            for row in rows[seen[d]:]:
-                print(progress_line(c.method.name, row, c.optim.epochs), file=stream,
-                      flush=True)
-            seen[d] = len(rows)
-
-    for run in runs.values():     # a stale metrics.jsonl must not be reported as progress
+    printer = EpochPrinter(cfgs, stream)
+    for run in printer.runs.values():   # a stale metrics.jsonl must not be reported as progress
         run.start()
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
         futures = [pool.submit(_fit_worker, c, data, threads) for c in cfgs]
         while not all(f.done() for f in futures):
             time.sleep(1.0)
-            report_new()
-        report_new()
+            printer()
+        printer()
         for c, f in zip(cfgs, futures):
             if f.exception() is not None:
                 raise RuntimeError(f"{c.method.name} run failed (see {c.runtime.out_dir}/"
@@ -184,8 +234,11 @@ def train_side_by_side(cfgs, data, jobs: int, threads: int, stream) -> None:
 def run_demo(out_dir: str = "runs/demo", data_dir=None, download: bool = False,
              seed: int = DEMO_SEED, methods=DEMO_METHODS, progress: bool = True,
              epochs: int | None = None, jobs: int | None = None, threads: int | None = None,
-             data=None, stream=None) -> dict[str, Any]:
+             data=None, stream=None, rollback: bool = False) -> dict[str, Any]:
     """Train the fixture for each method, write the report, print the verdict.
+
+    ``rollback``: also train the first method with ``--on-co rollback`` (in
+    ``<out_dir>/<method>-rollback``, started first: it is the longest run).
 
     ``jobs`` runs train side by side in separate processes (default: one per method, at
     most one per CPU core), each with ``threads`` torch threads (default: the cores
@@ -198,7 +251,7 @@ def run_demo(out_dir: str = "runs/demo", data_dir=None, download: bool = False,
     stream = stream or sys.stdout
     t0 = time.time()
     cores = os.cpu_count() or 1
-    jobs = jobs or max(1, min(len(methods), cores))
+    jobs = jobs or max(1, min(len(methods) + rollback, cores))
     threads = threads or max(1, cores // jobs)
     if data is None:
         data = load_fixture_data(data_dir, download)
@@ -212,17 +265,23 @@ def run_demo(out_dir: str = "runs/demo", data_dir=None, download: bool = False,
     cfgs = [co_fixture_config(method, seed, os.path.join(out_dir, method), data_dir, **changes)
             for method in methods]
     first = cfgs[0]
-    print(f"training {', '.join(methods)} (seed {seed}, {first.optim.epochs} epochs on "
+    order = cfgs
+    if rollback:
+        cfgs = cfgs + [co_fixture_config(methods[0], seed, os.path.join(
+            out_dir, methods[0] + ROLLBACK_SUFFIX), data_dir, on_co="rollback", **changes)]
+        order = cfgs[-1:] + cfgs[:-1]
+    also = f" and {methods[0]} with --on-co rollback" if rollback else ""
+    print(f"training {', '.join(methods)}{also} (seed {seed}, {first.optim.epochs} epochs on "
           f"{first.data.n_train} images, eps {first.method.epsilon:g}/255) in {jobs} "
           f"process(es) with {threads} thread(s) each -> {out_dir}", file=stream, flush=True)
     if jobs > 1:
-        train_side_by_side(cfgs, worker_data, jobs, threads, stream)
+        train_side_by_side(order, worker_data, jobs, threads, stream)
     else:
         before = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            for k, cfg in enumerate(cfgs, 1):
-                print(f"[{k}/{len(cfgs)}] {cfg.method.name} -> {cfg.runtime.out_dir}",
+            for k, cfg in enumerate(order, 1):
+                print(f"[{k}/{len(order)}] {cfg.method.name} -> {cfg.runtime.out_dir}",
                       file=stream, flush=True)
                 train(cfg, data)
         finally:
