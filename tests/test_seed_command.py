@@ -42,6 +42,9 @@ def test_seed_command_runs_end_to_end(tmp_path):
     o = st["optim"]
     assert o["epochs"] == 1 and o["lr_max"] == 0.2 and o["batch_size"] == 128
     assert cfg["data"]["n_train"] == 40 and cfg["environment"]["torch"] == torch.__version__
+    env = cfg["environment"]          # what a bit-for-bit comparison of two runs needs
+    assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert env["device"] == "cpu" and env["device_name"] and env["threads"] >= 1
 
     lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 1 and lines[0]["epoch"] == 0 and lines[0]["n"] == 40

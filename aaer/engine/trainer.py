@@ -94,8 +94,24 @@ def environment(device: torch.device) -> dict[str, Any]:
            "device": str(device)}
     if device.type == "cuda":
         env["device_name"] = torch.cuda.get_device_name(device)
+    else:
+        env["device_name"] = cpu_name()
+        # the kernels torch picked: runs agree bit for bit only on the same capability
+        env["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     env["threads"] = torch.get_num_threads()
     return env
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what platform says."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def make_logger(out_dir: str, path: str) -> logging.Logger:
