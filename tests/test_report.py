@@ -189,6 +189,38 @@ def test_line_styles_colour_by_method_when_seeds_repeat():
     assert legend_title(grid, st) == "line: seed 0 solid, 1 dashed, 2 dotted"
 
 
+def test_rollback_runs_are_a_group_of_their_own():
+    from aaer.reporting.report import line_styles, method_groups
+    runs = [Run(f"{p}{s}", legacy_settings({"method": "rs-fgsm", "seed": s, "on_co": p,
+                                            "probe_n": 500}), {}, [])
+            for p in ("warn", "rollback") for s in (0, 1)]
+    assert {g: [r.path for r in rs] for g, rs in method_groups(runs).items()} == {
+        "rs-fgsm": ["warn0", "warn1"], "rs-fgsm --on-co rollback": ["rollback0", "rollback1"]}
+    st = line_styles(runs, ["c0", "c1"])
+    assert [(c, lab) for c, _, lab in st] == [("c0", "rs-fgsm"), ("c0", None),
+                                               ("c1", "rs-fgsm --on-co rollback"), ("c1", None)]
+
+
+def test_co_text_says_what_a_rollback_restored(tmp_path):
+    from aaer.reporting.report import co_text
+    d = make_run(str(tmp_path / "rb"), "fgsm", CO_RUN)
+    with open(os.path.join(d, "results.json")) as f:
+        res = json.load(f)
+    res["monitor"].update(
+        rollbacks=[{"epoch": 5, "restored_from": None, "param": "alpha", "old": 1.0,
+                    "new": 0.75}],
+        stopped={"epoch": 5, "restored_from": None},
+        outcome="not rescued: CO again after 1 rollback(s); stopped with its weights in CO")
+    with open(os.path.join(d, "results.json"), "w") as f:
+        json.dump(res, f)
+    run = load_run(d)
+    run.label = "rb"
+    assert co_text(run).endswith(
+        "Rollback at epoch 5: restored the start of training, alpha 1 → 0.75. Stopped at "
+        "epoch 5 with its weights in CO (no probe before CO to go back to). Outcome: not "
+        "rescued: CO again after 1 rollback(s); stopped with its weights in CO.")
+
+
 def test_seed_band_and_by_method_plot(tmp_path):
     from aaer.reporting.report import seed_band
     rows = lambda vals: [{"epoch": e, "probe_pgd_acc": v} for e, v in enumerate(vals)]

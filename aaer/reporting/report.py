@@ -107,13 +107,21 @@ def co_text(run: Run) -> str:
     if len(events) > 1:
         text += f" Flagged in {len(events)} probes in all."
     for rb in mon.get("rollbacks", []):
-        text += (f" Rollback at epoch {rb['epoch']}: restored epoch "
-                 f"{rb['restored_from']['epoch']}, {rb['param']} {rb['old']:g} → {rb['new']:g}.")
+        text += (f" Rollback at epoch {rb['epoch']}: restored {_restored(rb)}, "
+                 f"{rb['param']} {rb['old']:g} → {rb['new']:g}.")
     if mon.get("stopped"):
         st = mon["stopped"]
-        text += (f" Stopped at epoch {st['epoch']} with the weights of epoch "
-                 f"{st['restored_from']['epoch']}.")
+        kept = (f"the weights of epoch {st['restored_from']['epoch']}" if st["restored_from"]
+                else "its weights in CO (no probe before CO to go back to)")
+        text += f" Stopped at epoch {st['epoch']} with {kept}."
+    if mon.get("outcome"):
+        text += f" Outcome: {mon['outcome']}."
     return text
+
+
+def _restored(rb: dict) -> str:
+    return f"epoch {rb['restored_from']['epoch']}" if rb["restored_from"] else \
+        "the start of training"
 
 
 # -- plots ----------------------------------------------------------------------------
@@ -132,17 +140,17 @@ def line_styles(runs: list[Run], colors) -> list[tuple[Any, Any, str | None]]:
     more runs than colours: then one colour per method, one line style per seed, and one
     legend entry per method, so that 25 runs still read at a glance.
     """
-    methods = [r.method for r in runs]
-    if len(set(methods)) == len(runs) and len(runs) <= len(colors):
+    groups = [run_group(r) for r in runs]
+    if len(set(groups)) == len(runs) and len(runs) <= len(colors):
         return [(colors[i], "-", r.label) for i, r in enumerate(runs)]
-    order = list(dict.fromkeys(methods))
+    order = list(dict.fromkeys(groups))
     seeds = run_seeds(runs)
     out, seen = [], set()
-    for r in runs:
-        color = colors[order.index(r.method) % len(colors)]
+    for r, g in zip(runs, groups):
+        color = colors[order.index(g) % len(colors)]
         ls = LINE_STYLES[seeds.index(r.seed) % len(LINE_STYLES)]
-        out.append((color, ls, None if r.method in seen else r.method))
-        seen.add(r.method)
+        out.append((color, ls, None if g in seen else g))
+        seen.add(g)
     return out
 
 
@@ -250,10 +258,17 @@ def plot_runs(runs: list[Run], out_dir: str) -> list[str]:
     return paths
 
 
+def run_group(run: Run) -> str:
+    """The seeds of one recipe: the method, and the CO response when it is not warn (a
+    rollback run trains differently once CO is flagged)."""
+    on_co = run.settings.monitor.on_co
+    return run.method + ("" if on_co == "warn" else f" --on-co {on_co}")
+
+
 def method_groups(runs: list[Run]) -> dict[str, list[Run]]:
     groups: dict[str, list[Run]] = {}
     for r in runs:
-        groups.setdefault(r.method, []).append(r)
+        groups.setdefault(run_group(r), []).append(r)
     return groups
 
 
