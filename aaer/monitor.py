@@ -372,8 +372,16 @@ class COMonitor:
             if self.on_co == "rollback":
                 return f"not rescued: CO again after {n} rollback(s); stopped with {kept}"
             return f"stopped at CO with {kept} (--on-co stop)"
-        return f"{'still in CO at the end' if in_co else 'rescued'} after " \
-               f"{len(self.rollbacks)} rollback(s)"
+        n = len(self.rollbacks)
+        if in_co:
+            return f"still in CO at the end after {n} rollback(s)"
+        final = self.history[-1]["pgd"] if self.history else None
+        if final is not None and final <= self.rule.floor:
+            # out of CO by the rule, yet robust to neither attack: no rescue to claim
+            return (f"not rescued: no CO at the end after {n} rollback(s), but probe PGD "
+                    f"accuracy {final:.3f} is at most --co-floor {self.rule.floor:g} (not "
+                    f"robust)")
+        return f"rescued after {n} rollback(s)"
 
     def ends_in_co(self) -> bool:
         """Do the weights the run ends with meet the CO rule? Its last probes do (warn, or

@@ -5,7 +5,8 @@
     python benchmarks/co_policy_table.py runs/co-warn runs/co-rollback
 
 Per method and policy: how many seeds end in CO (the last probes meet the CO rule, or the
-run was flagged and trained on), the rollbacks and the epochs they discarded, final clean
+run was flagged and trained on), how many end robust to nothing (last probe PGD accuracy
+at most the rule's floor, 0.05: out of CO by the rule is then no rescue), the rollbacks and the epochs they discarded, final clean
 and PGD accuracy (the fixture's final evaluation, PGD-10 on 1000 test points) per seed and
 on average, and the training wall time. Then, per method, whether rollback kept every
 seed's final PGD accuracy at least that of the same seed without it.
@@ -51,7 +52,9 @@ def read(suite_dir: str) -> dict[tuple[str, int], dict]:
             "clean": ev["clean"]["acc"], "pgd": ev["pgd"]["acc"],
             "ends_in_co": bool(ends_in_co), "rollbacks": len(mon.get("rollbacks", [])),
             "discarded": mon.get("epochs_discarded", 0.0), "seconds": res["train_seconds"],
-            "outcome": mon.get("outcome", "")}
+            "outcome": mon.get("outcome", ""),
+            # out of CO by the rule is no rescue when the model is robust to nothing
+            "weak": run.rows[-1]["probe_pgd_acc"] <= mon["probe"]["rule"]["floor"]}
     return out
 
 
@@ -77,9 +80,9 @@ def main() -> int:
     seeds = sorted({s for pol in policies.values() for (_, s) in pol})
     print(f"seeds {seeds[0]}-{seeds[-1]}; cells per seed in seed order; accuracies in %; "
           "=: the warn run's (never flagged, no candidate at the end: the same computation)\n")
-    print("| method | policy | ends in CO | rollbacks (epochs discarded) | final clean | "
-          "final PGD | mean clean / PGD | wall s (mean) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| method | policy | ends in CO | final probe PGD <= 0.05 | rollbacks (epochs "
+          "discarded) | final clean | final PGD | mean clean / PGD | wall s (mean) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     verdicts = []
     for method in METHODS:
         for policy, runs in policies.items():
@@ -87,10 +90,11 @@ def main() -> int:
             if not rows:
                 continue
             n = len(rows)
-            co_seeds = [s for s, r in zip([s for s in seeds if (method, s) in runs], rows)
-                        if r["ends_in_co"]]
-            co = f"{len(co_seeds)}/{n}" + (f" (s{','.join(map(str, co_seeds))})"
-                                          if co_seeds else "")
+            have = [s for s in seeds if (method, s) in runs]
+            count = lambda key: (lambda hit: f"{len(hit)}/{n}" + (
+                f" (s{','.join(map(str, hit))})" if hit else ""))(
+                [s for s, r in zip(have, rows) if r[key]])
+            co, weak = count("ends_in_co"), count("weak")
             rb = "/".join("=" if r.get("same_as_warn") else
                           f"{r['rollbacks']}({r['discarded']:g})" for r in rows) \
                 if policy == "rollback" else "-"
@@ -98,7 +102,7 @@ def main() -> int:
             mc = sum(r["clean"] for r in rows) / n
             mp = sum(r["pgd"] for r in rows) / n
             wall = sum(r["seconds"] for r in rows) / n
-            print(f"| {method} | {policy} | {co} | {rb} | {cells(rows, 'clean', pct)} | "
+            print(f"| {method} | {policy} | {co} | {weak} | {rb} | {cells(rows, 'clean', pct)} | "
                   f"{cells(rows, 'pgd', pct)} | {pct(mc)} / {pct(mp)} | {wall:.0f} |")
         both = [(s, policies["warn"].get((method, s)), policies["rollback"].get((method, s)))
                 for s in seeds]

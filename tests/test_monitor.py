@@ -346,6 +346,25 @@ def test_co_from_the_start_rolls_back_to_the_start(tmp_path, monkeypatch):
     assert res["monitor"]["outcome"] == "rescued after 1 rollback(s)"
 
 
+def test_out_of_co_but_robust_to_nothing_is_no_rescue(tmp_path, monkeypatch, capsys):
+    # masked CO from the start; after the rollback the probes no longer meet the rule, but
+    # only because FGSM accuracy fell too: PGD accuracy stays under the floor (zero-start
+    # FGSM on the CO fixture ends like this). That is not a rescue, and the run says so.
+    from aaer.cli import _co_outcome
+    _scripted(monkeypatch, [0.0, 0.0, 0.02, 0.03, 0.03], [0.5, 0.5, 0.1, 0.1, 0.1])
+    cfg = _cfg(tmp_path, "weak", method="fgsm", method_hparams={}, on_co="rollback",
+               epochs=3)
+    res = build_trainer(cfg, _dataset()).fit()
+    capsys.readouterr()
+    mon = res["monitor"]
+    assert len(mon["rollbacks"]) == 1 and mon["stopped"] is None
+    assert mon["outcome"] == ("not rescued: no CO at the end after 1 rollback(s), but probe "
+                              "PGD accuracy 0.030 is at most --co-floor 0.05 (not robust)")
+    assert not mon["rescued"] and not mon["ends_in_co"]
+    _co_outcome(res)
+    assert capsys.readouterr().err == f"aaer: catastrophic overfitting {mon['outcome']}\n"
+
+
 def test_co_from_the_start_every_time_ends_in_co_and_says_so(tmp_path, monkeypatch):
     # masked CO from the first probe, before and after the rollback to the start: the run
     # stops with its current weights, which are in CO (no healthy probe to restore)

@@ -207,7 +207,8 @@ def test_co_text_says_what_a_rollback_restored(tmp_path):
     with open(os.path.join(d, "results.json")) as f:
         res = json.load(f)
     res["monitor"].update(
-        rollbacks=[{"epoch": 5, "restored_from": None, "param": "alpha", "old": 1.0,
+        rollbacks=[{"epoch": 5, "restored_from": {"epoch": -1, "step": 0, "pgd": None},
+                    "param": "alpha", "old": 1.0,
                     "new": 0.75}],
         stopped={"epoch": 5, "restored_from": None},
         outcome="not rescued: CO again after 1 rollback(s); stopped with its weights in CO")

@@ -22,6 +22,7 @@ from typing import Any
 
 from aaer.config import RunConfig, from_flat, resolve
 from aaer.monitor import evidence_text
+from aaer.reporting.report import restored_text
 from aaer.train import train
 
 FIXTURE_EPSILON = 70.0          # about 0.275 in pixel units (1/255 units, as every --epsilon)
@@ -122,9 +123,7 @@ def rollback_line(run, runs) -> str:
     line = f"With --on-co rollback: {run.label} {mon.get('outcome', 'unfinished')}"
     done = mon.get("rollbacks", [])
     if done:
-        back = lambda rb: (f"epoch {rb['restored_from']['epoch']}" if rb["restored_from"]
-                           else "the start")
-        steps = "; ".join(f"at epoch {rb['epoch']} back to {back(rb)}, {rb['param']} "
+        steps = "; ".join(f"at epoch {rb['epoch']} back to {restored_text(rb)}, {rb['param']} "
                           f"{rb['old']:g} -> {rb['new']:g}" for rb in done)
         line += f" ({steps}; {mon.get('epochs_discarded', 0):g} epochs discarded)"
     line += f": final probe PGD {_final_probe_pgd(run):.3f}"

@@ -107,7 +107,7 @@ def co_text(run: Run) -> str:
     if len(events) > 1:
         text += f" Flagged in {len(events)} probes in all."
     for rb in mon.get("rollbacks", []):
-        text += (f" Rollback at epoch {rb['epoch']}: restored {_restored(rb)}, "
+        text += (f" Rollback at epoch {rb['epoch']}: restored {restored_text(rb)}, "
                  f"{rb['param']} {rb['old']:g} → {rb['new']:g}.")
     if mon.get("stopped"):
         st = mon["stopped"]
@@ -119,9 +119,10 @@ def co_text(run: Run) -> str:
     return text
 
 
-def _restored(rb: dict) -> str:
-    return f"epoch {rb['restored_from']['epoch']}" if rb["restored_from"] else \
-        "the start of training"
+def restored_text(rb: dict) -> str:
+    """Where a rollback went back to (epoch -1: the start of training)."""
+    back = rb["restored_from"]
+    return "the start of training" if not back or back["epoch"] < 0 else f"epoch {back['epoch']}"
 
 
 # -- plots ----------------------------------------------------------------------------
