@@ -56,7 +56,17 @@ def main() -> int:
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--no-grid", action="store_true")
+    p.add_argument("--grid", action="append", metavar="METHOD=LAMDA3",
+                   help="only these grid points (e.g. N-AAER=3.0; repeatable); default: all "
+                   "of " + ", ".join(f"{lab}={l3}" for _, lab, l3 in GRID))
     a = p.parse_args()
+    chosen = GRID
+    if a.grid:
+        chosen = tuple(g for g in GRID if f"{g[1]}={g[2]}" in a.grid)
+        unknown = sorted(set(a.grid) - {f"{g[1]}={g[2]}" for g in GRID})
+        if unknown:
+            p.error(f"unknown grid point(s) {', '.join(unknown)}; valid: "
+                    + ", ".join(f"{lab}={l3}" for _, lab, l3 in GRID))
     aaer = [sys.executable, "-m", "aaer"]          # as aaer reproduce starts its runs
 
     def job(kind, method, label, seed, extra=()):
@@ -72,9 +82,9 @@ def main() -> int:
         return [job("warn", m, lab, seed) for m, lab in METHODS]
 
     def grid(spec):
-        return [] if a.no_grid else [job("grid", m, lab, s, ("--lamda3", l3))
-                                     for s in range(min(GRID_SEEDS, a.seeds))
-                                     for m, lab, l3 in [spec]]
+        return [] if a.no_grid or spec not in chosen else \
+            [job("grid", m, lab, s, ("--lamda3", l3)) for s in range(min(GRID_SEEDS, a.seeds))
+             for m, lab, l3 in [spec]]
 
     def twin(kind):
         _, method, label, seed = kind
