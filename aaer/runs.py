@@ -387,6 +387,11 @@ class Run:
         flagged = [r.get("co_epoch", r["epoch"]) for r in self.rows if r.get("co_flag")]
         return flagged[0] if flagged else None
 
+    def rolled_back(self) -> bool:
+        """Did a rollback discard epochs of this run (its CO epochs with them)?"""
+        mon = (self.results or {}).get("monitor")
+        return isinstance(mon, dict) and bool(mon.get("rollbacks"))
+
     def co_events(self) -> list[dict]:
         mon = (self.results or {}).get("monitor")
         if isinstance(mon, dict):

@@ -232,6 +232,8 @@ def test_seed_band_and_by_method_plot(tmp_path):
     assert co == []                                  # epoch 2 is not shared by both runs
     assert seed_band([a], "probe_pgd_acc")[4] == [2]
     assert seed_band([a, b], "aae_count") is None
+    a.results["monitor"]["rollbacks"] = [{"epoch": 2}]     # its CO epochs were discarded
+    assert a.rolled_back() and seed_band([a], "probe_pgd_acc")[4] == []
 
 
 def test_train_writes_tensorboard_events_live(tmp_path):

@@ -175,7 +175,7 @@ def plot_runs(runs: list[Run], out_dir: str) -> list[str]:
 
     def mark_co(ax, run, color, key):
         e = run.co_epoch()
-        if e is None:
+        if e is None or run.rolled_back():     # its CO epochs were discarded
             return
         ax.axvline(e, color=color, linestyle=":", linewidth=1.2)
         xs, ys = run.series(key)
@@ -210,7 +210,8 @@ def plot_runs(runs: list[Run], out_dir: str) -> list[str]:
     if axes[-1].get_legend_handles_labels()[0]:      # runs without a probe: no legend
         axes[-1].legend(fontsize=8, loc="best", title=legend_title(runs, styles),
                         title_fontsize=8)
-    fig.suptitle("Per-epoch probe (dotted line / x: CO flagged)", fontsize=10)
+    fig.suptitle("Per-epoch probe (dotted line / x: CO flagged; not drawn for runs that "
+                 "rolled back: those epochs were trained again)", fontsize=10)
     save(fig, "probe_accuracy.png")
 
     for key, name, ylabel, title in (
@@ -243,8 +244,11 @@ def plot_runs(runs: list[Run], out_dir: str) -> list[str]:
                     continue
                 xs, mean, lo, hi, co = band
                 color = colors[i % len(colors)]
+                flagged = sum(r.co_epoch() is not None for r in group)
+                rolled = sum(r.rolled_back() for r in group)
                 ax.plot(xs, mean, marker="o", markersize=3, color=color,
-                        label=f"{method} ({len(group)} seeds, CO in {len(co)})")
+                        label=f"{method} ({len(group)} seeds, CO in {flagged}"
+                              + (f", rolled back in {rolled})" if rolled else ")"))
                 ax.fill_between(xs, lo, hi, color=color, alpha=0.15, linewidth=0)
                 for e in co:                       # where each seed's CO began, on the mean
                     ax.plot([e], [mean[xs.index(e)]], marker="x", color=color, markersize=8,
@@ -275,13 +279,15 @@ def method_groups(runs: list[Run]) -> dict[str, list[Run]]:
 
 def seed_band(group: list[Run], key: str):
     """(epochs, mean, min, max, CO epochs) of ``key`` over the runs of one method, on the
-    epochs every run has; None if they share none."""
+    epochs every run has; None if they share none. A rolled-back run's CO epochs are not
+    among the CO epochs (the epochs shown are the ones trained again)."""
     series = [dict(zip(*r.series(key))) for r in group]
     xs = sorted(set.intersection(*(set(s) for s in series)))
     if not xs:
         return None
     vals = [[s[x] for s in series] for x in xs]
-    co = [e for e in (r.co_epoch() for r in group) if e is not None and e in xs]
+    co = [e for e in (r.co_epoch() for r in group if not r.rolled_back())
+          if e is not None and e in xs]
     return (xs, [sum(v) / len(v) for v in vals], [min(v) for v in vals],
             [max(v) for v in vals], co)
 
