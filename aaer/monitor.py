@@ -354,6 +354,18 @@ class COMonitor:
                 f"back to {where}, {epochs_discarded:g} epoch(s) discarded; "
                 f"{change['param']} {change['old']:g} -> {change['new']:g}")
 
+    def diverged(self, epoch: int) -> str:
+        """Training diverged after a rollback strengthened the method: the trainer stops
+        with the best probe's weights (the strengthening, not the user's settings, may be
+        the cause). Returns the log line."""
+        best = self._best
+        self.stopped = {"epoch": epoch, "step": None, "reason": "diverged", "restored_from":
+                        {"epoch": best["epoch"], "step": best["step"], "pgd": best["pgd"]}}
+        changes = ", ".join(f"{k} {v:g}" for k, v in self.method_changes().items())
+        return (f"--on-co rollback: training diverged after {len(self.rollbacks)} rollback(s) "
+                f"({changes}); stopping with the weights of the best probe (epoch "
+                f"{best['epoch']}, PGD acc {best['pgd']:.4f})")
+
     def epochs_discarded(self) -> float:
         """Epochs trained and thrown away by rollbacks (the price of the rescue)."""
         return sum(rb.get("epochs_discarded", 0.0) for rb in self.rollbacks)
@@ -369,6 +381,8 @@ class COMonitor:
             n = len(self.rollbacks)
             kept = "the weights of the best probe" if self.stopped["restored_from"] else \
                 "its weights in CO (no probe before CO to go back to)"
+            if self.stopped.get("reason") == "diverged":
+                return f"not rescued: training diverged after {n} rollback(s); stopped with {kept}"
             if self.on_co == "rollback":
                 return f"not rescued: CO again after {n} rollback(s); stopped with {kept}"
             return f"stopped at CO with {kept} (--on-co stop)"

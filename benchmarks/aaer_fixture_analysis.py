@@ -107,7 +107,7 @@ def grid(base: dict[tuple[str, int], str], grid_dir: str) -> None:
         key = (m.group(1), float(m.group(2)))
         if os.path.exists(os.path.join(path, "results.json")):
             cells[key][int(m.group(3))] = final(path)
-        elif "non-finite training loss" in open(os.path.join(path, "train.log")).read():
+        elif "training diverged" in open(os.path.join(path, "train.log")).read():
             cells[key][int(m.group(3))] = {"diverged": True}
     seeds = sorted({s for c in cells.values() for s in c})
     for (method, seed), path in base.items():

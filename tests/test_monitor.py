@@ -365,6 +365,50 @@ def test_out_of_co_but_robust_to_nothing_is_no_rescue(tmp_path, monkeypatch, cap
     assert capsys.readouterr().err == f"aaer: catastrophic overfitting {mon['outcome']}\n"
 
 
+def test_divergence_after_a_rollback_stops_with_the_best_probe(tmp_path, monkeypatch,
+                                                               capsys):
+    # the first epoch trained after the rollback leaves a non-finite weight (as a doubled
+    # lamda1 did to N-AAER on the CO fixture): the checkpoint check catches it, and the run
+    # (which had a healthy best probe) ends with those weights, saying it was not rescued
+    from aaer.cli import _co_outcome
+    _scripted(monkeypatch, [0.25, 0.5, 0.125, 0.125] + [0.5] * 4, [0.25, 0.375, 0.5, 0.5] +
+              [0.5] * 4)
+    cfg = _cfg(tmp_path, "div", on_co="rollback", epochs=5)
+    trainer = build_trainer(cfg, _dataset())
+    run_epoch = trainer.run_epoch
+
+    def blow_up_after_a_rollback(epoch):
+        row = run_epoch(epoch)
+        if trainer.monitor.rollbacks:
+            with torch.no_grad():
+                next(trainer.model.parameters()).fill_(float("inf"))
+        return row
+
+    trainer.run_epoch = blow_up_after_a_rollback
+    res = trainer.fit()
+    capsys.readouterr()
+    mon = res["monitor"]
+    assert len(mon["rollbacks"]) == 1 and mon["rollbacks"][0]["new"] == 2.0
+    assert mon["stopped"]["reason"] == "diverged" and mon["stopped"]["epoch"] == 2
+    assert mon["stopped"]["restored_from"] == {"epoch": 1, "step": 6, "pgd": 0.5}
+    assert mon["outcome"] == ("not rescued: training diverged after 1 rollback(s); stopped "
+                              "with the weights of the best probe")
+    assert not mon["rescued"] and not mon["ends_in_co"]
+    best = torch.load(f"{cfg.out_dir}/best_probe.pt", weights_only=True)["model"]
+    model = torch.load(f"{cfg.out_dir}/model.pt", weights_only=True)
+    model = model.get("model", model)
+    assert _same(best, {k: model[k] for k in best})
+    _co_outcome(res)
+    assert "catastrophic overfitting not rescued: training diverged" in capsys.readouterr().err
+
+
+def test_divergence_without_a_rollback_is_still_an_error(tmp_path, monkeypatch):
+    from aaer.errors import TrainingDiverged
+    cfg = _cfg(tmp_path, "div0", on_co="rollback", lr_max=1e30, epochs=2)
+    with pytest.raises(TrainingDiverged):
+        build_trainer(cfg, _dataset()).fit()
+
+
 def test_co_from_the_start_every_time_ends_in_co_and_says_so(tmp_path, monkeypatch):
     # masked CO from the first probe, before and after the rollback to the start: the run
     # stops with its current weights, which are in CO (no healthy probe to restore)

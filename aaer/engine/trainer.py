@@ -491,6 +491,20 @@ class Trainer:
         self.save_checkpoint(target["epoch"], target["partial"])
         raise Rewound(self.start_epoch)
 
+    def stop_diverged(self, epoch: int, error: TrainingDiverged) -> bool:
+        """Training diverged after a rollback strengthened the method: stop with the best
+        probe's weights, and let the run end (model.pt, evaluation, results.json) saying
+        it was not rescued. False (the error stands) for any other divergence, and under
+        DDP, where only rank 0 sees a non-finite weight."""
+        if not (self.rolls_back and self.monitor.rollbacks and self.best is not None) or \
+                self.dist.enabled:
+            return False
+        self.log.error("%s", error)
+        self.restore_best(with_optimizer=False)
+        self.log.warning("%s", self.monitor.diverged(epoch))
+        self.stopping = True
+        return True
+
     def remember_best(self, record: dict[str, Any]) -> None:
         self.best = {
             "epoch": record["epoch"], "step": record["step"], "probe": dict(record),
@@ -637,6 +651,10 @@ class Trainer:
                 except Rewound as back:
                     epoch = back.epoch
                     continue
+                except TrainingDiverged as e:
+                    if not self.stop_diverged(epoch, e):
+                        raise
+                    break
                 if self.stop.requested:         # the end-of-epoch checkpoint is written
                     self.log.info("received %s: stopping after epoch %d; continue with: aaer "
                                   "train --resume %s", signal_name(self.stop.signum), epoch,
