@@ -3,18 +3,19 @@ times, two runs at a time, one thread each, about 7 minutes): RS-FGSM must overf
 catastrophically and the monitor must say so; with --on-co rollback the same run must be
 rolled back and end out of CO, far more robust.
 
-What is asserted about RS-AAER is what held in the first five seeds measured (README, CO
-fixture table): no CO flagged, and a higher final PGD accuracy than RS-FGSM's. What is
-asserted about the rollback held in all ten seeds of the README's warn vs rollback table:
-at least one rollback, not ending in CO, final PGD accuracy 10 points or more above the
-warn run's."""
+What is asserted about RS-AAER held in 9 of the 10 seeds of the README's warn vs rollback
+table (seed 2 among them): no CO flagged, and a higher final PGD accuracy than RS-FGSM's.
+What is asserted about the rollback held in all 8 RS-FGSM seeds flagged there: flagged at
+the same epoch, rolled back to the best probe, rescued, final PGD accuracy 10 points or
+more above the warn run's. Per-seed trajectories depend on the CPU's kernels (README);
+seed 2 met all of this on both machines measured."""
 import io
 
 import pytest
 
 from aaer.experiments.demo import run_demo
 
-SEED = 2        # the demo's default; RS-FGSM hit CO in every seed measured
+SEED = 2        # the demo's default
 
 
 @pytest.mark.slow

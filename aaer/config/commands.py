@@ -149,7 +149,7 @@ class DemoCommand:
                              "it is not there", type=bool)
     seed: int | None = like("optim.seed", default=None, optional=True, help="seed of both runs",
                             default_text="the fixture's demo seed, 2; the README's table has "
-                            "seeds 0-4")
+                            "seeds 0-9")
     jobs: int | None = setting(None, "runs trained side by side in separate processes",
                                type=int, low=1, optional=True,
                                default_text="one per run, at most one per CPU core")
