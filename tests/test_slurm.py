@@ -139,6 +139,9 @@ def test_a_preempted_run_checkpoints_requeues_and_resumes_exactly(slurm, data, t
     _wait(lambda: _squeue(job) == ["PENDING"], 60, "the requeue")
     ckpt = torch.load(out / name / "checkpoint.pt", weights_only=True)
     assert ckpt["partial"] is not None or ckpt["epoch"] >= 1       # stopped where it was
+    # not in the second of the requeue: slurmd refuses a job credential issued in the same
+    # second as the revocation of the old one ("Job credential revoked", seen in CI)
+    time.sleep(2)
     subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], check=True)
     _wait(lambda: not _squeue(job), 180, "the resumed job to end")
     res = json.loads((out / name / "results.json").read_text())
