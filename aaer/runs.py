@@ -354,6 +354,10 @@ class Run:
     def has_probe(self) -> bool:
         return any("probe_pgd_acc" in r for r in self.rows)
 
+    def last_probe(self) -> dict[str, Any]:
+        """The last metrics row with a CO probe ({} if none has one)."""
+        return next((r for r in reversed(self.rows) if "probe_pgd_acc" in r), {})
+
     @property
     def method(self) -> str:
         return str(self.settings.method.name)

@@ -113,8 +113,7 @@ def _on_co(run) -> str:
 
 
 def _final_probe_pgd(run) -> float:
-    probe = [row for row in run.rows if "probe_pgd_acc" in row]
-    return probe[-1]["probe_pgd_acc"] if probe else float("nan")
+    return run.last_probe().get("probe_pgd_acc", float("nan"))
 
 
 def rollback_line(run, runs) -> str:
@@ -147,7 +146,7 @@ def verdict(runs) -> list[str]:
             co.append(f"{r.label} at epoch {e} ({evidence_text(ev, 3)}, confirmed at epoch "
                       f"{first['epoch']})")
         else:
-            last = ([row for row in r.rows if "probe_pgd_acc" in row] or [{}])[-1]
+            last = r.last_probe()
             no.append(f"{r.label} (final probe PGD {last.get('probe_pgd_acc', float('nan')):.3f}, "
                       f"clean {last.get('probe_clean_acc', float('nan')):.3f})")
     return [("CO happened: " + "; ".join(co)) if co else "CO happened in no run.",

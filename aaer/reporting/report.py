@@ -320,7 +320,7 @@ def render_markdown(runs: list[Run], plots: list[str], out_dir: str) -> str:
               "last | protocol |", "|---|---|---|---|---|---|---|---|"]
     for r in runs:
         if r.has_probe:
-            last = [row for row in r.rows if "probe_pgd_acc" in row][-1]
+            last = r.last_probe()
             xs, pgd = r.series("probe_pgd_acc")
             b = max(range(len(pgd)), key=lambda i: pgd[i])
             co = r.co_epoch()
