@@ -1,6 +1,6 @@
 """The README's by-method plot of the CO fixture's warn / rollback campaign.
 
-    python benchmarks/co_policy_plot.py runs/co-warn runs/co-rollback --out docs/co_policy.png
+    python benchmarks/co_policy_plot.py runs/co-warn runs/co-rollback --out benchmarks/results/co-fixture/co_policy.png
 
 One column per method: probe PGD accuracy (top) and AAEs per epoch (bottom), mean over
 seeds with the range shaded, for --on-co warn and --on-co rollback. A rollback run's rows
@@ -19,20 +19,9 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from aaer.reporting.report import seed_band  # noqa: E402
 from aaer.runs import load_run  # noqa: E402
 from co_policy_table import METHODS  # noqa: E402
-
-
-def band(runs, key):
-    """(epochs, mean, min, max, CO epochs) over the runs that reached each epoch: a run
-    that stopped early (FGSM after its rollbacks, N-AAER seed 3's divergence) leaves the
-    later epochs to the others, instead of cutting every run short."""
-    series = [dict(zip(*r.series(key))) for r in runs]
-    xs = sorted(set().union(*series))
-    vals = [[s[x] for s in series if x in s] for x in xs]
-    co = [e for e in (r.co_epoch() for r in runs if not r.rolled_back()) if e in xs]
-    return (xs, [sum(v) / len(v) for v in vals], [min(v) for v in vals],
-            [max(v) for v in vals], co)
 
 
 def runs_of(warn_dir: str, rollback_dir: str, method: str):
@@ -70,7 +59,9 @@ def main() -> int:
             ax = axes[row][col]
             for runs, policy, color in ((warn, "warn", "tab:red"),
                                         (rollback, "rollback", "tab:blue")):
-                xs, mean, lo, hi, co = band(runs, key)
+                # a run that stopped early (FGSM after its rollbacks, N-AAER seed 3's
+                # divergence) leaves its later epochs to the others
+                xs, mean, lo, hi, co = seed_band(runs, key, shared=False)
                 ax.plot(xs, mean, marker="o", markersize=3, color=color,
                         label=f"--on-co {policy}")
                 ax.fill_between(xs, lo, hi, color=color, alpha=0.15, linewidth=0)

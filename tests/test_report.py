@@ -230,6 +230,8 @@ def test_seed_band_and_by_method_plot(tmp_path):
     xs, mean, lo, hi, co = seed_band([a, b], "probe_pgd_acc")
     assert (xs, mean, lo, hi) == ([0, 1], [0.5, 0.375], [0.25, 0.25], [0.75, 0.5])
     assert co == []                                  # epoch 2 is not shared by both runs
+    assert seed_band([a, b], "probe_pgd_acc", shared=False) == \
+        ([0, 1, 2], [0.5, 0.375, 0.0], [0.25, 0.25, 0.0], [0.75, 0.5, 0.0], [2])
     assert seed_band([a], "probe_pgd_acc")[4] == [2]
     assert seed_band([a, b], "aae_count") is None
     a.results["monitor"]["rollbacks"] = [{"epoch": 2}]     # its CO epochs were discarded

@@ -277,15 +277,17 @@ def method_groups(runs: list[Run]) -> dict[str, list[Run]]:
     return groups
 
 
-def seed_band(group: list[Run], key: str):
+def seed_band(group: list[Run], key: str, shared: bool = True):
     """(epochs, mean, min, max, CO epochs) of ``key`` over the runs of one method, on the
-    epochs every run has; None if they share none. A rolled-back run's CO epochs are not
-    among the CO epochs (the epochs shown are the ones trained again)."""
+    epochs every run has (``shared=False``: every epoch some run has, each over the runs
+    that reached it); None if there are none. A rolled-back run's CO epochs are not among
+    the CO epochs (the epochs shown are the ones trained again)."""
     series = [dict(zip(*r.series(key))) for r in group]
-    xs = sorted(set.intersection(*(set(s) for s in series)))
+    epochs = (set.intersection if shared else set.union)(*(set(s) for s in series))
+    xs = sorted(epochs)
     if not xs:
         return None
-    vals = [[s[x] for s in series] for x in xs]
+    vals = [[s[x] for s in series if x in s] for x in xs]
     co = [e for e in (r.co_epoch() for r in group if not r.rolled_back())
           if e is not None and e in xs]
     return (xs, [sum(v) / len(v) for v in vals], [min(v) for v in vals],
