@@ -305,9 +305,7 @@ class COMonitor:
         if response == "warn":
             decision.action = "warn"
             return
-        best = self._best
-        restored = None if best is None else \
-            {"epoch": best["epoch"], "step": best["step"], "pgd": best["pgd"]}
+        restored = self._best_ref()
         if response == "rollback" and restored is None:
             # no probe before CO was good: go back to the start of training
             restored = {"epoch": -1, "step": 0, "pgd": None}
@@ -358,13 +356,19 @@ class COMonitor:
         """Training diverged after a rollback strengthened the method: the trainer stops
         with the best probe's weights (the strengthening, not the user's settings, may be
         the cause). Returns the log line."""
-        best = self._best
-        self.stopped = {"epoch": epoch, "step": None, "reason": "diverged", "restored_from":
-                        {"epoch": best["epoch"], "step": best["step"], "pgd": best["pgd"]}}
+        best = self._best_ref()
+        self.stopped = {"epoch": epoch, "step": None, "reason": "diverged",
+                        "restored_from": best}
         changes = ", ".join(f"{k} {v:g}" for k, v in self.method_changes().items())
         return (f"--on-co rollback: training diverged after {len(self.rollbacks)} rollback(s) "
                 f"({changes}); stopping with the weights of the best probe (epoch "
                 f"{best['epoch']}, PGD acc {best['pgd']:.4f})")
+
+    def _best_ref(self) -> dict | None:
+        """Where the best probe is (epoch, step, PGD accuracy), or None without one."""
+        best = self._best
+        return None if best is None else \
+            {"epoch": best["epoch"], "step": best["step"], "pgd": best["pgd"]}
 
     def epochs_discarded(self) -> float:
         """Epochs trained and thrown away by rollbacks (the price of the rescue)."""

@@ -91,9 +91,11 @@ def main() -> int:
                 continue
             n = len(rows)
             have = [s for s in seeds if (method, s) in runs]
-            count = lambda key: (lambda hit: f"{len(hit)}/{n}" + (
-                f" (s{','.join(map(str, hit))})" if hit else ""))(
-                [s for s, r in zip(have, rows) if r[key]])
+
+            def count(key):
+                hit = [s for s, r in zip(have, rows) if r[key]]
+                return f"{len(hit)}/{n}" + (f" (s{','.join(map(str, hit))})" if hit else "")
+
             co, weak = count("ends_in_co"), count("weak")
             rb = "/".join("=" if r.get("same_as_warn") else
                           f"{r['rollbacks']}({r['discarded']:g})" for r in rows) \
