@@ -54,6 +54,9 @@ from aaer.attacks.protocols import Protocol
 from aaer.config.schema import SETTINGS
 from aaer.evaluation import evaluate
 
+# what a run that stopped at CO kept when no probe before CO was good to go back to
+KEPT_IN_CO = "its weights in CO (no probe before CO to go back to)"
+
 
 @dataclass(frozen=True)
 class CORule:
@@ -384,7 +387,7 @@ class COMonitor:
         if self.stopped is not None:
             n = len(self.rollbacks)
             kept = "the weights of the best probe" if self.stopped["restored_from"] else \
-                "its weights in CO (no probe before CO to go back to)"
+                KEPT_IN_CO
             if self.stopped.get("reason") == "diverged":
                 return f"not rescued: training diverged after {n} rollback(s); stopped with {kept}"
             if self.on_co == "rollback":

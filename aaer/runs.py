@@ -363,6 +363,11 @@ class Run:
         return str(self.settings.method.name)
 
     @property
+    def on_co(self) -> str:
+        """The CO response it trained with: warn, stop or rollback."""
+        return str(self.settings.monitor.on_co)
+
+    @property
     def seed(self) -> int:
         return int(self.settings.optim.seed)
 

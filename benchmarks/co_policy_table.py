@@ -54,7 +54,7 @@ def read(suite_dir: str) -> dict[tuple[str, int], dict]:
             "discarded": mon.get("epochs_discarded", 0.0), "seconds": res["train_seconds"],
             "outcome": mon.get("outcome", ""),
             # out of CO by the rule is no rescue when the model is robust to nothing
-            "weak": run.rows[-1]["probe_pgd_acc"] <= mon["probe"]["rule"]["floor"]}
+            "weak": run.last_probe()["probe_pgd_acc"] <= mon["probe"]["rule"]["floor"]}
     return out
 
 

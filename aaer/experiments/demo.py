@@ -108,10 +108,6 @@ def load_fixture_data(data_dir=None, download: bool = False):
         raise FileNotFoundError(DATA_HELP.format(where=where, error=e)) from None
 
 
-def _on_co(run) -> str:
-    return str(run.settings.monitor.on_co)
-
-
 def _final_probe_pgd(run) -> float:
     return run.last_probe().get("probe_pgd_acc", float("nan"))
 
@@ -126,7 +122,7 @@ def rollback_line(run, runs) -> str:
                           f"{rb['old']:g} -> {rb['new']:g}" for rb in done)
         line += f" ({steps}; {mon.get('epochs_discarded', 0):g} epochs discarded)"
     line += f": final probe PGD {_final_probe_pgd(run):.3f}"
-    twins = [r for r in runs if r.method == run.method and _on_co(r) == "warn"]
+    twins = [r for r in runs if r.method == run.method and r.on_co == "warn"]
     if twins:
         line += f", against {_final_probe_pgd(twins[0]):.3f} for {twins[0].label}"
     return line
@@ -137,7 +133,7 @@ def verdict(runs) -> list[str]:
     run trained with --on-co rollback, saying what the rollback did."""
     co, no = [], []
     for r in runs:
-        if _on_co(r) == "rollback":
+        if r.on_co == "rollback":
             continue
         e = r.co_epoch()
         if e is not None:
@@ -151,7 +147,7 @@ def verdict(runs) -> list[str]:
                       f"clean {last.get('probe_clean_acc', float('nan')):.3f})")
     return [("CO happened: " + "; ".join(co)) if co else "CO happened in no run.",
             ("No CO: " + "; ".join(no)) if no else "No run escaped CO."] + \
-        [rollback_line(r, runs) for r in runs if _on_co(r) == "rollback"]
+        [rollback_line(r, runs) for r in runs if r.on_co == "rollback"]
 
 
 def _fit_worker(cfg: RunConfig, data, threads: int) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from typing import Any
 from aaer.errors import require
 from aaer.evaluation import eps_text
 from aaer.io import atomic_write_bytes
-from aaer.monitor import evidence_text
+from aaer.monitor import KEPT_IN_CO, evidence_text
 from aaer.reporting.tensorboard import require_tensorboard, write_tensorboard
 from aaer.runs import Run, load_run
 
@@ -112,7 +112,7 @@ def co_text(run: Run) -> str:
     if mon.get("stopped"):
         st = mon["stopped"]
         kept = (f"the weights of epoch {st['restored_from']['epoch']}" if st["restored_from"]
-                else "its weights in CO (no probe before CO to go back to)")
+                else KEPT_IN_CO)
         text += f" Stopped at epoch {st['epoch']} with {kept}."
     if mon.get("outcome"):
         text += f" Outcome: {mon['outcome']}."
@@ -266,8 +266,7 @@ def plot_runs(runs: list[Run], out_dir: str) -> list[str]:
 def run_group(run: Run) -> str:
     """The seeds of one recipe: the method, and the CO response when it is not warn (a
     rollback run trains differently once CO is flagged)."""
-    on_co = run.settings.monitor.on_co
-    return run.method + ("" if on_co == "warn" else f" --on-co {on_co}")
+    return run.method + ("" if run.on_co == "warn" else f" --on-co {run.on_co}")
 
 
 def method_groups(runs: list[Run]) -> dict[str, list[Run]]:
