@@ -14,10 +14,12 @@ import json
 import os
 import re
 import sys
+import traceback
 
 from aaer.config.commands import COMMANDS
 from aaer.config.flags import add_command_flags, add_run_flags, command_settings, given
-from aaer.errors import EXIT_DIVERGED, EXIT_FAILED_RUNS, EXIT_USAGE, TrainingInterrupted, rank
+from aaer.errors import (EXIT_BUG, EXIT_DIVERGED, EXIT_FAILED_RUNS, EXIT_USAGE,
+                         TrainingInterrupted, UsageError, rank)
 
 OUT_DIR_DATASETS = [(r"cifar-?100", "cifar100"), (r"cifar-?10", "cifar10"), (r"svhn", "svhn"),
                     (r"tiny", "tinyimagenet"), (r"imagenet-?_?100", "imagenet100"),
@@ -46,8 +48,10 @@ def train_request(ns: argparse.Namespace, *, seed_script: bool = False):
         out = SETTINGS["runtime.out_dir"].default if out is UNSET else out
         inferred = infer_dataset(out)
         if inferred:
+            from aaer.config.settings import Source
             request.set("data.dataset", inferred,
-                        f"inferred from --out-dir {out!r} (pass --dataset to override)")
+                        Source(f"inferred from --out-dir {out!r} (pass --dataset to override)",
+                               Source.INFERRED))
     return request
 
 
@@ -80,9 +84,10 @@ def cmd_train(ns: argparse.Namespace, seed_script: bool = False) -> int:
 
 def _co_outcome(results: dict) -> None:
     """A run whose catastrophic overfitting was not rescued says so as it ends."""
-    outcome = (results.get("monitor") or {}).get("outcome", "")
-    if rank() == 0 and (outcome.startswith("not rescued") or outcome.startswith("still in")):
-        print(f"aaer: catastrophic overfitting {outcome}", file=sys.stderr)
+    from aaer.runs import Outcome
+    mon = results.get("monitor") or {}
+    if rank() == 0 and "outcome_kind" in mon and Outcome(mon["outcome_kind"]).failed_rescue:
+        print(f"aaer: catastrophic overfitting {mon['outcome']}", file=sys.stderr)
 
 
 def cmd_resume(ns: argparse.Namespace) -> int:
@@ -95,7 +100,7 @@ def cmd_resume(ns: argparse.Namespace) -> int:
     if extra:
         flags = ", ".join(FLAT[k][1].flag if k in FLAT else "--" + k for k in extra)
         valid = ", ".join(s.negate or s.flag for _, s in resumable)
-        raise ValueError(f"--resume takes every setting from the run's config.json; {flags} "
+        raise UsageError(f"--resume takes every setting from the run's config.json; {flags} "
                          f"cannot be given with it (valid with --resume: {valid})")
     results = resume(run_dir, **values)
     _print_results(run_dir, results)
@@ -121,7 +126,7 @@ def cmd_eval(a) -> int:
 
     ckpt = os.path.join(a.checkpoint, MODEL) if os.path.isdir(a.checkpoint) else a.checkpoint
     if not os.path.isfile(ckpt):
-        raise ValueError(f"--checkpoint {a.checkpoint!r}: no such file (expected a run "
+        raise UsageError(f"--checkpoint {a.checkpoint!r}: no such file (expected a run "
                          "directory with model.pt, a .pt/.pth state dict or an exported "
                          ".safetensors file)")
     run_dir, run = _run_settings(a.checkpoint)
@@ -144,7 +149,7 @@ def cmd_eval(a) -> int:
     norm = a.norm or known.get("norm") or "linf"
     from aaer.config.schema import L2_EPS_MAX, pixel_eps
     if norm == "l2" and epsilon > L2_EPS_MAX:
-        raise ValueError(f"invalid --epsilon {epsilon!r} with --norm l2: the L2 radius is in "
+        raise UsageError(f"invalid --epsilon {epsilon!r} with --norm l2: the L2 radius is in "
                          f"pixel units, e.g. 0.5 (128/255 = 0.502), at most {L2_EPS_MAX:g}")
 
     def split(v):
@@ -180,7 +185,7 @@ def _eval_model(a, ckpt, run_dir, exported, exported_state, dataset, data_dir, m
     mean, std = data.mean, data.std
     if exported is not None:
         if exported["num_classes"] != data.num_classes:
-            raise ValueError(f"{ckpt} was trained with {exported['num_classes']} classes, "
+            raise UsageError(f"{ckpt} was trained with {exported['num_classes']} classes, "
                              f"the data set {dataset} has {data.num_classes}; valid: "
                              f"--dataset {exported['dataset']} (or one with as many classes)")
         mean, std = exported["mean"], exported["std"]   # the normalisation it was trained with
@@ -192,18 +197,18 @@ def _eval_model(a, ckpt, run_dir, exported, exported_state, dataset, data_dir, m
             state = torch.load(ckpt, map_location="cpu", weights_only=True)
         except Exception as e:  # truncated, not a torch file, or pickled code
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ValueError(f"--checkpoint {ckpt!r} cannot be loaded with torch.load("
+            raise UsageError(f"--checkpoint {ckpt!r} cannot be loaded with torch.load("
                              f"weights_only=True): {msg}; valid: a state dict or an aaer "
                              "checkpoint") from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]                      # a training checkpoint
     if not isinstance(state, dict):
-        raise ValueError(f"--checkpoint {ckpt!r} holds a {type(state).__name__}, not a state "
+        raise UsageError(f"--checkpoint {ckpt!r} holds a {type(state).__name__}, not a state "
                          "dict; valid: a state dict or an aaer checkpoint")
     try:
         load_state_dict_into(model.net, state)
     except ValueError as e:
-        raise ValueError(f"--checkpoint {ckpt!r} does not fit --model {model_name} for "
+        raise UsageError(f"--checkpoint {ckpt!r} does not fit --model {model_name} for "
                          f"{dataset} ({data.num_classes} classes, {data.in_channels} "
                          f"channels): {e}") from None
     model.to(device).eval()
@@ -388,7 +393,7 @@ def main(argv=None, prog: str = "aaer", seed_script: bool = False) -> int:
         if command in HANDLERS:
             return HANDLERS[command](command_settings(COMMANDS[command], ns))
         return cmd_list(command)
-    except (ValueError, FileNotFoundError) as e:          # UsageError, DamagedFile, ...
+    except (UsageError, ValueError, FileNotFoundError) as e:   # TRANSITION: UsageError only
         print(f"{prog}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except TrainingInterrupted as e:
@@ -401,6 +406,19 @@ def main(argv=None, prog: str = "aaer", seed_script: bool = False) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except Exception as e:             # noqa: BLE001 - anything else: a bug, or the system
+        traceback.print_exc()
+        print(f"{prog}: {failure_line(e)}", file=sys.stderr)
+        return EXIT_BUG
+
+
+def failure_line(e: BaseException) -> str:
+    """What an unexpected exception means, in one line after its traceback."""
+    if isinstance(e, (OSError, MemoryError)) or type(e).__name__ == "OutOfMemoryError":
+        return (f"error: the system refused ({type(e).__name__}: {e}); free the resource "
+                "(disk space, memory, permissions) and run again")
+    return ("internal error: this is a bug in aaer, not a mistake in your settings; please "
+            "report it with the traceback above")
 
 
 def run(main_fn=main, **kw) -> None:

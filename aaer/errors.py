@@ -1,11 +1,14 @@
 """Exceptions and exit codes: what each failure means to the user and to the shell.
 
 Every command maps failures the same way (aaer.cli.main):
-- a bad setting, a missing or damaged file, a missing optional package: exit 2, one line
-  naming the value or file and what would be valid; nothing was written or changed;
+- a user's mistake (``UsageError``: a bad setting, a missing or damaged file, a run
+  directory in the wrong state, a missing optional package): exit 2, one line naming the
+  value or file and what would be valid; nothing was written or changed;
 - training diverged (a non-finite loss or weight): exit 3, the last good checkpoint kept;
 - a stop signal: the run is checkpointed, exit 128 + the signal number;
-- `aaer reproduce` with failed runs: exit 1.
+- `aaer reproduce` with failed runs: exit 1;
+- anything else is a bug in aaer (or the system refused: a full disk, no memory): the
+  traceback, a line saying which, exit 1.
 """
 from __future__ import annotations
 
@@ -13,12 +16,17 @@ import os
 import signal
 
 EXIT_FAILED_RUNS = 1
+EXIT_BUG = 1
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
 
 
 class UsageError(ValueError):
     """A bad setting: reported with exit code 2 before any work starts."""
+
+
+class MissingFile(UsageError, FileNotFoundError):
+    """A file or folder the user named (or a run directory needs) does not exist."""
 
 
 class DamagedFile(UsageError):

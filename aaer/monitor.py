@@ -52,7 +52,9 @@ from typing import Any
 
 from aaer.attacks.protocols import Protocol
 from aaer.config.schema import SETTINGS
+from aaer.errors import UsageError
 from aaer.evaluation import evaluate
+from aaer.runs import Outcome, Row
 
 # what a run that stopped at CO kept when no probe before CO was good to go back to
 KEPT_IN_CO = "its weights in CO (no probe before CO to go back to)"
@@ -159,7 +161,7 @@ def select_probe_data(source: str, n: int, train_x, train_y, test_x, test_y,
     source = SETTINGS["monitor.probe_source"].check(source)
     if source == "test":
         if n > test_x.shape[0]:
-            raise ValueError(f"invalid --probe-n {n!r}: it exceeds the {test_x.shape[0]} test "
+            raise UsageError(f"invalid --probe-n {n!r}: it exceeds the {test_x.shape[0]} test "
                              f"points; valid: 0..{test_x.shape[0]}")
         kept_x = train_x[:n_train] if n_train is not None else train_x
         kept_y = train_y[:n_train] if n_train is not None else train_y
@@ -170,7 +172,7 @@ def select_probe_data(source: str, n: int, train_x, train_y, test_x, test_y,
         return (train_x[used:used + n], train_y[used:used + n], train_x[:used], train_y[:used],
                 f"training images {used}..{used + n - 1} (not among the {used} trained on)")
     if n >= used:
-        raise ValueError(f"--probe-n {n} with --probe-source holdout leaves no training "
+        raise UsageError(f"--probe-n {n} with --probe-source holdout leaves no training "
                          f"images (only {used}); lower --probe-n")
     return (train_x[used - n:used], train_y[used - n:used], train_x[:used - n],
             train_y[:used - n], f"the last {n} of {used} training images, held out of training")
@@ -266,7 +268,7 @@ class COMonitor:
                 decision.new_best = True
             return decision
         self._streak.append(rec)
-        rec["co_candidate"] = True
+        rec[Row.CO_CANDIDATE] = True
         early = last and self.on_co in ("stop", "rollback") and \
             len(self._streak) < self.rule.patience
         if early:
@@ -335,7 +337,7 @@ class COMonitor:
         time); the CO events and rollbacks of ``before`` (the state just before) stay."""
         self.events = list(before["events"])
         self.rollbacks = list(before["rollbacks"])
-        self.co_epoch = before["co_epoch"]
+        self.co_epoch = before[Row.CO_EPOCH]
         self._reported = len(self.events)
 
     def rolled_back(self, change: dict[str, Any], epochs_discarded: float = 0.0,
@@ -377,32 +379,32 @@ class COMonitor:
         """Epochs trained and thrown away by rollbacks (the price of the rescue)."""
         return sum(rb.get("epochs_discarded", 0.0) for rb in self.rollbacks)
 
-    def outcome(self) -> str:
-        """What became of the run: no CO / CO (warned) / rescued / not rescued / stopped."""
-        in_co = bool(self._streak)
+    def outcome(self) -> tuple[Outcome, str]:
+        """What became of the run, as a kind (aaer.runs.Outcome) and its sentence."""
+        n = len(self.rollbacks)
         if self.co_epoch is None:
-            return "no CO"
+            return Outcome.NO_CO, "no CO"
         if self.on_co == "warn":
-            return "CO, warned (--on-co warn)"
+            return Outcome.WARNED, "CO, warned (--on-co warn)"
         if self.stopped is not None:
-            n = len(self.rollbacks)
             kept = "the weights of the best probe" if self.stopped["restored_from"] else \
                 KEPT_IN_CO
             if self.stopped.get("reason") == "diverged":
-                return f"not rescued: training diverged after {n} rollback(s); stopped with {kept}"
+                return Outcome.NOT_RESCUED, (f"not rescued: training diverged after {n} "
+                                             f"rollback(s); stopped with {kept}")
             if self.on_co == "rollback":
-                return f"not rescued: CO again after {n} rollback(s); stopped with {kept}"
-            return f"stopped at CO with {kept} (--on-co stop)"
-        n = len(self.rollbacks)
-        if in_co:
-            return f"still in CO at the end after {n} rollback(s)"
+                return Outcome.NOT_RESCUED, (f"not rescued: CO again after {n} rollback(s); "
+                                             f"stopped with {kept}")
+            return Outcome.STOPPED, f"stopped at CO with {kept} (--on-co stop)"
+        if self._streak:
+            return Outcome.STILL_IN_CO, f"still in CO at the end after {n} rollback(s)"
         final = self.history[-1]["pgd"] if self.history else None
         if final is not None and final <= self.rule.floor:
             # out of CO by the rule, yet robust to neither attack: no rescue to claim
-            return (f"not rescued: no CO at the end after {n} rollback(s), but probe PGD "
-                    f"accuracy {final:.3f} is at most --co-floor {self.rule.floor:g} (not "
-                    f"robust)")
-        return f"rescued after {n} rollback(s)"
+            return Outcome.NOT_RESCUED, (
+                f"not rescued: no CO at the end after {n} rollback(s), but probe PGD accuracy "
+                f"{final:.3f} is at most --co-floor {self.rule.floor:g} (not robust)")
+        return Outcome.RESCUED, f"rescued after {n} rollback(s)"
 
     def ends_in_co(self) -> bool:
         """Do the weights the run ends with meet the CO rule? Its last probes do (warn, or
@@ -415,18 +417,17 @@ class COMonitor:
     def epoch_fields(self) -> dict[str, Any]:
         """The latest probe, CO flag and responses, for the epoch's metrics row."""
         rec = self.history[-1]
-        row = {"probe_clean_acc": rec["clean"], "probe_fgsm_acc": rec["fgsm"],
-               "probe_pgd_acc": rec["pgd"], "probe_seconds": rec["seconds"],
-               "co_flag": len(self.events) > self._reported, "co_epoch": self.co_epoch,
-               "co_candidate": bool(rec.get("co_candidate"))}
+        row = {**Row.probe_fields(rec), Row.PROBE_SECONDS: rec["seconds"],
+               Row.CO_FLAG: len(self.events) > self._reported, Row.CO_EPOCH: self.co_epoch,
+               Row.CO_CANDIDATE: bool(rec.get(Row.CO_CANDIDATE))}
         new = self.events[self._reported:]
         self._reported = len(self.events)
         if new:
-            row["co_events"] = new
+            row[Row.CO_EVENTS] = new
         if self.method_changes():
-            row["method_changes"] = self.method_changes()
+            row[Row.METHOD_CHANGES] = self.method_changes()
         if self.stopped is not None:
-            row["co_stop"] = True
+            row[Row.CO_STOP] = True
         return row
 
     def method_changes(self) -> dict[str, float]:
@@ -435,11 +436,11 @@ class COMonitor:
 
     def summary(self) -> dict[str, Any]:
         best = self._best
-        outcome = self.outcome()
+        kind, outcome = self.outcome()
         return {"probe": self.describe(), "co_detected": self.co_epoch is not None,
-                "co_epoch": self.co_epoch, "events": self.events, "rollbacks": self.rollbacks,
-                "stopped": self.stopped, "outcome": outcome,
-                "rescued": outcome.startswith("rescued"),
+                Row.CO_EPOCH: self.co_epoch, "events": self.events, "rollbacks": self.rollbacks,
+                "stopped": self.stopped, "outcome": outcome, "outcome_kind": kind.value,
+                "rescued": kind is Outcome.RESCUED,
                 "ends_in_co": self.ends_in_co(),
                 "epochs_discarded": round(self.epochs_discarded(), 6),
                 "best_probe": None if best is None else {
@@ -450,14 +451,14 @@ class COMonitor:
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs (the best probe's weights are in best_probe.pt)."""
         return {"history": self.history, "events": self.events, "rollbacks": self.rollbacks,
-                "co_epoch": self.co_epoch, "stopped": self.stopped, "best": self._best,
+                Row.CO_EPOCH: self.co_epoch, "stopped": self.stopped, "best": self._best,
                 "streak": self._streak}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history = list(state.get("history", []))
         self.events = list(state.get("events", []))
         self.rollbacks = list(state.get("rollbacks", []))
-        self.co_epoch = state.get("co_epoch")
+        self.co_epoch = state.get(Row.CO_EPOCH)
         self.stopped = state.get("stopped")
         self._reported = len(self.events)
         self._best = state.get("best")

@@ -25,14 +25,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 import torch
 
 from aaer.config import RunConfig, from_dict, from_flat
 from aaer.config.resolve import complete_method, validate
-from aaer.config.settings import UNSET
-from aaer.errors import DamagedFile
+from aaer.config.settings import UNSET, Source
+from aaer.errors import DamagedFile, MissingFile, UsageError
 from aaer.io import (append_jsonl, atomic_torch_save, atomic_write_bytes, atomic_write_json,
                      fsync_dir, read_json, read_jsonl)
 
@@ -52,6 +53,58 @@ STATES = ("empty", "interrupted", "finished")
 # what an aaer 0.1 config.json holds besides the flat settings
 _LEGACY_EXTRAS = ("method_resolved", "data", "model_params", "iters_per_epoch", "total_steps",
                   "environment", "performance")
+
+
+class Row:
+    """The fields of a metrics row (one line of metrics.jsonl per finished epoch), named here
+    and nowhere else. A row also holds the method's own per-epoch statistics, named by the
+    method (aaer.methods: ``summarize``, ``log_columns``)."""
+
+    EPOCH = "epoch"
+    SECONDS = "seconds"                  # training seconds of the epoch
+    LR = "lr"                            # learning rate after the epoch's last step
+    TRAIN_LOSS = "train_loss"
+    TRAIN_ACC = "train_acc"              # on the examples the method trained on
+    N = "n"                              # examples the epoch's counted steps saw
+    SKIPPED = "skipped_steps"            # --on-nan skip-batch
+    IMAGES_PER_S = "images_per_s"
+    DATA_WAIT = "data_wait_share"        # share of the epoch spent waiting for batches
+    # the CO monitor's probe and decisions (aaer.monitor)
+    PROBE_CLEAN = "probe_clean_acc"
+    PROBE_FGSM = "probe_fgsm_acc"
+    PROBE_PGD = "probe_pgd_acc"
+    PROBE_SECONDS = "probe_seconds"
+    CO_FLAG = "co_flag"                  # CO was confirmed at this epoch's probe
+    CO_EPOCH = "co_epoch"                # the first CO epoch of the run so far
+    CO_CANDIDATE = "co_candidate"        # the probe met the rule, not yet confirmed
+    CO_EVENTS = "co_events"
+    CO_STOP = "co_stop"
+    METHOD_CHANGES = "method_changes"    # what rollbacks changed in the method so far
+    PROBES = (PROBE_CLEAN, PROBE_FGSM, PROBE_PGD)
+
+    @staticmethod
+    def probe_fields(record: dict[str, Any]) -> dict[str, float]:
+        """A CO probe's accuracies (aaer.monitor's record) as metrics-row fields."""
+        return {Row.PROBE_CLEAN: record["clean"], Row.PROBE_FGSM: record["fgsm"],
+                Row.PROBE_PGD: record["pgd"]}
+
+
+class Outcome(str, Enum):
+    """What became of a monitored run, as code reads it (its sentence is rendered by the
+    monitor and never parsed)."""
+
+    NO_CO = "no-co"
+    WARNED = "warned"                    # CO, --on-co warn
+    STOPPED = "stopped"                  # CO, --on-co stop
+    RESCUED = "rescued"                  # rollback(s), out of CO and robust at the end
+    NOT_RESCUED = "not-rescued"          # CO again after the last rollback, diverged, or
+                                         # out of CO but robust to nothing
+    STILL_IN_CO = "still-in-co"          # rollback(s), yet in CO at the end
+
+    @property
+    def failed_rescue(self) -> bool:
+        """A rollback run whose CO was not rescued (said as the run ends)."""
+        return self in (Outcome.NOT_RESCUED, Outcome.STILL_IN_CO)
 
 
 def aa_state_name(protocol: str) -> str:
@@ -90,31 +143,31 @@ class RunDir:
         """May a run start (or resume) here? A finished run needs overwrite, an unfinished
         one resume or overwrite; resume needs config.json and checkpoint.pt."""
         if os.path.exists(self.path) and not os.path.isdir(self.path):
-            raise ValueError(f"--out-dir {self.path!r} is a file; valid: a new directory or a "
+            raise UsageError(f"--out-dir {self.path!r} is a file; valid: a new directory or a "
                              "run directory")
         state = self.state
         if resume:
             if not os.path.isdir(self.path):
-                raise FileNotFoundError(f"--resume {self.path!r}: no such run directory")
+                raise MissingFile(f"--resume {self.path!r}: no such run directory")
             if state == "finished":
-                raise ValueError(f"--resume {self.path!r}: the run is finished (results.json), "
+                raise UsageError(f"--resume {self.path!r}: the run is finished (results.json), "
                                  "nothing to resume; evaluate it with `aaer eval`, or train it "
                                  "again with its flags and --overwrite")
             if not self.exists(CONFIG):
-                raise FileNotFoundError(f"--resume {self.path!r}: no config.json there; valid: "
+                raise MissingFile(f"--resume {self.path!r}: no config.json there; valid: "
                                         "a run directory written by `aaer train`")
             if state != "interrupted":
-                raise FileNotFoundError(f"--resume {self.path!r}: no checkpoint.pt there (the "
+                raise MissingFile(f"--resume {self.path!r}: no checkpoint.pt there (the "
                                         "run stopped before its first checkpoint); start it "
                                         "again with its flags and --overwrite")
             return
         if overwrite:
             return
         if state == "finished":
-            raise ValueError(f"out-dir {self.path!r} holds a finished run (results.json); "
+            raise UsageError(f"out-dir {self.path!r} holds a finished run (results.json); "
                              "pass --overwrite to replace it or choose another --out-dir")
         if state == "interrupted":
-            raise ValueError(f"out-dir {self.path!r} holds an unfinished run (checkpoint.pt); "
+            raise UsageError(f"out-dir {self.path!r} holds an unfinished run (checkpoint.pt); "
                              f"continue it with --resume {self.path}, pass --overwrite to "
                              "start again, or choose another --out-dir")
 
@@ -140,7 +193,9 @@ class RunDir:
         try:
             if raw.get("format") == CONFIG_FORMAT:
                 cfg = from_dict(raw.get("settings") or {}, path)
-                cfg.sources = dict(raw.get("sources") or {})
+                kinds = raw.get("source_kinds") or {}
+                cfg.sources = {p: Source(str(t), kinds.get(p, Source.RECORDED))
+                               for p, t in (raw.get("sources") or {}).items()}
                 fill_older_run(cfg)
                 for p, s, v in cfg.items():
                     if v is not UNSET and not (custom_data and p == "data.dataset"):
@@ -148,9 +203,9 @@ class RunDir:
                 missing = [p for p, _, v in cfg.items() if v is UNSET]
                 if missing:
                     shown = ", ".join(missing[:4]) + (", ..." if len(missing) > 4 else "")
-                    raise ValueError(f"{len(missing)} setting(s) missing: {shown}")
+                    raise UsageError(f"{len(missing)} setting(s) missing: {shown}")
             elif "format" in raw:
-                raise ValueError(f"unknown format {raw['format']!r}; valid: {CONFIG_FORMAT!r} "
+                raise UsageError(f"unknown format {raw['format']!r}; valid: {CONFIG_FORMAT!r} "
                                  "(or an aaer 0.1 config without one)")
             else:
                 cfg = legacy_settings(raw)
@@ -161,9 +216,10 @@ class RunDir:
         return cfg
 
     def write_config(self, cfg: RunConfig, built: dict[str, Any]) -> None:
-        atomic_write_json(self.file(CONFIG), {"format": CONFIG_FORMAT,
-                                              "settings": cfg.to_dict(),
-                                              "sources": cfg.sources, **built})
+        atomic_write_json(self.file(CONFIG), {
+            "format": CONFIG_FORMAT, "settings": cfg.to_dict(),
+            "sources": {p: str(v) for p, v in cfg.sources.items()},
+            "source_kinds": {p: Source.of(v).kind for p, v in cfg.sources.items()}, **built})
 
     # -- metrics, probes, results --------------------------------------------------------
     _METRICS_FIX = ("it is written by `aaer train`, one line per epoch; restore it, or "
@@ -172,7 +228,7 @@ class RunDir:
     def metrics(self) -> list[dict[str, Any]]:
         rows = read_jsonl(self.file(METRICS), self._METRICS_FIX)
         for i, row in enumerate(rows):
-            if not isinstance(row.get("epoch"), int) or isinstance(row.get("epoch"), bool):
+            if not isinstance(row.get(Row.EPOCH), int) or isinstance(row.get(Row.EPOCH), bool):
                 raise DamagedFile(self.file(METRICS), f"line {i + 1} has no integer 'epoch'",
                                   self._METRICS_FIX)
         return rows
@@ -284,21 +340,17 @@ def read_checkpoint(path: str, *, complete: bool = True) -> dict[str, Any]:
     """A training checkpoint, loaded with weights_only=True; clear errors for anything else.
     ``complete``: it must hold everything a resume needs."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated file, not a torch file, or pickled code
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"cannot load checkpoint {path}: {first} (only files written by "
-                         "aaer, loadable with torch.load(weights_only=True), are accepted)")
+        raise MissingFile(f"no checkpoint at {path}")
+    what = ("only files written by aaer, loadable with torch.load(weights_only=True), are "
+            "accepted; train the run again with its flags and --overwrite")
+    state = load_tensors(path, what)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise ValueError(f"{path} is not an aaer training checkpoint (format {found!r}; "
-                         f"valid: {CHECKPOINT_FORMAT!r})")
+        raise DamagedFile(path, f"is not an aaer training checkpoint (format {found!r}; valid: "
+                          f"{CHECKPOINT_FORMAT!r})", what)
     missing = [k for k in CHECKPOINT_KEYS if k not in state] if complete else []
     if missing:
-        raise ValueError(f"checkpoint {path} lacks {', '.join(missing)}; it is damaged: "
-                         "train the run again with its flags and --overwrite")
+        raise DamagedFile(path, f"lacks {', '.join(missing)}", what)
     return state
 
 
@@ -307,10 +359,11 @@ def legacy_settings(flat: dict[str, Any]) -> RunConfig:
     were already resolved; settings it predates take their defaults."""
     keep = {k: v for k, v in flat.items() if k not in _LEGACY_EXTRAS}
     keep.setdefault("method", "n-aaer")           # aaer 0.1's TrainConfig default
-    cfg = from_flat(keep, source="aaer 0.1 config.json")
+    cfg = from_flat(keep, source=Source("aaer 0.1 config.json", Source.RECORDED))
     for path, s, v in cfg.items():
         if v is UNSET and path != "method.options":
-            cfg.set(path, s.default, "default (not in an aaer 0.1 config.json)")
+            cfg.set(path, s.default, Source("default (not in an aaer 0.1 config.json)",
+                                            Source.OLDER_RUN))
     complete_method(cfg)
     return cfg
 
@@ -319,8 +372,9 @@ def fill_older_run(cfg: RunConfig) -> RunConfig:
     """Settings added after a run was written get the value that aaer used then."""
     for p, s, v in cfg.items():
         if v is UNSET and s.older_runs is not UNSET:
-            cfg.set(p, s.older_runs, "not in the run's files (written before the setting "
-                                     "existed): what aaer did then")
+            cfg.set(p, s.older_runs, Source("not in the run's files (written before the "
+                                            "setting existed): what aaer did then",
+                                            Source.OLDER_RUN))
     return cfg
 
 
@@ -352,11 +406,11 @@ class Run:
 
     @property
     def has_probe(self) -> bool:
-        return any("probe_pgd_acc" in r for r in self.rows)
+        return any(Row.PROBE_PGD in r for r in self.rows)
 
     def last_probe(self) -> dict[str, Any]:
         """The last metrics row with a CO probe ({} if none has one)."""
-        return next((r for r in reversed(self.rows) if "probe_pgd_acc" in r), {})
+        return next((r for r in reversed(self.rows) if Row.PROBE_PGD in r), {})
 
     @property
     def method(self) -> str:
@@ -372,7 +426,7 @@ class Run:
         return int(self.settings.optim.seed)
 
     def series(self, key: str) -> tuple[list[int], list[float]]:
-        pts = [(r["epoch"], r[key]) for r in self.rows if r.get(key) is not None]
+        pts = [(r[Row.EPOCH], r[key]) for r in self.rows if r.get(key) is not None]
         return [p[0] for p in pts], [p[1] for p in pts]
 
     def monitored(self) -> bool | None:
@@ -381,19 +435,19 @@ class Run:
         mon = (self.results or {}).get("monitor")
         if isinstance(mon, dict) and "co_detected" in mon:
             return bool(mon["co_detected"])
-        if not any("co_flag" in r for r in self.rows):
+        if not any(Row.CO_FLAG in r for r in self.rows):
             return None
-        return any(r.get("co_flag") for r in self.rows)
+        return any(r.get(Row.CO_FLAG) for r in self.rows)
 
     def co_epoch(self) -> int | None:
         """The epoch CO began (the first probe of the confirmed run), or None."""
         mon = (self.results or {}).get("monitor")
         if isinstance(mon, dict) and "co_epoch" in mon:
             return mon.get("co_epoch")
-        epochs = [r["co_epoch"] for r in self.rows if r.get("co_epoch") is not None]
+        epochs = [r[Row.CO_EPOCH] for r in self.rows if r.get(Row.CO_EPOCH) is not None]
         if epochs:
             return epochs[0]
-        flagged = [r.get("co_epoch", r["epoch"]) for r in self.rows if r.get("co_flag")]
+        flagged = [r.get(Row.CO_EPOCH, r[Row.EPOCH]) for r in self.rows if r.get(Row.CO_FLAG)]
         return flagged[0] if flagged else None
 
     def rolled_back(self) -> bool:
@@ -405,21 +459,42 @@ class Run:
         mon = (self.results or {}).get("monitor")
         if isinstance(mon, dict):
             return list(mon.get("events", []))
-        return [e for r in self.rows for e in r.get("co_events", [])]
+        return [e for r in self.rows for e in r.get(Row.CO_EVENTS, [])]
+
+    def outcome(self) -> Outcome | None:
+        """What became of the run's CO (None: no monitor summary). Runs written before the
+        outcome had a kind are read from their summary's facts, not from its sentence."""
+        mon = (self.results or {}).get("monitor")
+        if not isinstance(mon, dict):
+            return None
+        if "outcome_kind" in mon:
+            return Outcome(mon["outcome_kind"])
+        if not mon.get("co_detected"):
+            return Outcome.NO_CO
+        on_co = mon.get("probe", {}).get("on_co", self.on_co)
+        if on_co == "warn":
+            return Outcome.WARNED
+        if mon.get("rescued"):
+            return Outcome.RESCUED
+        if on_co == "stop":
+            return Outcome.STOPPED
+        if mon.get("stopped") is None and mon.get("ends_in_co"):
+            return Outcome.STILL_IN_CO
+        return Outcome.NOT_RESCUED
 
 
 def load_run(path: str, *, need_epochs: bool = True) -> Run:
     """Read one run directory; FileNotFoundError/ValueError saying what is missing."""
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"run directory {path!r} does not exist")
+        raise MissingFile(f"run directory {path!r} does not exist")
     run = RunDir(path)
     if not run.exists(CONFIG):
-        raise FileNotFoundError(f"{path!r} is not a run directory: it has no config.json "
+        raise MissingFile(f"{path!r} is not a run directory: it has no config.json "
                                 "(give directories written by `aaer train` or `aaer demo`)")
     settings = run.settings(custom_data=True)
     rows = run.metrics()
     if need_epochs and not rows:
-        raise ValueError(f"run {path!r} has no finished epoch yet (metrics.jsonl is missing "
+        raise UsageError(f"run {path!r} has no finished epoch yet (metrics.jsonl is missing "
                          "or empty)")
     return Run(path=path, settings=settings, config=run.config(), rows=rows,
                results=run.results())

@@ -14,13 +14,14 @@ from __future__ import annotations
 from typing import Any
 
 from aaer.config import FLAT, RunConfig, from_flat, resolve, validate
-from aaer.config.settings import UNSET
+from aaer.config.schema import pixel_eps
+from aaer.config.settings import UNSET, Source
 from aaer.engine import Trainer
 from aaer.engine.preflight import check_data, check_data_dir, check_resume
+from aaer.errors import DamagedFile, UsageError
 from aaer.evaluation import evaluate, format_table, get_protocol
 from aaer.monitor import build_monitor
 from aaer.reporting.tensorboard import LiveWriter
-from aaer.errors import DamagedFile
 from aaer.runs import CHECKPOINT, RunDir
 
 
@@ -73,7 +74,8 @@ class TrainConfig:
 
     @property
     def eps(self) -> float:
-        return self.epsilon / 255.0
+        """The radius in pixel units (--epsilon is in 1/255 for L-inf, pixels for L2)."""
+        return pixel_eps(self.epsilon, self.norm)
 
     def resolve(self, *, custom_data: bool = False) -> RunConfig:
         """The run these settings train (aaer.config.resolve)."""
@@ -189,8 +191,8 @@ def resume(run_dir: str, *, dataset=None, **changes) -> dict[str, Any]:
             continue
         if name not in FLAT or not FLAT[name][1].resumable:
             valid = ", ".join(sorted(n for n, (_, s) in FLAT.items() if s.resumable))
-            raise ValueError(f"{name!r} cannot change when a run resumes; valid: {valid}")
+            raise UsageError(f"{name!r} cannot change when a run resumes; valid: {valid}")
         path, s = FLAT[name]
-        cfg.set(path, s.check(value), "changed at resume")
+        cfg.set(path, s.check(value), Source("changed at resume", Source.RESUME))
     cfg.runtime.out_dir = run_dir
     return train(cfg, dataset, resume=True)

@@ -153,3 +153,19 @@ def test_only_the_run_directory_names_its_files():
     found = [f"{m}: {n}" for m, path in MODULES.items() if m != "aaer.runs"
              for n in names if n in open(path).read()]
     assert not found, found
+
+
+# row fields whose names are also common words of other records (a probe's epoch, an
+# evaluation's seconds, a schedule's lr, a report's n): the grep below cannot tell them apart
+GENERIC_ROW_FIELDS = {"epoch", "seconds", "lr", "n"}
+
+
+def test_only_the_run_directory_names_the_metrics_row_fields():
+    """The metrics row's fields are written in aaer/runs.py (``Row``) and nowhere else."""
+    from aaer.runs import Row
+    fields = {v for k, v in vars(Row).items() if k.isupper() and isinstance(v, str)}
+    assert {"probe_pgd_acc", "train_loss", "co_flag", "method_changes"} <= fields
+    names = [f'"{f}"' for f in sorted(fields - GENERIC_ROW_FIELDS)]
+    found = [f"{m}: {n}" for m, path in MODULES.items() if m != "aaer.runs"
+             for n in names if n in open(path).read()]
+    assert not found, found

@@ -238,7 +238,7 @@ def _stopped_after_epoch_0(tmp_path, method):
     t = build_trainer(config_from_args(build_parser().parse_args(flags + ["--out-dir",
                                                                           str(old)])))
     t.start()
-    t.end_epoch(t.run_epoch(0))
+    t.run_epoch(0)
     t.close()
     return old
 
@@ -267,7 +267,8 @@ def test_an_aaer_0_1_run_directory_resumes_and_evaluates(tmp_path, capsys):
     raw = RunDir(str(old)).config()
     (old / "config.json").write_text(json.dumps({**flat, **{k: raw[k] for k in raw
                                                           if k not in ("format", "settings",
-                                                                       "sources")}}))
+                                                                       "sources",
+                                                                       "source_kinds")}}))
     ckpt = read_checkpoint(str(old / "checkpoint.pt"))
     ckpt.pop("format")
     ckpt["config"] = flat

@@ -478,16 +478,17 @@ def test_rollback_survives_a_resume(tmp_path, monkeypatch):
     cfg = _cfg(tmp_path, "cut", method="rs-fgsm", method_hparams={}, on_co="rollback",
                epochs=6)
     trainer = build_trainer(cfg, _dataset())
-    end_epoch = trainer.end_epoch
+    run_epoch = trainer.run_epoch
 
     class Killed(Exception):
         pass
 
-    def spy(row):
-        end_epoch(row)
+    def spy(epoch):
+        end = run_epoch(epoch)
         if len(calls) == 5:                   # epoch 2's second run is checkpointed
             raise Killed()
-    trainer.end_epoch = spy
+        return end
+    trainer.run_epoch = spy
     with pytest.raises(Killed):
         trainer.fit()
     trainer.close()

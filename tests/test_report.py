@@ -249,13 +249,14 @@ def test_train_writes_tensorboard_events_live(tmp_path):
                                    probe_n=8, probe_every=2, tensorboard=True,
                                    out_dir=str(out)), tiny_dataset())
     seen = []
-    end_epoch = tr.end_epoch
+    run_epoch = tr.run_epoch
 
-    def spy(row):
-        end_epoch(row)
+    def spy(epoch):
+        end = run_epoch(epoch)
         seen.append(scalars(str(out / "tensorboard")))    # read while training goes on
+        return end
 
-    tr.end_epoch = spy
+    tr.run_epoch = spy
     tr.fit()
     assert [[st for st, _ in s["train/loss"]] for s in seen] == [[0], [0, 1], [0, 1, 2]]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -14,6 +14,7 @@ from typing import Any
 
 from aaer.config.schema import SECTIONS, RunConfig, from_flat
 from aaer.config.settings import UNSET, Setting, fill, settings_of
+from aaer.errors import UsageError
 
 SECTION_TITLES = {"data": "data", "model": "model", "method": "method and its "
                   "hyper-parameters", "optim": "optimisation and schedule",
@@ -115,7 +116,7 @@ def request_from_argv(argv: list[str], source: str = "explicit") -> RunConfig:
     try:
         ns, rest = p.parse_known_args(list(argv))
     except argparse.ArgumentError as e:
-        raise ValueError(f"{e} (in: {' '.join(argv)})") from None
+        raise UsageError(f"{e} (in: {' '.join(argv)})") from None
     if rest:
-        raise ValueError(f"unknown flag(s) {' '.join(rest)}; valid: see `aaer train --help`")
+        raise UsageError(f"unknown flag(s) {' '.join(rest)}; valid: see `aaer train --help`")
     return request_from_args(ns, source)

@@ -27,13 +27,15 @@ from __future__ import annotations
 from typing import Any
 
 from aaer.config.schema import FLAT, L2_EPS_MAX, METHOD_KEYWORDS, SETTINGS, RunConfig
-from aaer.config.settings import UNSET
+from aaer.config.settings import UNSET, Source
 from aaer.data.datasets import training_defaults
+from aaer.errors import UsageError
 from aaer.methods import METHODS, create_method
 from aaer.methods.aaer import SEED_DEFAULTS, seed_method
 
-EXPLICIT = "explicit"
-DEFAULT = "default"
+EXPLICIT = Source("explicit", Source.EXPLICIT)
+DEFAULT = Source("default", Source.DEFAULT)
+METHOD_DEFAULT = Source("method default", Source.METHOD_DEFAULT)
 
 
 def _flag(path: str) -> str:
@@ -60,7 +62,7 @@ def build_method(name: str, eps: float, kwargs: dict[str, Any]):
     try:
         return create_method(name, eps, **kwargs)
     except (ValueError, TypeError) as e:
-        raise ValueError(f"invalid settings for --method {name} ({shown}): {e}") from None
+        raise UsageError(f"invalid settings for --method {name} ({shown}): {e}") from None
 
 
 def complete_method(cfg: RunConfig, kw: dict[str, tuple[Any, str]] | None = None,
@@ -69,7 +71,7 @@ def complete_method(cfg: RunConfig, kw: dict[str, tuple[Any, str]] | None = None
     holds) and write every hyper-parameter it takes into cfg's method settings, with its
     source into ``sources``. Returns the method."""
     if kw is None:
-        label = "given"
+        label = Source("given", Source.EXPLICIT)
         kw = {k: (cfg.get(p), label) for k, p in METHOD_KEYWORDS.items()
               if cfg.get(p) not in (UNSET, None)}
         options = cfg.method.options if cfg.method.options is not UNSET else {}
@@ -81,13 +83,21 @@ def complete_method(cfg: RunConfig, kw: dict[str, tuple[Any, str]] | None = None
     full = {k: v for k, v in method.hparams().items() if k != "eps"}
     for k, path in METHOD_KEYWORDS.items():
         cfg.set(path, full.pop(k, None))
-        sources[path] = kw[k][1] if k in kw else \
-            ("method default" if k in accepted else f"not used by {name}")
+        sources[path] = kw[k][1] if k in kw else (
+            METHOD_DEFAULT if k in accepted else Source(f"not used by {name}", Source.NOT_USED))
     cfg.method.options = full
-    sources["method.options"] = "by key (method.options.<key>)"
+    sources["method.options"] = Source("by key (method.options.<key>)", Source.BY_KEY)
     for k in full:
-        sources[f"method.options.{k}"] = kw[k][1] if k in kw else "method default"
+        sources[f"method.options.{k}"] = kw[k][1] if k in kw else METHOD_DEFAULT
     return method
+
+
+def _given_source(label) -> Source:
+    """The source of a setting a request gave: its label (a Source, or the text of a labelled
+    request such as a fixture's), else explicit."""
+    if label is None:
+        return EXPLICIT
+    return label if isinstance(label, Source) else Source(label, Source.REQUEST)
 
 
 def resolve(request: RunConfig, *, custom_data: bool = False) -> RunConfig:
@@ -97,7 +107,7 @@ def resolve(request: RunConfig, *, custom_data: bool = False) -> RunConfig:
     ``data.dataset`` is its free-form name rather than one of aaer's data sets.
     """
     cfg = request.copy()
-    sources = {p: request.sources.get(p, EXPLICIT) for p in request.given()}
+    sources = {p: _given_source(request.sources.get(p)) for p in request.given()}
     _check_given(cfg, custom_data)
 
     def fill(path: str, value, source: str) -> None:
@@ -116,7 +126,7 @@ def resolve(request: RunConfig, *, custom_data: bool = False) -> RunConfig:
     options = cfg.method.options if cfg.method.options is not UNSET else {}
     both = sorted(set(typed) & set(options))
     if both:
-        raise ValueError(f"{', '.join(_flag(METHOD_KEYWORDS[k]) for k in both)} given twice: "
+        raise UsageError(f"{', '.join(_flag(METHOD_KEYWORDS[k]) for k in both)} given twice: "
                          f"as a flag and in --set; valid: one of the two")
     for k, v in typed.items():
         kw[k] = (v, sources[METHOD_KEYWORDS[k]])
@@ -127,20 +137,20 @@ def resolve(request: RunConfig, *, custom_data: bool = False) -> RunConfig:
     name = cfg.method.name
     if name is UNSET or name is None:
         for k, v in SEED_DEFAULTS.items():
-            kw.setdefault(k, (v, "seed script default"))
+            kw.setdefault(k, (v, Source("seed script default", Source.SEED_SCRIPT)))
         clamp = kw["clamp"][0]
         cfg.method.name = name = seed_method(clamp)
-        sources["method.name"] = f"seed script: --clamp {clamp}"
+        sources["method.name"] = Source(f"seed script: --clamp {clamp}", Source.SEED_SCRIPT)
     cls = METHODS[name]
     accepted = set(cls.keywords())
     refused = sorted(k for k in typed if k not in accepted)
     if refused:
-        raise ValueError(f"--method {name} does not take "
+        raise UsageError(f"--method {name} does not take "
                          f"{', '.join(_flag(METHOD_KEYWORDS[k]) for k in refused)}; "
                          f"it takes: {', '.join(sorted(accepted)) or 'nothing'}")
     unknown = sorted(set(options) - accepted)
     if unknown:
-        raise ValueError(f"--set {', '.join(unknown)}: not a hyper-parameter of {name}; "
+        raise UsageError(f"--set {', '.join(unknown)}: not a hyper-parameter of {name}; "
                          f"valid: {', '.join(sorted(accepted))}")
 
     # 3. the published table, when none of its values is given
@@ -148,7 +158,7 @@ def resolve(request: RunConfig, *, custom_data: bool = False) -> RunConfig:
     published = cls.published(dataset, eps255, norm)
     if published is not None and not set(published[0]) & set(kw):
         values, source = published
-        kw.update({k: (v, source) for k, v in values.items()})
+        kw.update({k: (v, Source(source, Source.PUBLISHED)) for k, v in values.items()})
 
     # 4. the preset: named, or <dataset>-eps<N> when the method has one
     preset = cfg.method.preset
@@ -156,23 +166,30 @@ def resolve(request: RunConfig, *, custom_data: bool = False) -> RunConfig:
     if preset is UNSET or preset is None:
         preset = auto if auto in cls.presets else None
         cfg.method.preset = preset
-        sources["method.preset"] = "automatic for the data set and eps" if preset else DEFAULT
+        sources["method.preset"] = Source("automatic for the data set and eps",
+                                          Source.PRESET) if preset else DEFAULT
     if preset is not None:
         if preset not in cls.presets:
-            raise ValueError(f"--preset {preset!r} is not a preset of {name}; valid: "
+            raise UsageError(f"--preset {preset!r} is not a preset of {name}; valid: "
                              f"{', '.join(cls.presets) or 'none'}")
         for k, v in cls.presets[preset].items():
-            kw.setdefault(k, (v, f"preset {name} {preset}"))
+            kw.setdefault(k, (v, Source(f"preset {name} {preset}", Source.PRESET)))
 
     # 5. the method's changes to training, 6. the data set's defaults
     for k, v in cls.train_overrides.items():
-        fill(f"optim.{k}", v, f"method {name}")
+        fill(f"optim.{k}", v, Source(f"method {name}", Source.METHOD))
+    by_dataset = Source(f"dataset {dataset}", Source.DATASET)
     for k, v in training_defaults(dataset).items():
         if k in METHOD_KEYWORDS:
             if k in accepted:
-                kw.setdefault(k, (v, f"dataset {dataset}"))
+                kw.setdefault(k, (v, by_dataset))
         else:
-            fill(FLAT[k][0], v, f"dataset {dataset}")
+            fill(FLAT[k][0], v, by_dataset)
+
+    # with an averaged model, it is what is evaluated unless said otherwise
+    if cfg.optim.weight_average not in (UNSET, 0, 0.0):
+        fill("evaluation.model", "averaged",
+             Source("--weight-average is on", Source.RULE))
 
     # 7. the schema's defaults
     for path, s, v in cfg.items():
@@ -183,8 +200,9 @@ def resolve(request: RunConfig, *, custom_data: bool = False) -> RunConfig:
     method = complete_method(cfg, kw, sources)
     epochs = method.epochs_for(cfg.optim.epochs)
     if epochs != cfg.optim.epochs:
-        sources["optim.epochs"] = (f"{sources['optim.epochs']} {cfg.optim.epochs}, trained "
-                                   f"as {epochs} ({method.epochs_rule})")
+        sources["optim.epochs"] = Source(f"{sources['optim.epochs']} {cfg.optim.epochs}, "
+                                         f"trained as {epochs} ({method.epochs_rule})",
+                                         Source.METHOD)
         cfg.optim.epochs = epochs
     cfg.sources = {}                                 # in schema order, as config.json lists them
     for path, _, _ in cfg.items():
@@ -207,19 +225,26 @@ def validate(cfg: RunConfig, *, custom_data: bool = False) -> None:
     o, m = cfg.optim, cfg.monitor
     if cfg.method.norm == "l2" and cfg.method.epsilon > L2_EPS_MAX:
         e = cfg.method.epsilon
-        raise ValueError(f"invalid --epsilon {e!r} with --norm l2: the L2 radius is in pixel "
+        raise UsageError(f"invalid --epsilon {e!r} with --norm l2: the L2 radius is in pixel "
                          f"units, e.g. 0.5 (128/255 = 0.502), at most {L2_EPS_MAX:g}; "
                          f"{e:g}/255 would be --epsilon {e / 255:.4g}")
     if o.lr_max < o.lr_min:
-        raise ValueError(f"invalid --lr-max/--lr-min {(o.lr_max, o.lr_min)!r}: need "
+        raise UsageError(f"invalid --lr-max/--lr-min {(o.lr_max, o.lr_min)!r}: need "
                          "lr-max > 0 and 0 <= lr-min <= lr-max")
     if m.co_min_drop > m.co_drop:
-        raise ValueError(f"invalid --co-min-drop {m.co_min_drop!r}: must be in [0, --co-drop "
+        raise UsageError(f"invalid --co-min-drop {m.co_min_drop!r}: must be in [0, --co-drop "
                          f"{m.co_drop:g}]")
     if m.on_co != "warn" and not m.probe_n:
-        raise ValueError(f"--on-co {m.on_co} needs the CO probe: set --probe-n N (e.g. 500)")
+        raise UsageError(f"--on-co {m.on_co} needs the CO probe: set --probe-n N (e.g. 500)")
     if m.probe_every and not m.probe_n:
-        raise ValueError(f"--probe-every {m.probe_every} needs the CO probe: set --probe-n N")
+        raise UsageError(f"--probe-every {m.probe_every} needs the CO probe: set --probe-n N")
     method = build_method(cfg.method.name, cfg.eps, method_kwargs(cfg))
     if m.on_co == "rollback":
         method.strengthen_target(m.rollback_change)
+    if not o.weight_average:
+        if cfg.evaluation.model == "averaged":
+            raise UsageError("--eval-model averaged needs the averaged model: set "
+                             "--weight-average TAU (e.g. 0.9995)")
+        if method.uses_averaged_model:
+            raise UsageError(f"--method {cfg.method.name} trains with the averaged model: set "
+                             "--weight-average TAU (e.g. 0.9995)")

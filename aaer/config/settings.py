@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from aaer.checks import choice, describe_range, number
+from aaer.errors import UsageError
 
 
 class _Unset:
@@ -43,6 +44,51 @@ class _Unset:
 
 
 UNSET = _Unset()
+
+
+class Source(str):
+    """Where a resolved setting's value came from: its text ("published cifar10 eps 16"),
+    which is what config.json and the log show, and its ``kind`` (one of KINDS), which is
+    what code reads. A plain string read back from an older config.json has kind
+    "recorded"."""
+
+    EXPLICIT = "explicit"            # a flag, keyword, suite line or fixture setting
+    REQUEST = "request"              # a labelled request (a fixture, a suite, a config file)
+    DEFAULT = "default"              # the schema's default
+    METHOD_DEFAULT = "method-default"
+    NOT_USED = "not-used"            # the method does not take it
+    BY_KEY = "by-key"                # method.options: each key has its own source
+    PUBLISHED = "published"          # the method's published table
+    PRESET = "preset"
+    METHOD = "method"                # the method's change to training (GradAlign's lr)
+    DATASET = "dataset"              # the data set's default
+    SEED_SCRIPT = "seed-script"      # AAER.py's rule and defaults
+    INFERRED = "inferred"            # e.g. the data set from --out-dir
+    RESUME = "resume"                # changed when the run resumed
+    OLDER_RUN = "older-run"          # a run written before the setting existed
+    RULE = "rule"                    # follows from another setting
+    RECORDED = "recorded"            # read back from a file that kept only the text
+    KINDS = (EXPLICIT, REQUEST, DEFAULT, METHOD_DEFAULT, NOT_USED, BY_KEY, PUBLISHED, PRESET,
+             METHOD, DATASET, SEED_SCRIPT, INFERRED, RESUME, OLDER_RUN, RULE, RECORDED)
+    # sources a run's log need not state: the user knows them, or they say nothing
+    QUIET = (EXPLICIT, DEFAULT, METHOD_DEFAULT, NOT_USED, BY_KEY)
+
+    kind: str
+
+    def __new__(cls, text: str, kind: str = RECORDED):
+        if kind not in cls.KINDS:
+            raise ValueError(f"unknown source kind {kind!r}; valid: {', '.join(cls.KINDS)}")
+        obj = super().__new__(cls, text)
+        obj.kind = kind
+        return obj
+
+    def __reduce__(self):
+        return (Source, (str(self), self.kind))
+
+    @classmethod
+    def of(cls, value) -> "Source":
+        """``value`` as a Source (a plain string: kind "recorded")."""
+        return value if isinstance(value, Source) else cls(str(value))
 
 
 @dataclass(frozen=True)
@@ -90,10 +136,10 @@ class Setting:
         if value is None:
             if self.optional:
                 return None
-            raise ValueError(f"invalid {name} None: must be {self.what()}")
+            raise UsageError(f"invalid {name} None: must be {self.what()}")
         if self.nargs is not None:
             if not isinstance(value, (list, tuple)) or not value:
-                raise ValueError(f"invalid {name} {value!r}: must be one or more values")
+                raise UsageError(f"invalid {name} {value!r}: must be one or more values")
             one = dataclasses.replace(self, nargs=None)
             return [one.check(v) for v in value]
         if self.type in (int, float):
@@ -103,19 +149,19 @@ class Setting:
                 choice(name, value, self.choices)
         elif self.type is bool:
             if not isinstance(value, bool):
-                raise ValueError(f"invalid {name} {value!r}: must be true or false")
+                raise UsageError(f"invalid {name} {value!r}: must be true or false")
         elif self.type is list:
             if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-                raise ValueError(f"invalid {name} {value!r}: must be a list of strings")
+                raise UsageError(f"invalid {name} {value!r}: must be a list of strings")
             value = list(value)
         elif self.type is dict:
             if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-                raise ValueError(f"invalid {name} {value!r}: must be a mapping of names to "
+                raise UsageError(f"invalid {name} {value!r}: must be a mapping of names to "
                                  "values")
             value = dict(value)
         else:
             if not isinstance(value, str):
-                raise ValueError(f"invalid {name} {value!r}: must be a string"
+                raise UsageError(f"invalid {name} {value!r}: must be a string"
                                  + (f"; valid: {', '.join(map(str, self.choices))}"
                                     if self.choices else ""))
             if self.choices is not None:
@@ -162,7 +208,7 @@ def fill(obj):
         v = getattr(obj, name)
         if v is UNSET:
             if s.required:
-                raise ValueError(f"{s.flag} is required")
+                raise UsageError(f"{s.flag} is required")
             v = s.default
         values[name] = s.check(v)
     return dataclasses.replace(obj, **values)

@@ -176,6 +176,12 @@ class BatchLoader(LoaderPosition):
         return lut[xb.long()]
 
     def __iter__(self):
+        for xb, yb, _ in self.indexed():
+            yield xb, yb
+
+    def indexed(self):
+        """Iterate (x, y, index): ``index`` holds each example's position in the training
+        set (a long tensor on the batch's device), what per-example state is keyed by."""
         idx, offsets, flips = self._plan()
         while self.position < len(self):
             s = slice(self.position * self.batch_size,
@@ -190,7 +196,7 @@ class BatchLoader(LoaderPosition):
             xb = self._augment(xb, None if offsets is None else offsets[:, s],
                                None if flips is None else flips[s])
             self.position += 1
-            yield xb, yb
+            yield xb, yb, bi.to(self.device, non_blocking=True)
         self.epoch += 1
         self.position = 0
         self._resume_epoch = None

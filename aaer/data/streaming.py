@@ -334,6 +334,11 @@ class StreamingLoader(LoaderPosition):
         return (rels, places, self.seed, self.epoch, self.x.size), idx
 
     def __iter__(self):
+        for xb, yb, _ in self.indexed():
+            yield xb, yb
+
+    def indexed(self):
+        """Iterate (x, y, index), as aaer.data.BatchLoader.indexed."""
         if self._pool is None:
             self._pool = Workers(self.x.store, self.workers)
         order = self._order()
@@ -355,7 +360,7 @@ class StreamingLoader(LoaderPosition):
             xb = self._lut[xb.to(self.device, non_blocking=True).long()]
             yb = self.y[idx].to(self.device, non_blocking=True)
             self.position += 1
-            yield xb, yb
+            yield xb, yb, idx.to(self.device, non_blocking=True)
         self.epoch += 1
         self.position = 0
         self._resume_epoch = None

@@ -37,6 +37,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from aaer.errors import UsageError
+
 
 @dataclass
 class DistInfo:
@@ -63,7 +65,7 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"environment variable {name}={value!r} is not an integer "
+        raise UsageError(f"environment variable {name}={value!r} is not an integer "
                          "(it is set by torchrun)") from None
 
 
@@ -82,21 +84,21 @@ def setup_distributed(device_name: str = "auto", timeout_s: float = 600.0) -> Di
     if world <= 1:
         return DistInfo()
     if not dist.is_available():
-        raise ValueError(f"WORLD_SIZE={world} but this torch build has no torch.distributed")
+        raise UsageError(f"WORLD_SIZE={world} but this torch build has no torch.distributed")
     local_rank = _env_int("LOCAL_RANK", rank)
     if device_name in ("auto", "cuda"):
         use_cuda = torch.cuda.is_available()
         if device_name == "cuda" and not use_cuda:
-            raise ValueError("--device cuda asked for CUDA, but no CUDA device is available; "
+            raise UsageError("--device cuda asked for CUDA, but no CUDA device is available; "
                              "use --device cpu or auto")
     elif device_name == "cpu":
         use_cuda = False
     else:
-        raise ValueError(f"invalid --device {device_name!r} under torchrun ({world} processes): "
+        raise UsageError(f"invalid --device {device_name!r} under torchrun ({world} processes): "
                          "use auto, cuda (one GPU per process, cuda:LOCAL_RANK) or cpu")
     if use_cuda:
         if local_rank >= torch.cuda.device_count():
-            raise ValueError(f"LOCAL_RANK {local_rank} has no GPU: only "
+            raise UsageError(f"LOCAL_RANK {local_rank} has no GPU: only "
                              f"{torch.cuda.device_count()} visible; lower --nproc_per_node")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
@@ -171,7 +173,7 @@ def broadcast_buffers(model: torch.nn.Module) -> None:
 
 def per_rank_batch(global_batch: int, world_size: int) -> int:
     if global_batch % world_size:
-        raise ValueError(f"--batch-size {global_batch} (the global batch) does not split evenly "
+        raise UsageError(f"--batch-size {global_batch} (the global batch) does not split evenly "
                          f"over {world_size} processes; use a multiple of {world_size}, e.g. "
                          f"{max(world_size, global_batch // world_size * world_size)}")
     return global_batch // world_size
@@ -223,3 +225,30 @@ def reseed_for_rank(seed: int, info: DistInfo) -> None:
     """Distinct noise per rank: ranks > 0 re-seed after the (shared) model initialisation."""
     if info.rank > 0:
         torch.manual_seed(seed + 1_000_003 * info.rank)
+
+
+def any_rank(flag: bool, device) -> bool:
+    """True on every process when ``flag`` is True on any (one all-reduce): the processes
+    agree on a divergence that one of them saw."""
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t)
+    return bool(t.item() > 0)
+
+
+def gather_objects(obj) -> list:
+    """Every process's ``obj``, in rank order (on every process)."""
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def gather_rows(index: torch.Tensor, values: torch.Tensor):
+    """(index, values) of every process's batch, concatenated in rank order: the rows
+    written to a per-example memory, so that each process's copy stays the whole memory.
+    Every rank's batch has the same size (the loader pads the global order)."""
+    world = dist.get_world_size()
+    idx = [torch.empty_like(index) for _ in range(world)]
+    val = [torch.empty_like(values) for _ in range(world)]
+    dist.all_gather(idx, index.contiguous())
+    dist.all_gather(val, values.contiguous())
+    return torch.cat(idx), torch.cat(val)

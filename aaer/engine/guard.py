@@ -13,7 +13,7 @@ skipped: no optimiser step, the BatchNorm running statistics are put back to wha
 were before its forward passes (a copy of the BN buffers per step, small next to the
 weights), and the learning-rate schedule still advances, so the schedule stays in step
 with the iteration count. Skipped batches do not enter the epoch's metrics; the epoch's
-metrics line counts them in ``skipped_steps``.
+metrics line counts them (aaer.engine.sums.EpochSums.skipped).
 """
 from __future__ import annotations
 
@@ -29,14 +29,12 @@ class NanGuard:
     def __init__(self, mode: str, device, check_every: int = CHECK_EVERY):
         mode = SETTINGS["runtime.on_nan"].check(mode)
         self.mode, self.device, self.check_every = mode, device, check_every
-        self.skipped = 0
         self.reset()
 
     def reset(self) -> None:
-        """Start an epoch: no bad step seen, no step skipped."""
+        """Start an epoch: no bad step seen."""
         self.first_bad = torch.full((), -1, dtype=torch.int64, device=self.device)
         self.bad_value = torch.zeros((), device=self.device)
-        self.skipped = 0
 
     # -- stop -----------------------------------------------------------------------
     def observe(self, loss: torch.Tensor, step: int) -> None:
@@ -48,14 +46,15 @@ class NanGuard:
     def due(self, step: int) -> bool:
         return (step + 1) % self.check_every == 0
 
-    def check(self, epoch: int, last_good: str) -> None:
-        """Raise TrainingDiverged if a non-finite loss was recorded (one host sync)."""
+    def error(self, epoch: int, last_good: str) -> TrainingDiverged | None:
+        """The error to stop with if a non-finite loss was recorded (one host sync)."""
         step = int(self.first_bad)
-        if step >= 0:
-            raise TrainingDiverged(
-                f"training diverged: the loss became {float(self.bad_value)} at epoch {epoch}, "
-                f"step {step}. Stopped; {last_good}. Lower --lr-max or the regulariser "
-                "weights, or resume with --on-nan skip-batch to skip such steps")
+        if step < 0:
+            return None
+        return TrainingDiverged(
+            f"training diverged: the loss became {float(self.bad_value)} at epoch {epoch}, "
+            f"step {step}. Stopped; {last_good}. Lower --lr-max or the regulariser "
+            "weights, or resume with --on-nan skip-batch to skip such steps")
 
     # -- skip-batch -----------------------------------------------------------------
     def snapshot(self, model: torch.nn.Module) -> list[torch.Tensor] | None:
@@ -78,4 +77,3 @@ class NanGuard:
             for b, saved in zip(model.buffers(), buffers):
                 b.copy_(saved)
         opt.zero_grad(set_to_none=True)
-        self.skipped += 1

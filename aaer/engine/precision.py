@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from aaer.config.schema import SETTINGS
+from aaer.errors import UsageError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -39,7 +40,7 @@ class Precision:
         self.device = torch.device(device)
         self.dtype = DTYPES.get(name, torch.float32)
         if name == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise ValueError(f"--precision bf16: {torch.cuda.get_device_name(self.device)} does "
+            raise UsageError(f"--precision bf16: {torch.cuda.get_device_name(self.device)} does "
                              "not support bfloat16; use fp16 or fp32")
         self.scaler = None
         if name == "fp16":

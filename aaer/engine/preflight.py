@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-from aaer.config import RunConfig, SETTINGS
+from aaer.config import SETTINGS, RunConfig
+from aaer.errors import MissingFile, UsageError
 from aaer.models import create_model, list_models, load_state_dict_into
 from aaer.runs import checkpoint_settings
 
@@ -22,7 +23,7 @@ from aaer.runs import checkpoint_settings
 def check_data_dir(cfg: RunConfig) -> None:
     d = cfg.data
     if d.data_dir is not None and not d.download and not os.path.exists(d.data_dir):
-        raise FileNotFoundError(f"--data-dir {d.data_dir!r} does not exist; valid: a "
+        raise MissingFile(f"--data-dir {d.data_dir!r} does not exist; valid: a "
                                 "directory, release archive or .zip holding the data set "
                                 "(or add --download)")
 
@@ -45,7 +46,7 @@ def check_model_fits(model: str, num_classes: int, in_channels: int, height: int
     problem = fits(model)
     if problem is not None:
         ok = [m for m in list_models() if m != model and fits(m) is None]
-        raise ValueError(f"--model {model!r} does not fit the {in_channels}x{height}x{width} "
+        raise UsageError(f"--model {model!r} does not fit the {in_channels}x{height}x{width} "
                          f"images of this data set: {problem}; valid for these images: "
                          f"{', '.join(ok) or 'none of the registered models'}")
 
@@ -83,7 +84,7 @@ def changed_settings(cfg: RunConfig, ckpt: dict[str, Any]) -> list[str]:
 def _check_checkpoint(cfg: RunConfig, dataset, train, ckpt: dict[str, Any]) -> None:
     changed = changed_settings(cfg, ckpt)
     if changed:
-        raise ValueError("the run's config.json no longer matches its checkpoint.pt ("
+        raise UsageError("the run's config.json no longer matches its checkpoint.pt ("
                          + "; ".join(changed) + "); valid: the settings the run was started "
                          "with")
     c, h, w = dataset.train_x.shape[1:]
@@ -94,18 +95,18 @@ def _check_checkpoint(cfg: RunConfig, dataset, train, ckpt: dict[str, Any]) -> N
         try:
             load_state_dict_into(net, ckpt["model"])
         except ValueError as e:
-            raise ValueError(f"checkpoint.pt does not fit --model {cfg.model.name} with "
+            raise UsageError(f"checkpoint.pt does not fit --model {cfg.model.name} with "
                              f"{dataset.num_classes} classes and {c} channels: {e}") from None
     data = ckpt.get("data", {})
     x, y = train
     n_train = int(x.shape[0])
     if data.get("n_train") != n_train or data.get("num_classes") != dataset.num_classes:
-        raise ValueError(f"the data set has {n_train} training images and "
+        raise UsageError(f"the data set has {n_train} training images and "
                          f"{dataset.num_classes} classes, the checkpoint was trained on "
                          f"{data.get('n_train')} images and {data.get('num_classes')} classes;"
                          " valid: the data the run was started with")
     if data.get("sha256") and data_fingerprint(x, y) != data["sha256"]:
-        raise ValueError(f"the training data in --data-dir {cfg.data.data_dir!r} differ from "
+        raise UsageError(f"the training data in --data-dir {cfg.data.data_dir!r} differ from "
                          "those the run was started with (sha256 of images and labels); "
                          "valid: the same data")
 
@@ -115,13 +116,13 @@ def check_data(cfg: RunConfig, dataset) -> None:
     n_all, n_test = len(dataset.train_y), len(dataset.test_y)
     d, e = cfg.data, cfg.evaluation
     if d.n_train is not None and d.n_train > n_all:
-        raise ValueError(f"invalid --n-train {d.n_train!r}: {dataset.name} has {n_all} "
+        raise UsageError(f"invalid --n-train {d.n_train!r}: {dataset.name} has {n_all} "
                          f"training images; valid: 1..{n_all}")
     if e.n_eval is not None and e.n_eval > n_test:
-        raise ValueError(f"invalid --n-eval {e.n_eval!r}: {dataset.name} has {n_test} test "
+        raise UsageError(f"invalid --n-eval {e.n_eval!r}: {dataset.name} has {n_test} test "
                          f"images; valid: 1..{n_test}")
     if dataset.num_classes < 2:
-        raise ValueError(f"data set {dataset.name} has {dataset.num_classes} class; "
+        raise UsageError(f"data set {dataset.name} has {dataset.num_classes} class; "
                          "classification needs at least 2")
     c, h, w = dataset.train_x.shape[1:]
     check_model_fits(cfg.model.name, dataset.num_classes, int(c), int(h), int(w))

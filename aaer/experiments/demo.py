@@ -23,6 +23,7 @@ from typing import Any
 from aaer.config import RunConfig, from_flat, resolve
 from aaer.monitor import evidence_text
 from aaer.reporting.report import restored_text
+from aaer.runs import Row
 from aaer.train import train
 
 FIXTURE_EPSILON = 70.0          # about 0.275 in pixel units (1/255 units, as every --epsilon)
@@ -109,7 +110,7 @@ def load_fixture_data(data_dir=None, download: bool = False):
 
 
 def _final_probe_pgd(run) -> float:
-    return run.last_probe().get("probe_pgd_acc", float("nan"))
+    return run.last_probe().get(Row.PROBE_PGD, float("nan"))
 
 
 def rollback_line(run, runs) -> str:
@@ -167,7 +168,7 @@ def progress_line(label: str, row: dict, epochs: int, width: int = 8) -> str:
             f"{row.get('probe_clean_acc', float('nan')):.3f} FGSM "
             f"{row.get('probe_fgsm_acc', float('nan')):.3f} PGD "
             f"{row.get('probe_pgd_acc', float('nan')):.3f} | {row['seconds']:.0f} s")
-    for ev in row.get("co_events", []):
+    for ev in row.get(Row.CO_EVENTS, []):
         e = ev["evidence"]
         line += f"\n  {label:<{width}} CO flagged at epoch {ev['epoch']}: {evidence_text(e, 3)}"
     return line

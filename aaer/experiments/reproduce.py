@@ -28,7 +28,7 @@ from aaer.errors import require
 from aaer.io import atomic_write_bytes
 from aaer.methods.aaer import N_LAMBDAS, RS_LAMBDAS
 from aaer.reporting.report import write_report
-from aaer.runs import RunDir, load_run
+from aaer.runs import Row, RunDir, load_run
 
 BUILTIN_SUITES = ("aaer-cifar10", "aaer-cifar100", "co-fixture")
 # baselines the AAER paper compares against, at the same radii
@@ -272,7 +272,7 @@ def collect(runs: list[SuiteRun], out_dir: str) -> list[dict]:
             "pgd_restarts": ev.get("pgd", {}).get("restarts"),
             "n_eval": ev.get("pgd", {}).get("n"),
             "seconds_per_epoch": res.get("seconds_per_epoch"), "co": co,
-            "co_epoch": r.co_epoch() if co else None,
+            Row.CO_EPOCH: r.co_epoch() if co else None,
             "train_seconds": res.get("train_seconds"), **monitor_outcome(res),
             **run_trajectory(metrics)})
     return rows
@@ -293,19 +293,19 @@ def run_trajectory(metrics: list[dict]) -> dict:
     """What one run's epochs show: probe PGD accuracy at its best and at the end, and the
     AAE count at the start, at the best probe, at its largest and at the end."""
     out: dict[str, Any] = {}
-    if metrics and metrics[-1].get("co_candidate"):
-        out["co_candidate_at_end"] = metrics[-1]["epoch"]    # met the rule, not yet confirmed
-    probe = [r for r in metrics if r.get("probe_pgd_acc") is not None]
+    if metrics and metrics[-1].get(Row.CO_CANDIDATE):
+        out["co_candidate_at_end"] = metrics[-1][Row.EPOCH]   # met the rule, not yet confirmed
+    probe = [r for r in metrics if r.get(Row.PROBE_PGD) is not None]
     if probe:
-        best = max(probe, key=lambda r: r["probe_pgd_acc"])        # the first of equal bests
-        out.update(probe_pgd_best=best["probe_pgd_acc"], probe_pgd_best_epoch=best["epoch"],
-                   probe_pgd_last=probe[-1]["probe_pgd_acc"])
+        best = max(probe, key=lambda r: r[Row.PROBE_PGD])        # the first of equal bests
+        out.update(probe_pgd_best=best[Row.PROBE_PGD], probe_pgd_best_epoch=best[Row.EPOCH],
+                   probe_pgd_last=probe[-1][Row.PROBE_PGD])
     aae = [r for r in metrics if r.get("aae_count") is not None]
     if aae:
         out.update(aae_first=aae[0]["aae_count"], aae_max=max(r["aae_count"] for r in aae),
                    aae_last=aae[-1]["aae_count"], aae_fraction_last=aae[-1].get("aae_fraction"))
         if probe:
-            at_best = [r for r in aae if r["epoch"] == out["probe_pgd_best_epoch"]]
+            at_best = [r for r in aae if r[Row.EPOCH] == out["probe_pgd_best_epoch"]]
             out["aae_at_best"] = at_best[0]["aae_count"] if at_best else None
     return out
 
@@ -371,7 +371,7 @@ def summary_markdown(suite: str, summary: list[dict], rows: list[dict]) -> str:
               "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         f = (lambda v: "n/a" if v is None else f"{100 * v:.2f}")
-        co = "n/a" if r["co"] is None else ("none" if not r["co"] else str(r["co_epoch"]))
+        co = "n/a" if r["co"] is None else ("none" if not r["co"] else str(r[Row.CO_EPOCH]))
         if not r["co"] and r.get("co_candidate_at_end") is not None:
             co += f" (candidate at {r['co_candidate_at_end']})"
         probe = "n/a"

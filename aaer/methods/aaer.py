@@ -106,6 +106,9 @@ class AAER(SingleStepAttack):
     name = "aaer"
     # a rollback raises the regulariser's weight first; --rollback-change step shrinks alpha
     strengthen_by = {"regularizer": "lamda1", "step": "alpha"}
+    # the reference's per-epoch log (SPEC §2): AAE count, mean CEvar, mean (AV - NV)
+    log_columns = SingleStepAttack.log_columns + (("Ab CE Loss", "aaer_ce_var", "%.4f"),
+                                                  ("Ab L2 Loss", "aaer_var_gap", "%.4f"))
     description = "single-step AT + regulariser on abnormal adversarial examples"
     source = "Lin, Yu, Liu, NeurIPS 2023"
 

@@ -26,7 +26,7 @@ Tensor = torch.Tensor
 
 @dataclass
 class StepContext:
-    """What the loop tells a method about where training stands."""
+    """What the loop tells a method about where training stands, and what it lends it."""
 
     epoch: int = 0
     iteration: int = 0          # index of the batch within the epoch
@@ -35,6 +35,15 @@ class StepContext:
     # sums a per-batch statistic over the global batch (DDP: over the ranks); None: this
     # process's batch is the whole batch
     batch_sum: Optional[Callable[[Tensor], Tensor]] = None
+    # the training-set index of every example of the batch (a long tensor on the batch's
+    # device); what per-example state is keyed by
+    index: Optional[Tensor] = None
+    # the method's per-example state (``Method.memory_spec``), None when it declared none
+    memory: Optional["ExampleMemory"] = None
+    # the model's weights, to perturb inside the step (``Weights``)
+    weights: Optional["Weights"] = None
+    # the engine's averaged model (--weight-average), None when off
+    averaged: Optional[Any] = None
 
     @property
     def progress(self) -> float:
@@ -47,6 +56,112 @@ class StepOutput:
     loss: Tensor                 # scalar to minimise
     logits: Tensor               # the logits train accuracy is measured on (adversarial z1)
     stats: dict[str, Tensor] = field(default_factory=dict)  # batch sums, on device
+
+
+@dataclass(frozen=True)
+class MemorySlot:
+    """One tensor a method keeps per training example: the shape of one example's entry,
+    its dtype and initial value."""
+
+    shape: tuple = ()
+    dtype: torch.dtype = torch.float32
+    fill: float = 0.0
+
+
+class ExampleMemory:
+    """A method's per-example state: for each slot a tensor with one row per training
+    example, read and written by the examples' training-set indices (``ctx.index``).
+
+    The engine allocates it on the training device, saves it in every checkpoint and rewind
+    point and restores it exactly. Under data parallelism every process holds the whole
+    memory: ``write`` gathers the rows every process writes in a step, so all copies stay
+    equal (``gather``, given by the engine; None in one process).
+    """
+
+    def __init__(self, slots: dict[str, Tensor], gather=None):
+        self.slots, self._gather = dict(slots), gather
+
+    def read(self, name: str, index: Tensor) -> Tensor:
+        """The rows of ``index`` (a copy)."""
+        return self.slots[name].index_select(0, index)
+
+    def write(self, name: str, index: Tensor, values: Tensor) -> None:
+        """Set the rows of ``index`` to ``values`` (detached)."""
+        values = values.detach().to(self.slots[name].dtype)
+        if self._gather is not None:
+            index, values = self._gather(index, values)
+            keep = first_occurrence(index)          # a padded global batch repeats examples
+            index, values = index[keep], values[keep]
+        self.slots[name].index_copy_(0, index, values.contiguous())
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in self.slots.items()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        if set(state) != set(self.slots):
+            raise ValueError(f"per-example state has slots {sorted(state)}, the method "
+                             f"declares {sorted(self.slots)}")
+        for k, v in state.items():
+            if tuple(v.shape) != tuple(self.slots[k].shape):
+                raise ValueError(f"per-example state {k!r} has shape {tuple(v.shape)}, "
+                                 f"expected {tuple(self.slots[k].shape)}")
+            self.slots[k].copy_(v)
+
+
+def first_occurrence(index: Tensor) -> Tensor:
+    """A mask keeping the first occurrence of each value of ``index`` (deterministic)."""
+    order = torch.sort(index, stable=True).indices
+    ranked = index[order]
+    first = torch.ones_like(ranked, dtype=torch.bool)
+    first[1:] = ranked[1:] != ranked[:-1]
+    keep = torch.zeros_like(first)
+    keep[order] = first
+    return keep
+
+
+class Weights:
+    """The network's weights as a method may change them inside its step.
+
+    ``perturb(deltas)`` adds a perturbation to named parameters before the method's
+    forward passes. With ``restore=True`` (SAM-like use) the engine puts the saved weights
+    back after the backward pass and before the optimiser step, so the gradient taken at
+    the perturbed weights updates the unperturbed ones; with ``restore=False`` the
+    perturbation stays in the weights (LAP's official code). ``optimizer`` is the run's
+    optimiser, for a method whose step is defined through it (LAP's reference mode).
+    """
+
+    def __init__(self, net, optimizer=None):
+        self.net, self.optimizer = net, optimizer
+        self._saved: dict[str, Tensor] = {}
+
+    def named(self) -> list[tuple[str, Tensor]]:
+        """(name, parameter) in ``named_parameters`` order (the lineage's names)."""
+        return list(self.net.named_parameters())
+
+    @torch.no_grad()
+    def perturb(self, deltas: dict[str, Tensor], restore: bool = True) -> None:
+        params = dict(self.net.named_parameters())
+        unknown = sorted(set(deltas) - set(params))
+        if unknown:
+            raise KeyError(f"no parameter named {', '.join(unknown)}")
+        for name, d in deltas.items():
+            p = params[name]
+            if restore and name not in self._saved:
+                self._saved[name] = p.detach().clone()
+            p.add_(d.to(p.dtype))
+
+    @property
+    def perturbed(self) -> bool:
+        """Are there weights to put back before the optimiser step?"""
+        return bool(self._saved)
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Put back every weight ``perturb(..., restore=True)`` changed."""
+        params = dict(self.net.named_parameters())
+        for name, saved in self._saved.items():
+            params[name].copy_(saved)
+        self._saved.clear()
 
 
 @dataclass(frozen=True)
@@ -78,6 +193,10 @@ class Method:
     # how a rollback after catastrophic overfitting strengthens it: change -> attribute;
     # the first is what --rollback-change auto picks
     strengthen_by: dict[str, str] = {}
+    # its columns of the per-epoch log line: (header, key of summarize's output, format)
+    log_columns: tuple[tuple[str, str, str], ...] = ()
+    # the step reads the engine's averaged model (ctx.averaged): --weight-average must be on
+    uses_averaged_model: bool = False
 
     def __init__(self, eps: float, norm: str = "linf"):
         self.eps = number("eps (pixel units, e.g. 8/255)", eps, low=0, low_open=True)
@@ -146,6 +265,11 @@ class Method:
         """Turn an epoch's summed statistics into the logged per-epoch values."""
         out = summarize_aae(sums, n) if self.single_step else {}
         return out
+
+    def memory_spec(self, example_shape: tuple) -> dict[str, MemorySlot]:
+        """The per-example state the step keeps (ctx.memory), by slot name, for inputs of
+        ``example_shape`` (C, H, W); none by default."""
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         """Method state that must survive a resume (e.g. an adaptive lambda)."""

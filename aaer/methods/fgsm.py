@@ -33,6 +33,8 @@ class SingleStepAttack(Method):
 
     single_step = True
     strengthen_by = {"step": "alpha"}
+    # the reference log's AAE count (SPEC §2)
+    log_columns = (("Ab NUM", "aae_count", "%d"),)
 
     def __init__(self, eps: float, alpha: float = 1.25, delta_init: str = "random",
                  clamp: int = 1, warmup_epochs: float = 0.0, norm: str = "linf"):

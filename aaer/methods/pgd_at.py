@@ -69,6 +69,14 @@ class PGDAT(Method):
     def step_size(self) -> float:
         return self.step255 / 255 if self.step255 is not None else self.alpha * self.eps
 
+    def strengthen_target(self, change: str = "auto") -> tuple[str, str]:
+        """A rollback shrinks the step in use: alpha, or the fixed step255 when it is set
+        (alpha is then ignored by the attack)."""
+        change, attr = super().strengthen_target(change)
+        if attr == "alpha" and self.step255 is not None:
+            attr = "step255"
+        return change, attr
+
     def hparams(self):
         return {"eps": self.eps, "steps": self.steps, "alpha": self.alpha,
                 "step255": self.step255, "delta_init": self.delta_init,

@@ -28,7 +28,7 @@ from aaer.evaluation import eps_text
 from aaer.io import atomic_write_bytes
 from aaer.monitor import KEPT_IN_CO, evidence_text
 from aaer.reporting.tensorboard import require_tensorboard, write_tensorboard
-from aaer.runs import Run, load_run
+from aaer.runs import Row, Run, load_run
 
 PLOTS = ("probe_accuracy.png", "aae_count.png", "lr.png")
 
@@ -192,9 +192,9 @@ def plot_runs(runs: list[Run], out_dir: str) -> list[str]:
         paths.append(path)
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for ax, (key, title) in zip(axes, (("probe_clean_acc", "clean"),
-                                       ("probe_fgsm_acc", "FGSM"),
-                                       ("probe_pgd_acc", "PGD"))):
+    for ax, (key, title) in zip(axes, ((Row.PROBE_CLEAN, "clean"),
+                                       (Row.PROBE_FGSM, "FGSM"),
+                                       (Row.PROBE_PGD, "PGD"))):
         top = 0.0
         for run, (color, ls, label) in zip(runs, styles):
             xs, ys = run.series(key)
@@ -217,7 +217,7 @@ def plot_runs(runs: list[Run], out_dir: str) -> list[str]:
     for key, name, ylabel, title in (
             ("aae_count", "aae_count.png", "AAEs per epoch",
              "Abnormal adversarial examples (training, per epoch)"),
-            ("lr", "lr.png", "learning rate", "Learning rate (end of epoch)")):
+            (Row.LR, "lr.png", "learning rate", "Learning rate (end of epoch)")):
         fig, ax = plt.subplots(figsize=(7, 4.2))
         for run, (color, ls, label) in zip(runs, styles):
             xs, ys = run.series(key)
@@ -236,7 +236,7 @@ def plot_runs(runs: list[Run], out_dir: str) -> list[str]:
     if any(len(g) > 1 for g in groups.values()):
         colors = plt.get_cmap("tab10").colors
         fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
-        for ax, (key, ylabel) in zip(axes, (("probe_pgd_acc", "probe PGD accuracy"),
+        for ax, (key, ylabel) in zip(axes, ((Row.PROBE_PGD, "probe PGD accuracy"),
                                             ("aae_count", "AAEs per epoch"))):
             for i, (method, group) in enumerate(groups.items()):
                 band = seed_band(group, key)
@@ -322,7 +322,7 @@ def render_markdown(runs: list[Run], plots: list[str], out_dir: str) -> str:
     for r in runs:
         if r.has_probe:
             last = r.last_probe()
-            xs, pgd = r.series("probe_pgd_acc")
+            xs, pgd = r.series(Row.PROBE_PGD)
             b = max(range(len(pgd)), key=lambda i: pgd[i])
             co = r.co_epoch()
             lines.append(f"| {r.label} | {_fmt(last['probe_clean_acc'])} | "

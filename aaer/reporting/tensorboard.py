@@ -12,14 +12,15 @@ from __future__ import annotations
 import os
 
 from aaer.errors import MissingExtra
+from aaer.runs import Row
 
 # TensorBoard tag -> the key of a metrics.jsonl row
-EPOCH_SCALARS = {"probe/clean_acc": "probe_clean_acc", "probe/fgsm_acc": "probe_fgsm_acc",
-                 "probe/pgd_acc": "probe_pgd_acc", "train/loss": "train_loss",
-                 "train/acc": "train_acc", "train/lr": "lr", "aae/count": "aae_count",
+EPOCH_SCALARS = {"probe/clean_acc": Row.PROBE_CLEAN, "probe/fgsm_acc": Row.PROBE_FGSM,
+                 "probe/pgd_acc": Row.PROBE_PGD, "train/loss": Row.TRAIN_LOSS,
+                 "train/acc": Row.TRAIN_ACC, "train/lr": Row.LR, "aae/count": "aae_count",
                  "aae/fraction": "aae_fraction", "aae/ce_drop": "aae_ce_drop",
                  "aae/logit_var": "aae_logit_var", "aae/nae_logit_var": "nae_logit_var",
-                 "aaer/reg": "aaer_reg", "co/flag": "co_flag"}
+                 "aaer/reg": "aaer_reg", "co/flag": Row.CO_FLAG}
 # TensorBoard tag -> the key of a probe record (per optimiser step)
 PROBE_SCALARS = {"probe_by_step/clean_acc": "clean", "probe_by_step/fgsm_acc": "fgsm",
                  "probe_by_step/pgd_acc": "pgd"}
@@ -54,7 +55,7 @@ class LiveWriter:
         self.writer = summary_writer(log_dir)      # creates log_dir
 
     def epoch(self, row: dict) -> None:
-        _scalars(self.writer, EPOCH_SCALARS, row, row["epoch"])
+        _scalars(self.writer, EPOCH_SCALARS, row, row[Row.EPOCH])
         self.writer.flush()
 
     def probe(self, record: dict) -> None:
@@ -74,6 +75,6 @@ def write_tensorboard(rows: list[dict], log_dir: str) -> str:
             os.remove(os.path.join(log_dir, old))
     writer = writer_class(log_dir=log_dir)
     for row in rows:
-        _scalars(writer, EPOCH_SCALARS, row, row["epoch"])
+        _scalars(writer, EPOCH_SCALARS, row, row[Row.EPOCH])
     writer.close()
     return log_dir
