@@ -9,7 +9,29 @@ pulled back towards x0 by beta. A point counts as fooled only if its best advers
 example has norm <= eps. Semantics and defaults follow the official AutoAttack code
 (alpha_max 0.1, eta 1.05, beta 0.9, 100 iterations, targets = classes ranked 2..10,
 random start at eps/2 only from the second restart on).
+
+The projection onto {w.x = b} n [0,1]^D (the paper only states the problem) is the official
+fab_projections.py (fra31/auto-attack), its arithmetic done in the same order so that the
+iterates are the official ones bit for bit (float32 and float64, measured side by side):
+- w is flipped so that lowering w.x closes the gap |w.t - b|; a point on the plane counts
+  as above it.
+- L-inf: each coordinate moves by min(lam, room) towards the face away from w. The rooms are
+  sorted (largest first) and the piece of the piecewise-linear drop that brackets the gap is
+  found by a fixed bisection of ceil(log2 D) halvings; the drop of the saturated rooms is
+  the corner's total minus a cumulative sum. If lam is below the smallest room the step is
+  +-lam unclipped; if the gap is >= the corner's reach the step is the corner; lam >= 0,
+  its slope divided as it is (no floor however small w); zero weights never move.
+- L2: d = -w min(mu, r), r = room / |w| for |w| >= 1e-8; smaller weights never reach the
+  box (r = 1e12) but their w^2 still counts in mu's equation, and only |w| > 1e-8 moves.
+  mu = gap / sum w^2 below the smallest break (checked before "out of reach", which counts
+  only the moving weights' corner); else the bracketing break by the same bisection, the
+  free weight past it being the total minus a cumulative sum, and where that is 0 (rounding
+  can cancel it) mu = 0: no step.
+- Nothing is clipped at the end: the L2 corner (room / |w|) |w| can leave the box by an ulp,
+  and FAB clamps every iterate to [0,1].
 """
+
+import math
 
 import torch
 
@@ -18,46 +40,90 @@ from aaer.attacks.apgd import (bview, check_inputs, check_norm_eps, check_positi
 from aaer.attacks.checks import fit_n_target_classes
 
 
-def _saturating_root(rooms, weights, target):
-    """Smallest lam >= 0 with sum_i weights_i * min(lam, rooms_i) = target (per row).
+def _last_above(values, target):
+    """Per row, the k in [0, D-2] with values[k] > target >= values[k+1] (values falling in k).
 
-    Rows where even lam = inf falls short get lam = inf (the caller takes the corner).
+    A bisection of fixed length ceil(log2 D) over [0, D-1], as the official code runs it:
+    where rounding makes values not quite monotone (tied breakpoints), the k it lands on,
+    and so the bracketing piece, is the official one.
     """
-    r, order = rooms.sort(dim=1)
-    w = weights.gather(1, order)
-    saturated = torch.cumsum(w * r, dim=1) - w * r           # sum_{j<k} w_j r_j
-    free = w.flip(1).cumsum(1).flip(1)                        # sum_{j>=k} w_j
-    g_at_breaks = saturated + r * free                        # g(r_k), nondecreasing in k
-    k = (g_at_breaks < target[:, None]).sum(1, keepdim=True)
-    feasible = k[:, 0] < r.shape[1]
-    k = k.clamp(max=r.shape[1] - 1)
-    lam = (target - saturated.gather(1, k)[:, 0]) / free.gather(1, k)[:, 0].clamp_min(1e-12)
-    return torch.where(feasible, lam.clamp_min(0), torch.full_like(lam, float("inf")))
+    n, dim = values.shape
+    lo = torch.zeros(n, 1, dtype=torch.long, device=values.device)
+    hi = torch.full_like(lo, dim - 1)
+    for _ in range(math.ceil(math.log2(dim))):
+        mid = (lo + hi) // 2
+        above = values.gather(1, mid) > target[:, None]
+        lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+    return lo
+
+
+def _project_linf(t, w, b):
+    """Minimal L-inf d with w.(t+d) = b and t+d in [0,1]^D (the box corner if out of reach).
+
+    After flipping w so that the gap tau = |w.t - b| is closed by lowering w.x, coordinate
+    i moves by lam towards the box face away from w (room_i = 1-t_i if w_i < 0 else t_i),
+    saturating at its room; the drop sum_i |w_i| min(lam, room_i) is piecewise linear with
+    breaks at the rooms.
+    """
+    c = (w * t).sum(1) - b
+    w = w * torch.where(c >= 0, 1, -1)[:, None]
+    tau = c.abs()
+    up = w < 0
+    aw = w.abs()
+    room = torch.where(up, 1 - t, t)
+    reach = (aw * room).sum(1)                       # the drop at the corner
+    order = room.argsort(dim=1).flip(1)              # rooms, largest first
+    room_s = room.gather(1, order)
+    free = aw.gather(1, order).cumsum(1)             # slope while rooms 0..k are unsaturated
+    saturated = reach[:, None] - (aw * room).gather(1, order).cumsum(1)   # official order
+    drop = saturated + free * room_s                 # the drop at lam = room_s[k]
+    all_free = drop[:, -1] > tau                     # lam below every room
+    bracket = (reach > tau) & ~all_free
+    k = torch.where(all_free[:, None], room.shape[1] - 1, _last_above(drop, tau))
+    lam = ((tau - saturated.gather(1, k)[:, 0]) / free.gather(1, k)[:, 0]).clamp_min(0)[:, None]
+    sign = torch.where(up, 1, -1)
+    d = torch.where(all_free[:, None], sign * lam,
+                    sign * torch.where(bracket[:, None], torch.minimum(lam, room), room))
+    return d * (w != 0)
+
+
+def _project_l2(t, w, b):
+    """Minimal L2 d with w.(t+d) = b and t+d in [0,1]^D (the box corner if out of reach).
+
+    KKT: after flipping w so the gap tau = |w.t - b| is closed by lowering w.x,
+    d_i = -w_i min(mu, r_i) with r_i = room_i / |w_i| the multiplier at which coordinate i
+    hits the box; the drop sum_i w_i^2 min(mu, r_i) is piecewise linear with breaks at r.
+    """
+    c = (w * t).sum(1) - b
+    flip = torch.where(c >= 0, 1, -1)
+    w, tau = w * flip[:, None], c * flip
+    tiny = w.abs() < 1e-8
+    breaks = torch.where(tiny, 1e12, torch.maximum(t / w, (t - 1) / w))
+    r_s, order = breaks.sort(dim=1)
+    r_next = torch.nn.functional.pad(r_s[:, 1:], (0, 1))
+    r_s, r_next = r_s.masked_fill(r_s == 1e12, 0), r_next.masked_fill(r_next == 1e12, 0)
+    q = (w ** 2).gather(1, order)
+    total = q.sum(1, keepdim=True)
+    after = total - q.cumsum(1)                      # slope past break k
+    drop0 = total * r_s[:, :1]
+    drop = torch.cat((drop0, drop0 + ((r_next - r_s) * after).cumsum(1)[:, :-1]), 1)
+    corner = -(breaks * w) * (w.abs() > 1e-8)
+    all_free = tau < drop[:, 0]                      # mu below every break
+    out_of_reach = tau + (corner * w).sum(1) > 0
+    k = _last_above(-drop, -tau)
+    after_k = after.gather(1, k)
+    mu = (tau[:, None] - drop.gather(1, k)) / after_k + r_s.gather(1, k)
+    mu = torch.where(all_free[:, None], (tau / total[:, 0])[:, None],
+                     torch.where(after_k == 0, 0., mu))
+    d = torch.where(all_free[:, None] | ~(out_of_reach[:, None] | (mu > breaks)),
+                    -(mu * w), corner)
+    return d * (w.abs() > 1e-8)
 
 
 def project_hyperplane_box(t, w, b, norm):
-    """Minimal-norm d with w.(t+d) = b and 0 <= t+d <= 1, rows independent.
-
-    Moving each coordinate towards the hyperplane changes w.d by |w_i| per unit (Linf:
-    d_i = sign * min(lam, room_i)) or, for L2, by KKT d_i = sign * |w_i| min(mu, room_i/|w_i|);
-    both are one saturating-sum root. If the box cannot reach the hyperplane, the box
-    corner closest to it is returned.
-    """
-    c = b - (w * t).sum(1)
-    sigma = torch.sign(c)[:, None] * torch.sign(w)
-    room = torch.where(sigma > 0, 1 - t, t)
-    if norm == "Linf":
-        active = w != 0
-        weights = w.abs() * active
-        lam = _saturating_root(room, weights, c.abs())
-        d = torch.min(lam[:, None], room)
-    else:
-        active = w.abs() >= 1e-8
-        aw = torch.where(active, w.abs(), torch.ones_like(w))
-        breaks = torch.where(active, room / aw, torch.full_like(w, 1e12))
-        lam = _saturating_root(breaks, w.pow(2) * active, c.abs())
-        d = aw * torch.min(lam[:, None], breaks)
-    return sigma * d * active
+    """Minimal-norm d with w.(t+d) = b and 0 <= t+d <= 1, rows independent, as the official
+    fab_projections.py computes it (see the module docstring)."""
+    return _project_linf(t, w, b) if norm == "Linf" else _project_l2(t, w, b)
 
 
 class FAB:
