@@ -17,7 +17,8 @@ import sys
 import traceback
 
 from aaer.config.commands import COMMANDS
-from aaer.config.flags import add_command_flags, add_run_flags, command_settings, given
+from aaer.config.flags import (add_command_flags, add_run_flags, command_request,
+                               command_settings, given)
 from aaer.errors import (EXIT_BUG, EXIT_DIVERGED, EXIT_FAILED_RUNS, EXIT_USAGE,
                          TrainingInterrupted, UsageError, rank)
 
@@ -110,124 +111,14 @@ def cmd_resume(ns: argparse.Namespace) -> int:
 
 # -- eval --------------------------------------------------------------------------------
 
-def _run_settings(checkpoint: str):
-    """(run directory or None, its settings or None) for a checkpoint path."""
-    from aaer.runs import CONFIG, RunDir
-    d = checkpoint if os.path.isdir(checkpoint) else os.path.dirname(os.path.abspath(checkpoint))
-    run = RunDir(d)
-    if run.exists(CONFIG):
-        return d, run.settings(custom_data=True)
-    return (d if os.path.isdir(checkpoint) else None), None
-
-
-def cmd_eval(a) -> int:
-    from aaer.evaluation import get_protocol, official_autoattack
-    from aaer.runs import MODEL
-
-    ckpt = os.path.join(a.checkpoint, MODEL) if os.path.isdir(a.checkpoint) else a.checkpoint
-    if not os.path.isfile(ckpt):
-        raise UsageError(f"--checkpoint {a.checkpoint!r}: no such file (expected a run "
-                         "directory with model.pt, a .pt/.pth state dict or an exported "
-                         ".safetensors file)")
-    run_dir, run = _run_settings(a.checkpoint)
-    known = {}
-    if run is not None:
-        known = {"dataset": run.data.dataset, "model": run.model.name,
-                 "epsilon": run.method.epsilon, "data_dir": run.data.data_dir,
-                 "norm": run.method.norm}
-    exported = None
-    if ckpt.endswith(".safetensors"):
-        from aaer.export import read_exported
-        exported_state, exported = read_exported(ckpt)
-        known = {k: exported.get(k) for k in ("dataset", "model", "epsilon", "data_dir",
-                                               "norm")}
-    from aaer.config.schema import SETTINGS
-    dataset = a.dataset or known.get("dataset") or "cifar10"
-    model_name = a.model or known.get("model") or SETTINGS["model.name"].default
-    epsilon = a.epsilon if a.epsilon is not None else \
-        SETTINGS["method.epsilon"].check(known.get("epsilon") or 8.0)
-    norm = a.norm or known.get("norm") or "linf"
-    from aaer.config.schema import L2_EPS_MAX, pixel_eps
-    if norm == "l2" and epsilon > L2_EPS_MAX:
-        raise UsageError(f"invalid --epsilon {epsilon!r} with --norm l2: the L2 radius is in "
-                         f"pixel units, e.g. 0.5 (128/255 = 0.502), at most {L2_EPS_MAX:g}")
-
-    def split(v):
-        return None if v is None else [x.strip() for x in v.split(",") if x.strip()]
-    protocol = get_protocol(a.protocol, norm=norm, n_eval=a.n_eval, pgd_steps=a.pgd_steps,
-                            pgd_restarts=a.pgd_restarts, pgd_step255=a.pgd_step,
-                            attacks=split(a.attacks), aa_version=a.aa_version,
-                            aa_attacks=split(a.aa_attacks))
-    if "autoattack" in protocol.attacks and a.aa_backend == "official":
-        official_autoattack()
-    from aaer.engine import distributed
-    dist_info = distributed.setup_distributed(a.device)      # torchrun: shard the points
-    try:
-        return _eval_model(a, ckpt, run_dir, exported, exported_state if exported else None,
-                           dataset, a.data_dir or known.get("data_dir"), model_name,
-                           pixel_eps(epsilon, norm), protocol, dist_info)
-    finally:
-        distributed.shutdown(dist_info)
-
-
-def _eval_model(a, ckpt, run_dir, exported, exported_state, dataset, data_dir, model_name,
-                eps, protocol, dist_info) -> int:
-    import torch
-
-    from aaer.data import load_dataset
-    from aaer.engine import distributed, resolve_device
-    from aaer.evaluation import evaluate, format_table
-    from aaer.io import atomic_write_json
-    from aaer.models import build, load_state_dict_into
-    from aaer.runs import aa_state_name, eval_name
-    device = dist_info.device if dist_info.enabled else resolve_device(a.device)
-    data = load_dataset(dataset, data_dir, download=a.download)
-    mean, std = data.mean, data.std
-    if exported is not None:
-        if exported["num_classes"] != data.num_classes:
-            raise UsageError(f"{ckpt} was trained with {exported['num_classes']} classes, "
-                             f"the data set {dataset} has {data.num_classes}; valid: "
-                             f"--dataset {exported['dataset']} (or one with as many classes)")
-        mean, std = exported["mean"], exported["std"]   # the normalisation it was trained with
-    model = build(model_name, data.num_classes, data.in_channels, data.image_size, mean, std)
-    if exported is not None:
-        state = exported_state
-    else:
-        try:
-            state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        except Exception as e:  # truncated, not a torch file, or pickled code
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UsageError(f"--checkpoint {ckpt!r} cannot be loaded with torch.load("
-                             f"weights_only=True): {msg}; valid: a state dict or an aaer "
-                             "checkpoint") from None
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]                      # a training checkpoint
-    if not isinstance(state, dict):
-        raise UsageError(f"--checkpoint {ckpt!r} holds a {type(state).__name__}, not a state "
-                         "dict; valid: a state dict or an aaer checkpoint")
-    try:
-        load_state_dict_into(model.net, state)
-    except ValueError as e:
-        raise UsageError(f"--checkpoint {ckpt!r} does not fit --model {model_name} for "
-                         f"{dataset} ({data.num_classes} classes, {data.in_channels} "
-                         f"channels): {e}") from None
-    model.to(device).eval()
-    out = a.out or os.path.join(run_dir or ".", eval_name(protocol.name))
-    # a killed AutoAttack resumes from here on the same command; deleted when it completes
-    aa_state = os.path.join(os.path.dirname(os.path.abspath(out)), aa_state_name(protocol.name))
-    report = evaluate(model, data.test_x, data.test_y, eps, protocol,
-                      batch_size=a.batch_size, device=device, seed=a.seed,
-                      precision=a.eval_precision, aa_backend=a.aa_backend,
-                      aa_state_path=aa_state,
-                      shard=distributed.shard_of(dist_info) if dist_info.enabled else None)
-    if not dist_info.is_main:                 # rank 0 alone reports
-        return 0
-    report["checkpoint"] = os.path.abspath(ckpt)
-    report["model"] = model_name
-    report["dataset"] = dataset
-    print(format_table(report))
-    atomic_write_json(out, report)
-    print(f"results written to {out}")
+def cmd_eval(ns: argparse.Namespace) -> int:
+    from aaer.assess import evaluate_checkpoint
+    from aaer.config.commands import EvalCommand
+    from aaer.evaluation import format_table
+    report, out = evaluate_checkpoint(command_request(EvalCommand, ns))
+    if report is not None:                   # torchrun: rank 0 alone reports
+        print(format_table(report))
+        print(f"results written to {out}")
     return 0
 
 
@@ -349,8 +240,8 @@ def cmd_demo(a) -> int:
     return 0
 
 
-HANDLERS = {"eval": cmd_eval, "reproduce": cmd_reproduce, "export": cmd_export,
-            "report": cmd_report, "demo": cmd_demo}
+HANDLERS = {"reproduce": cmd_reproduce, "export": cmd_export, "report": cmd_report,
+            "demo": cmd_demo}
 HELP = {
     "train": ("train a model", None),
     "eval": ("evaluate a checkpoint", None),
@@ -390,6 +281,8 @@ def main(argv=None, prog: str = "aaer", seed_script: bool = False) -> int:
     try:
         if command == "train":
             return cmd_train(ns, seed_script=seed_script)
+        if command == "eval":
+            return cmd_eval(ns)
         if command in HANDLERS:
             return HANDLERS[command](command_settings(COMMANDS[command], ns))
         return cmd_list(command)

@@ -114,3 +114,26 @@ def test_export_refusals(run, tmp_path, capsys):
     assert (st.read_bytes(), (tmp_path / "a.json").read_bytes()) == before
     assert main(["export", "--run", str(out), "--out", str(st), "--overwrite"]) == 0
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+def test_eval_settings_are_resolved_with_their_sources(run, tmp_path):
+    """`aaer eval` resolves its settings as training does: an explicit flag wins, then what
+    the model's files say (the run's config.json, or an export's metadata), then the
+    schema's defaults; the report keeps every value with its source. Rules out the old
+    literal-default chain, which recorded no source and let a default shadow the run's."""
+    root, out = run
+    assert _eval(out, tmp_path / "e.json", "--epsilon", "4") == 0
+    rep = json.loads((tmp_path / "e.json").read_text())
+    s, src, kinds = rep["settings"], rep["sources"], rep["source_kinds"]
+    assert s["epsilon"] == 4.0 and src["epsilon"] == "explicit"
+    assert s["model"] == "small-cnn" and s["dataset"] == "cifar10"
+    assert src["model"] == src["dataset"] == src["data_dir"] == \
+        f"the run's config.json ({out})" and kinds["model"] == "request"
+    assert s["data_dir"] == str(root / "data")
+    assert s["pgd_steps"] is None and src["pgd_steps"] == "default" and kinds["pgd_steps"] == "default"
+    assert rep["eps"] == pytest.approx(4 / 255)
+    st = tmp_path / "m.safetensors"
+    assert main(["export", "--run", str(out), "--out", str(st)]) == 0
+    assert _eval(st, tmp_path / "e2.json") == 0
+    src2 = json.loads((tmp_path / "e2.json").read_text())["sources"]
+    assert src2["epsilon"] == src2["model"] == "export metadata of m.safetensors"

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from aaer.attacks.protocols import AA_VERSIONS, PROTOCOLS
-from aaer.config.schema import SETTINGS
+from aaer.config.schema import NORMS, SETTINGS
 from aaer.config.settings import Setting, field_of, setting
 
 SCALES = ("full", "small", "tiny")
@@ -43,16 +43,15 @@ class EvalCommand:
     checkpoint: str = setting(None, "a run directory, its model.pt, a published lineage state "
                               "dict (model.pth) or a .safetensors file written by `aaer "
                               "export`", required=True)
-    dataset: str | None = like("data.dataset", default=None, optional=True,
-                               default_text="the run's config.json, else cifar10")
+    # what a run's config.json or an export's metadata say wins over these defaults
+    # (aaer.config.resolve.resolve_eval)
+    dataset: str = like("data.dataset", default_text="the run's config.json, else cifar10")
     data_dir: str | None = like("data.data_dir", default_text="the run's, else ./data/<dataset>")
     download: bool = like("data.download")
-    model: str | None = like("model.name", default=None, optional=True,
-                             default_text="the run's config.json, else preactresnet18")
-    epsilon: float | None = like("method.epsilon", default=None, optional=True,
-                                 default_text="the run's, else 8")
-    norm: str | None = like("method.norm", help="threat model of the evaluation: linf or l2",
-                            default_text="the run's, else linf")
+    model: str = like("model.name", default_text="the run's config.json, else preactresnet18")
+    epsilon: float = like("method.epsilon", default_text="the run's, else 8")
+    norm: str = like("method.norm", help="threat model of the evaluation: linf or l2",
+                     default=NORMS[0], optional=False, default_text="the run's, else linf")
     protocol: str = setting("lineage", "evaluation protocol: " + ", ".join(PROTOCOLS),
                             choices=tuple(PROTOCOLS))
     n_eval: int | None = like("evaluation.n_eval", help="first N test points (overrides the "

@@ -96,11 +96,16 @@ def request_from_args(namespace: argparse.Namespace, source: str = "explicit") -
     return from_flat(values, source=source)
 
 
+def command_request(cls, namespace: argparse.Namespace):
+    """A command's settings as its flags gave them, the rest UNSET (for a command whose
+    defaults are resolved, as `aaer eval`'s are: aaer.config.resolve.resolve_eval)."""
+    values = given(namespace)
+    return cls(**{name: values.get(s.dest, UNSET) for name, s in settings_of(cls)})
+
+
 def command_settings(cls, namespace: argparse.Namespace):
     """A command's settings from its parsed flags: defaults filled in, every value checked."""
-    values = given(namespace)
-    obj = cls(**{name: values.get(s.dest, UNSET) for name, s in settings_of(cls)})
-    return fill(obj)
+    return fill(command_request(cls, namespace))
 
 
 def train_parser(prog: str = "aaer train") -> argparse.ArgumentParser:

@@ -24,10 +24,11 @@ the end of ``resolve`` and on every run read back from a config.json.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from aaer.config.schema import FLAT, L2_EPS_MAX, METHOD_KEYWORDS, SETTINGS, RunConfig
-from aaer.config.settings import UNSET, Source
+from aaer.config.settings import UNSET, Source, settings_of
 from aaer.data.datasets import training_defaults
 from aaer.errors import UsageError
 from aaer.methods import METHODS, create_method
@@ -214,6 +215,45 @@ def resolve(request: RunConfig, *, custom_data: bool = False) -> RunConfig:
     return cfg
 
 
+def check_l2_epsilon(epsilon: float, norm) -> None:
+    """An L2 radius is in pixel units: a value past L2_EPS_MAX is most likely 1/255 units."""
+    if norm == "l2" and epsilon > L2_EPS_MAX:
+        raise UsageError(f"invalid --epsilon {epsilon!r} with --norm l2: the L2 radius is in "
+                         f"pixel units, e.g. 0.5 (128/255 = 0.502), at most {L2_EPS_MAX:g}; "
+                         f"{epsilon:g}/255 would be --epsilon {epsilon / 255:.4g}")
+
+
+def checked(request):
+    """A command's request (a settings dataclass, what was not given UNSET) with every given
+    value checked: bad input is refused before any file is read."""
+    return dataclasses.replace(request, **{name: s.check(getattr(request, name))
+                                           for name, s in settings_of(request)
+                                           if getattr(request, name) is not UNSET})
+
+
+def resolve_eval(request, known: dict[str, tuple[Any, Source]]):
+    """The settings of ``aaer eval`` (aaer.config.commands.EvalCommand with what was not
+    given UNSET): explicit settings, then what the model's own files say (``known``:
+    name -> (value, Source), from a run's config.json or an export's metadata), then the
+    schema's defaults. Returns (settings, name -> Source); every value checked."""
+    from aaer.config.commands import EvalCommand
+    request = checked(request)
+    values, sources = {}, {}
+    for name, s in settings_of(EvalCommand):
+        v = getattr(request, name)
+        if v is not UNSET:
+            src = EXPLICIT
+        elif name in known:
+            v, src = known[name]
+        elif s.required:
+            raise UsageError(f"{s.flag} is required")
+        else:
+            v, src = s.default, DEFAULT
+        values[name], sources[name] = s.check(v), src
+    check_l2_epsilon(values["epsilon"], values["norm"])
+    return dataclasses.replace(request, **values), sources
+
+
 def validate(cfg: RunConfig, *, custom_data: bool = False) -> None:
     """Check a whole resolved run; ValueError naming the bad setting and what is valid."""
     for path, s, v in cfg.items():
@@ -223,11 +263,7 @@ def validate(cfg: RunConfig, *, custom_data: bool = False) -> None:
         if not (custom_data and path == "data.dataset"):
             cfg.set(path, s.check(v))
     o, m = cfg.optim, cfg.monitor
-    if cfg.method.norm == "l2" and cfg.method.epsilon > L2_EPS_MAX:
-        e = cfg.method.epsilon
-        raise UsageError(f"invalid --epsilon {e!r} with --norm l2: the L2 radius is in pixel "
-                         f"units, e.g. 0.5 (128/255 = 0.502), at most {L2_EPS_MAX:g}; "
-                         f"{e:g}/255 would be --epsilon {e / 255:.4g}")
+    check_l2_epsilon(cfg.method.epsilon, cfg.method.norm)
     if o.lr_max < o.lr_min:
         raise UsageError(f"invalid --lr-max/--lr-min {(o.lr_max, o.lr_min)!r}: need "
                          "lr-max > 0 and 0 <= lr-min <= lr-max")
