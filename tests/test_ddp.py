@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests.test_data import write_cifar10
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = "test-sin-cnn"
 # seconds a 2-epoch run may take from start to exit (typically 13-16 s here); a run that
@@ -46,8 +48,8 @@ def _register_test_model():
                           SinCNN(num_classes, in_channels))
 
 
-def _run(cmd, tmp_path):
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+def _run(cmd, tmp_path, extra_env=None):
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", **(extra_env or {})}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=EXIT_BOUND, env=env,
                           cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
@@ -61,7 +63,6 @@ def _metrics(out):
 @pytest.mark.slow
 @pytest.mark.timeout(4 * EXIT_BOUND)
 def test_two_gloo_processes_match_one_process_on_the_global_batch(tmp_path):
-    from tests.test_data import write_cifar10
     data = tmp_path / "data"
     write_cifar10(str(data), np.random.default_rng(0), per_batch=16, n_test=4)   # 80 images
     flags = ["--dataset", "cifar10", "--data-dir", str(data), "--model", MODEL,
@@ -115,9 +116,109 @@ def test_two_gloo_processes_match_one_process_on_the_global_batch(tmp_path):
     assert max((w1[k] - init[k]).abs().max().item() for k in w1) > 1e-3
 
 
+# probes the worker scripts when AAER_TEST_PROBES="pgd,pgd,...;fgsm,fgsm,...": every process
+# measures the same sequence, so the rule's input is known
+PROBES_ENV = "AAER_TEST_PROBES"
+# AAER_TEST_BLOW_UP=1: after a rollback, the next epoch leaves a non-finite weight on every
+# process (as a doubled lamda1 did to N-AAER on the CO fixture)
+BLOW_UP_ENV = "AAER_TEST_BLOW_UP"
+
+
+def _script_probes():
+    from aaer.monitor import COMonitor
+    pgd, fgsm = ([float(v) for v in part.split(",")]
+                 for part in os.environ[PROBES_ENV].split(";"))
+    calls = []
+
+    def measure(self, model):
+        i = len(calls)
+        calls.append(i)
+        return {"clean": 0.9, "fgsm": fgsm[i], "pgd": pgd[i], "seconds": 0.0}
+    COMonitor.measure = measure
+
+
+def _blow_up_after_a_rollback():
+    from aaer.engine.trainer import Trainer
+    run_epoch = Trainer.run_epoch
+
+    def blow_up(self, epoch):
+        end = run_epoch(self, epoch)
+        if self.monitor.rollbacks:
+            with torch.no_grad():
+                next(self.model.parameters()).fill_(float("inf"))
+        return end
+    Trainer.run_epoch = blow_up
+
+
+ROLLBACK_FLAGS = ["--dataset", "cifar10", "--model", MODEL, "--method", "rs-aaer",
+                  "--delta-init", "zero", "--lamda2", "2.5", "--lamda3", "1.5",
+                  "--batch-size", "16", "--lr-max", "0.05", "--eval-protocol", "none",
+                  "--no-progress", "--device", "cpu", "--probe-n", "4", "--on-co", "rollback"]
+# best at epoch 1, CO confirmed at epoch 3 (patience 2): back to epoch 1; healthy after
+SCRIPT = "0.25,0.5,0.125,0.125,0.5,0.5,0.5,0.5;0.25,0.375,0.5,0.5,0.5,0.5,0.5,0.5"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(4 * EXIT_BOUND)
+def test_rollback_under_two_gloo_processes_matches_one_process(tmp_path):
+    """--on-co rollback under DDP: both processes decide the same rollback at the same probe,
+    go back to the same point with each its own RNG state, and the run ends rescued with the
+    metrics and weights of the 1-process run; rewind.pt keeps both processes' RNG states."""
+    data = tmp_path / "data"
+    write_cifar10(str(data), np.random.default_rng(0), per_batch=16, n_test=4)
+    flags = [*ROLLBACK_FLAGS, "--data-dir", str(data), "--epochs", "5"]
+    script = os.path.join(ROOT, "tests", "test_ddp.py")
+    env = {PROBES_ENV: SCRIPT}
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run([sys.executable, script, "worker", *flags, "--out-dir", str(one)], tmp_path, env)
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+          "2", script, "worker", *flags, "--out-dir", str(two)], tmp_path, env)
+    r1 = json.loads((one / "results.json").read_text())["monitor"]
+    r2 = json.loads((two / "results.json").read_text())["monitor"]
+    assert r2["outcome_kind"] == r1["outcome_kind"] == "rescued"
+    assert [rb["restored_from"] for rb in r2["rollbacks"]] == \
+        [rb["restored_from"] for rb in r1["rollbacks"]] == [{"epoch": 1, "step": 10, "pgd": 0.5}]
+    m1, m2 = _metrics(one), _metrics(two)
+    assert [r["epoch"] for r in m2] == [r["epoch"] for r in m1] == list(range(5))
+    for a, b in zip(m1, m2):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4, abs=1e-6)
+    rewind = torch.load(two / "rewind.pt", weights_only=True)
+    assert len(rewind["rng_ranks"]) == 2
+    w1 = torch.load(one / "model.pt", weights_only=True)
+    w2 = torch.load(two / "model.pt", weights_only=True)
+    assert all(torch.allclose(w1[k], w2[k], rtol=1e-4, atol=1e-6) for k in w1)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2 * EXIT_BOUND)
+def test_divergence_after_a_rollback_under_two_gloo_processes_stops_with_the_best_probe(
+        tmp_path):
+    """A divergence after a rollback under DDP: every process sees it (the weights' check is
+    agreed over the processes), every process restores the best probe's weights, and the run
+    ends with results.json saying it was not rescued (exit 0, no process left waiting)."""
+    data = tmp_path / "data"
+    write_cifar10(str(data), np.random.default_rng(0), per_batch=16, n_test=4)
+    flags = [*ROLLBACK_FLAGS, "--data-dir", str(data), "--epochs", "5"]
+    script = os.path.join(ROOT, "tests", "test_ddp.py")
+    two = tmp_path / "two"
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+          "2", script, "worker", *flags, "--out-dir", str(two)], tmp_path,
+         {PROBES_ENV: SCRIPT, BLOW_UP_ENV: "1"})
+    mon = json.loads((two / "results.json").read_text())["monitor"]
+    assert mon["outcome_kind"] == "not-rescued" and mon["stopped"]["reason"] == "diverged"
+    assert mon["stopped"]["restored_from"] == {"epoch": 1, "step": 10, "pgd": 0.5}
+    best = torch.load(two / "best_probe.pt", weights_only=True)["model"]
+    final = torch.load(two / "model.pt", weights_only=True)
+    assert all(torch.equal(best[k], final[k]) for k in best)
+
+
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] in ("worker", "eval"):
     sys.path.insert(0, ROOT)
     _register_test_model()
+    if os.environ.get(PROBES_ENV):
+        _script_probes()
+    if os.environ.get(BLOW_UP_ENV):
+        _blow_up_after_a_rollback()
     from aaer.cli import main, run
     command = ["train"] if sys.argv[1] == "worker" else ["eval"]
     if os.environ.get("AAER_DDP_LIBRARY_EXIT"):     # benchmarks/ddp_exit_loop.py --library
