@@ -6,9 +6,12 @@ from aaer.methods.base import Cost, Method, StepContext, StepOutput
 from aaer.methods.elle import ELLE, ELLEA
 from aaer.methods.fgsm import FGSM, NFGSM, RSFGSM, SingleStepAttack
 from aaer.methods.free import FreeAT
+from aaer.methods.gat import GAT
 from aaer.methods.gradalign import GradAlign
 from aaer.methods.multigrad import MultiGrad
+from aaer.methods.nuat import NuAT
 from aaer.methods.pgd_at import PGDAT
+from aaer.methods.ssat import SSAT
 from aaer.methods.zerograd import ZeroGrad
 
 METHODS: dict[str, type[Method]] = {
@@ -24,6 +27,9 @@ METHODS: dict[str, type[Method]] = {
     "free": FreeAT,
     "elle": ELLE,
     "elle-a": ELLEA,
+    "ssat": SSAT,
+    "nuat": NuAT,
+    "gat": GAT,
 }
 
 
@@ -50,3 +56,4 @@ __all__ = ["METHODS", "Method", "StepContext", "StepOutput", "Cost", "create_met
            "list_methods", "aaer_regularizer", "AAER", "RSAAER", "NAAER", "FGSM",
            "RSFGSM", "NFGSM", "SingleStepAttack"]
 __all__ += ["GradAlign", "ZeroGrad", "MultiGrad", "PGDAT", "FreeAT", "ELLE", "ELLEA"]
+__all__ += ["SSAT", "NuAT", "GAT"]

@@ -405,3 +405,31 @@ def log_linear(eps255: float, points: dict[float, float]) -> float:
     (e0, v0), (e1, v1) = sorted(points.items())
     t = (math.log(eps255) - math.log(e0)) / (math.log(e1) - math.log(e0))
     return math.exp(math.log(v0) + t * (math.log(v1) - math.log(v0)))
+
+
+def bernoulli_noise(x: Tensor, radius: float) -> Tensor:
+    """+-radius per pixel, each sign with probability 1/2: a vertex of the L-inf cube, the
+    start of GAT and NuAT. Drawn as radius * sign(0.5 - U(0, 1)), as their code does (a
+    draw of exactly 0.5, probability 2^-24, gives 0), in NCHW order whatever x's memory
+    format (as ``uniform_noise``)."""
+    u = torch.rand(x.shape, dtype=x.dtype, device=x.device)
+    return _like_x(radius * torch.sign(0.5 - u), x)
+
+
+def published_entry(table: dict, dataset: str, eps255: float,
+                    like: dict[str, str] | None = None) -> tuple[dict[str, Any], str]:
+    """A method's published values for a data set and radius, and where they come from.
+
+    ``table`` maps (data set, eps in 1/255) to the values its authors published. Outside
+    it, the entry of the same data set (else of ``like[dataset]``, else of the table's
+    first data set) at the nearest eps in log scale is used, and the source says so:
+    "published cifar10 eps 8" or "nearest published: cifar10 eps 8 (none for svhn eps 8)".
+    """
+    sets = list(dict.fromkeys(d for d, _ in table))
+    ds = dataset if dataset in sets else (like or {}).get(dataset, sets[0])
+    radii = sorted(e for d, e in table if d == ds)
+    nearest = min(radii, key=lambda e: abs(math.log(e) - math.log(max(eps255, 1e-6))))
+    exact = ds == dataset and abs(nearest - eps255) < 1e-9
+    source = (f"published {dataset} eps {nearest:g}" if exact else
+              f"nearest published: {ds} eps {nearest:g} (none for {dataset} eps {eps255:.4g})")
+    return dict(table[(ds, nearest)]), source
