@@ -3,12 +3,15 @@ from __future__ import annotations
 
 from aaer.methods.aaer import AAER, NAAER, RSAAER, aaer_regularizer
 from aaer.methods.base import Cost, Method, StepContext, StepOutput
+from aaer.methods.cs import FGSMMEPCS, FGSMRSCS
 from aaer.methods.elle import ELLE, ELLEA
 from aaer.methods.fgsm import FGSM, NFGSM, RSFGSM, SingleStepAttack
 from aaer.methods.free import FreeAT
 from aaer.methods.gradalign import GradAlign
 from aaer.methods.multigrad import MultiGrad
+from aaer.methods.pco import FGSMPCO
 from aaer.methods.pgd_at import PGDAT
+from aaer.methods.pgi import FGSMPGI
 from aaer.methods.zerograd import ZeroGrad
 
 METHODS: dict[str, type[Method]] = {
@@ -24,6 +27,10 @@ METHODS: dict[str, type[Method]] = {
     "free": FreeAT,
     "elle": ELLE,
     "elle-a": ELLEA,
+    "fgsm-pgi": FGSMPGI,
+    "fgsm-mep-cs": FGSMMEPCS,
+    "fgsm-rs-cs": FGSMRSCS,
+    "fgsm-pco": FGSMPCO,
 }
 
 
@@ -50,3 +57,4 @@ __all__ = ["METHODS", "Method", "StepContext", "StepOutput", "Cost", "create_met
            "list_methods", "aaer_regularizer", "AAER", "RSAAER", "NAAER", "FGSM",
            "RSFGSM", "NFGSM", "SingleStepAttack"]
 __all__ += ["GradAlign", "ZeroGrad", "MultiGrad", "PGDAT", "FreeAT", "ELLE", "ELLEA"]
+__all__ += ["FGSMPGI", "FGSMMEPCS", "FGSMRSCS", "FGSMPCO"]
