@@ -532,3 +532,48 @@ def test_bad_hparams_raise_naming_the_value(name, kwargs, bad):
     with pytest.raises(ValueError) as e:
         create_method(name, EPS, **kwargs)
     assert bad in str(e.value) and list(kwargs)[0] in str(e.value)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name,hp", [
+    ("fgsm-pgi", {"epochs_reset": 2}),                        # the cut lands in a reset epoch
+    ("fgsm-mep-cs", {"stride": 0.0, "gamma": 1e-4, "epochs_reset": 2}),   # CS fires
+    ("fgsm-rs-cs", {"stride": 0.0, "gamma": 1e-4}),
+])
+def test_resume_inside_a_reset_epoch_and_with_cs_firing_is_bitwise(name, hp, tmp_path):
+    """A run stopped by SIGTERM in epoch 2 (of 3) and resumed ends bit for bit as the
+    uninterrupted run, where epoch 2 resets the priors (epochs_reset 2: examples not yet seen
+    in it must still be reset after the resume) and the CS term fires from epoch 1 on (its
+    u, beta and the epoch's running sums come back from the checkpoint)."""
+    from aaer.runs import read_checkpoint
+    from aaer.train import TrainConfig, build_trainer, resume, train
+    from tests.test_methods_resume import _data, _same
+    ds = _data()
+    cfg = lambda out: TrainConfig(out_dir=str(out), model="small-cnn", method=name,
+                                  method_hparams=hp, epsilon=8.0, epochs=3, batch_size=8,
+                                  lr_max=0.05, device="cpu", eval_protocol=None,
+                                  progress=False, seed=1)
+    train(cfg(tmp_path / "ref"), ds)
+    cut = build_trainer(cfg(tmp_path / "cut"), ds)
+    orig = cut.train_step
+
+    def train_step(x, y, c):
+        out = orig(x, y, c)
+        if (c.epoch, c.iteration) == (2, 1):
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    cut.train_step = train_step
+    with pytest.raises(TrainingInterrupted):
+        cut.fit()
+    resume(str(tmp_path / "cut"), dataset=ds)
+    a = read_checkpoint(str(tmp_path / "ref" / "checkpoint.pt"))
+    b = read_checkpoint(str(tmp_path / "cut" / "checkpoint.pt"))
+    for part in ("model", "method", "memory"):
+        assert _same(a.get(part), b.get(part)), part
+    rows = [json.loads(line) for line in (tmp_path / "ref" / "metrics.jsonl").read_text()
+            .splitlines()]
+    if "cs" in name:
+        assert rows[0]["cs_fired"] == 0 and rows[2]["cs_fired"] > 0
+    else:
+        assert a["memory"][STAMP].eq(2).all()                  # every example seen in epoch 2
