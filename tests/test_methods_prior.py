@@ -246,6 +246,8 @@ def test_pgi_resets_every_epochs_reset_epochs_counted_from_zero():
                 assert (eta > 0).any() and (eta < 0).any() and torch.equal(m, torch.zeros_like(m))
             else:
                 assert torch.equal(eta, kept) and torch.equal(m, torch.ones_like(m))
+        eta, _, _ = read_prior(ctx(80, [0, 1, 2], mem), x, EPS, alpha * EPS, 40, init="zero")
+        assert torch.equal(eta, torch.zeros_like(eta))     # --delta-init zero
         # through the step: the stamp moves on, so the epoch's second visit keeps the prior
         model.inputs.clear()
         method.step(model, x, y, ctx(40, [0, 1, 2], mem))
@@ -527,6 +529,7 @@ def test_hparams_round_trip(name):
     ("fgsm-pgi", {"lamda": float("nan")}, "nan"), ("fgsm-pco", {"beta": -1.0}, "-1.0"),
     ("fgsm-mep-cs", {"milestones": [105, 100]}, "[105, 100]"),
     ("fgsm-mep-cs", {"initialize": "yes"}, "'yes'"), ("fgsm-rs-cs", {"ratio": 0.5}, "0.5"),
+    ("fgsm-pco", {"delta_init": "previous"}, "'previous'"),
 ])
 def test_bad_hparams_raise_naming_the_value(name, kwargs, bad):
     with pytest.raises(ValueError) as e:
@@ -577,3 +580,55 @@ def test_resume_inside_a_reset_epoch_and_with_cs_firing_is_bitwise(name, hp, tmp
         assert rows[0]["cs_fired"] == 0 and rows[2]["cs_fired"] > 0
     else:
         assert a["memory"][STAMP].eq(2).all()                  # every example seen in epoch 2
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(480)
+@pytest.mark.parametrize("name,sets", [
+    ("fgsm-pgi", []),
+    ("fgsm-mep-cs", ["--set", "stride=0", "--set", "gamma=0.0001"]),    # CS fires in epoch 1
+])
+def test_two_gloo_processes_match_one_process(name, sets, tmp_path):
+    """DDP: 2 processes on batches of 8 train like 1 process on batches of 16. This checks
+    the global per-example memory (each process writes the rows of its share, gathered into
+    every copy), the batch-wide L1 norm of the momentum taken over the global batch, and
+    the CS gate decided on the global batch's l_n with u the global epoch mean. The prior
+    starts at zero (--delta-init zero) so that no per-process noise enters; the test model
+    has no BatchNorm (see tests/test_ddp.py)."""
+    import numpy as np
+    import sys
+    from tests.test_data import write_cifar10
+    from tests.test_ddp import ROOT, MODEL, _metrics, _run
+    data = tmp_path / "data"
+    write_cifar10(str(data), np.random.default_rng(0), per_batch=16, n_test=4)   # 80 images
+    flags = ["--dataset", "cifar10", "--data-dir", str(data), "--model", MODEL,
+             "--method", name, "--delta-init", "zero", *sets, "--epochs", "2",
+             "--batch-size", "16", "--lr-max", "0.05", "--eval-protocol", "none",
+             "--no-progress", "--device", "cpu"]
+    script = os.path.join(ROOT, "tests", "test_ddp.py")
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run([sys.executable, script, "worker", *flags, "--out-dir", str(one)], tmp_path)
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+          "2", script, "worker", *flags, "--out-dir", str(two)], tmp_path)
+    assert json.loads((two / "config.json").read_text())["performance"]["world_size"] == 2
+    m1, m2 = _metrics(one), _metrics(two)
+    for a, b in zip(m1, m2):
+        assert a["n"] == b["n"] == 80 and a["aae_count"] == b["aae_count"]
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4, abs=1e-6)
+        if "cs_fired" in a:
+            assert b["cs_fired"] == a["cs_fired"]
+            assert b["cs_clean_loss"] == pytest.approx(a["cs_clean_loss"], rel=1e-4)
+    if "cs_fired" in m1[0]:
+        assert m1[0]["cs_fired"] == 0 and m1[1]["cs_fired"] > 0
+    c1 = torch.load(one / "checkpoint.pt", weights_only=True)
+    c2 = torch.load(two / "checkpoint.pt", weights_only=True)
+    for k in c1["model"]:
+        assert torch.allclose(c1["model"][k], c2["model"][k], rtol=1e-4, atol=1e-6), k
+    p1, p2 = c1["memory"]["prior"], c2["memory"]["prior"]
+    assert torch.equal(c1["memory"][STAMP], c2["memory"][STAMP])
+    assert c1["memory"][STAMP].eq(1).all() and p1.abs().max() > 0
+    assert (p1 != p2).float().mean() < 1e-3          # a sign flip of a near-zero entry at most
+    assert torch.allclose(c1["memory"]["momentum"], c2["memory"]["momentum"], rtol=1e-3,
+                          atol=1e-7)
+    if "cs" in name:
+        assert c2["method"]["u"] == pytest.approx(c1["method"]["u"], rel=1e-5)

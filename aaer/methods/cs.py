@@ -81,7 +81,8 @@ from aaer.methods.base import (Cost, Method, StepContext, StepOutput, forward_wi
                                uniform_noise)
 from aaer.methods.noise import check_count, check_nonnegative, check_positive
 from aaer.methods.pgi import aae_stats, check_factor, mep_attack, refuse_l2
-from aaer.methods.prior import factor_targets, logit_mse, prior_slots, smoothed_ce
+from aaer.methods.prior import (check_init, factor_targets, logit_mse, prior_slots,
+                                smoothed_ce)
 
 
 def gate_open(epoch: int, total_epochs: int, milestones, stride: float) -> bool:
@@ -212,7 +213,8 @@ class FGSMMEPCS(ConvergeSmooth):
 
     def __init__(self, eps, alpha=1.0, momentum_decay=0.3, epochs_reset=40, factor=0.6,
                  gamma=0.03, ratio=1.0, w2=1.0, stride=1.0, milestones=None,
-                 initialize=False, reg_single=False, lamda=10.0, norm="linf"):
+                 initialize=False, reg_single=False, lamda=10.0, delta_init="random",
+                 norm="linf"):
         super().__init__(eps, alpha, factor, gamma, ratio, w2, stride, milestones, norm)
         refuse_l2("FGSM-MEP-CS", norm, "its prior is a sign-momentum step projected to the "
                   "cube")
@@ -226,12 +228,13 @@ class FGSMMEPCS(ConvergeSmooth):
         self.initialize, self.reg_single = initialize, reg_single
         self.lamda = check_nonnegative("lamda (weight of MSE(z_adv, z_prior), reg_single)",
                                        lamda)
+        self.delta_init = check_init(delta_init)
 
     def hparams(self):
         return {"eps": self.eps, "alpha": self.alpha, "momentum_decay": self.momentum_decay,
                 "epochs_reset": self.epochs_reset, "factor": self.factor, **self.cs_hparams(),
                 "initialize": self.initialize, "reg_single": self.reg_single,
-                "lamda": self.lamda, "norm": self.norm}
+                "lamda": self.lamda, "delta_init": self.delta_init, "norm": self.norm}
 
     def cost(self) -> Cost:
         # final backward: adversarial forward, clean forward (CS), forward 1 (reg_single or
@@ -247,7 +250,7 @@ class FGSMMEPCS(ConvergeSmooth):
         keep = self.initialize or self.reg_single
         z0, l0, delta, t = mep_attack(model, x, y, ctx, self.eps, self.alpha * self.eps,
                                       self.momentum_decay, self.epochs_reset, self.factor,
-                                      keep_graph=keep)
+                                      keep_graph=keep, init=self.delta_init)
         z1 = model(x + delta)
         l_n = l0 if self.initialize else smoothed_ce(model(x), t)
         loss = smoothed_ce(z1, t)

@@ -55,8 +55,9 @@ import torch
 from aaer.methods.base import Cost, Method, StepContext, StepOutput
 from aaer.methods.noise import check_nonnegative, check_positive
 from aaer.methods.pgi import aae_stats, check_factor, refuse_l2
-from aaer.methods.prior import (factor_targets, logit_mse, prior_slots, read_prior,
-                                sign_step, smoothed_ce, true_class_probability, write_prior)
+from aaer.methods.prior import (check_init, factor_targets, logit_mse, prior_slots,
+                                read_prior, sign_step, smoothed_ce, true_class_probability,
+                                write_prior)
 
 
 def mixed_point(x, eta, delta, c, beta: float):
@@ -79,17 +80,20 @@ class FGSMPCO(Method):
     strengthen_by = {"regularizer": "lamda", "step": "alpha"}
     log_columns = (("Ab NUM", "aae_count", "%d"), ("PCO reg", "pco_reg", "%.4f"))
 
-    def __init__(self, eps, alpha=1.0, beta=1.5, lamda=10.0, factor=0.6, norm="linf"):
+    def __init__(self, eps, alpha=1.0, beta=1.5, lamda=10.0, factor=0.6, delta_init="random",
+                 norm="linf"):
         super().__init__(eps, norm)
         refuse_l2("FGSM-PCO", norm, "sign step, cube projection and an amplified L-inf step")
         self.alpha = check_positive("alpha (step as a multiple of eps)", alpha)
         self.beta = check_positive("beta (amplification of the FGSM perturbation)", beta)
         self.lamda = check_nonnegative("lamda (weight of the PCO regulariser)", lamda)
         self.factor = check_factor(factor)
+        self.delta_init = check_init(delta_init)
 
     def hparams(self):
         return {"eps": self.eps, "alpha": self.alpha, "beta": self.beta,
-                "lamda": self.lamda, "factor": self.factor, "norm": self.norm}
+                "lamda": self.lamda, "factor": self.factor, "delta_init": self.delta_init,
+                "norm": self.norm}
 
     def cost(self) -> Cost:
         return Cost(forward=3, backward=4)
@@ -99,7 +103,8 @@ class FGSMPCO(Method):
 
     def step(self, model, x, y, ctx: StepContext) -> StepOutput:
         eps, step = self.eps, self.alpha * self.eps
-        eta, _, _ = read_prior(ctx, x, eps, step, None)     # initialised once, never reset
+        eta, _, _ = read_prior(ctx, x, eps, step, None,     # initialised once, never reset
+                               init=self.delta_init)
         eta.requires_grad_(True)
         z0 = model(x + eta)
         t = factor_targets(y, z0.shape[1], self.factor)

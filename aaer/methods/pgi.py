@@ -17,7 +17,7 @@ z0 is NOT detached: the regulariser's gradient flows through both forward passes
 eta and m are per example (keyed by the training-set index: the official code permutes
 data and buffers together, so this is exact under any order) and are reset every
 ``epochs_reset`` epochs (0-based epochs 0, 40, 80 at 40) to +-min(alpha, eps) random signs
-and zero.
+and zero (``delta_init="zero"``: to zero, the official ``--delta-init zero``).
 
 Why it works (the paper's argument). A prior carried from earlier epochs is a stronger
 start than random noise, so one FGSM step from it makes a stronger attack, and the
@@ -67,8 +67,8 @@ import torch.nn.functional as F
 from aaer.errors import UsageError
 from aaer.methods.base import Cost, Method, StepContext, StepOutput, aae_statistics
 from aaer.methods.noise import check_count, check_nonnegative, check_positive
-from aaer.methods.prior import (factor_targets, l1_normalised, logit_mse, prior_slots,
-                                read_prior, sign_step, smoothed_ce, write_prior)
+from aaer.methods.prior import (check_init, factor_targets, l1_normalised, logit_mse,
+                                prior_slots, read_prior, sign_step, smoothed_ce, write_prior)
 
 # epochs_reset of the official scripts, per data set (all at eps 8/255)
 EPOCHS_RESET = {"cifar10": (40, "FGSM_MEP.py"), "cifar100": (10, "FGSM_MEP_cifar100.py"),
@@ -89,13 +89,13 @@ def refuse_l2(name: str, norm: str, why: str) -> None:
 
 
 def mep_attack(model, x, y, ctx: StepContext, eps: float, step: float, mu: float,
-               every: int, factor: float, keep_graph: bool):
+               every: int, factor: float, keep_graph: bool, init: str = "random"):
     """The FGSM-MEP attack of one batch, its prior and momentum written back.
 
     Returns (z0, l0, delta, t): z0 = f(x + eta) with its graph (kept for a later backward
     when ``keep_graph``), l0 = LS(z0, t), delta the (constant) training perturbation, t the
     factor-smoothed targets."""
-    eta, m, _ = read_prior(ctx, x, eps, step, every, momentum=True)
+    eta, m, _ = read_prior(ctx, x, eps, step, every, momentum=True, init=init)
     eta.requires_grad_(True)
     z0 = model(x + eta)
     t = factor_targets(y, z0.shape[1], factor)
@@ -127,7 +127,7 @@ class FGSMPGI(Method):
     log_columns = (("Ab NUM", "aae_count", "%d"), ("PGI reg", "pgi_reg", "%.4f"))
 
     def __init__(self, eps, alpha=1.0, lamda=10.0, momentum_decay=0.3, epochs_reset=40,
-                 factor=0.6, norm="linf"):
+                 factor=0.6, delta_init="random", norm="linf"):
         super().__init__(eps, norm)
         refuse_l2("FGSM-PGI", norm, "its prior is a sign-momentum step projected to the cube")
         self.alpha = check_positive("alpha (step as a multiple of eps)", alpha)
@@ -137,6 +137,7 @@ class FGSMPGI(Method):
         self.epochs_reset = check_count("epochs_reset (epochs between prior resets)",
                                         epochs_reset, minimum=1)
         self.factor = check_factor(factor)
+        self.delta_init = check_init(delta_init)
 
     @classmethod
     def published(cls, dataset: str, epsilon: float, norm: str = "linf"):
@@ -152,7 +153,7 @@ class FGSMPGI(Method):
     def hparams(self):
         return {"eps": self.eps, "alpha": self.alpha, "lamda": self.lamda,
                 "momentum_decay": self.momentum_decay, "epochs_reset": self.epochs_reset,
-                "factor": self.factor, "norm": self.norm}
+                "factor": self.factor, "delta_init": self.delta_init, "norm": self.norm}
 
     def cost(self) -> Cost:
         return Cost(forward=2, backward=3)
@@ -163,7 +164,7 @@ class FGSMPGI(Method):
     def step(self, model, x, y, ctx: StepContext) -> StepOutput:
         z0, _, delta, t = mep_attack(model, x, y, ctx, self.eps, self.alpha * self.eps,
                                      self.momentum_decay, self.epochs_reset, self.factor,
-                                     keep_graph=True)
+                                     keep_graph=True, init=self.delta_init)
         z1 = model(x + delta)
         reg = logit_mse(z1, z0)                 # z0 live: gradient through both forwards
         loss = smoothed_ce(z1, t) + self.lamda * reg

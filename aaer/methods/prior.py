@@ -33,6 +33,16 @@ Tensor = torch.Tensor
 
 # the memory slot holding the epoch in which each example's prior was last written
 STAMP = "written_epoch"
+# the initial prior: the official --delta-init choices that run (random signs, or zero)
+PRIOR_INITS = ("random", "zero")
+
+
+def check_init(delta_init) -> str:
+    if delta_init not in PRIOR_INITS:
+        raise ValueError(f"invalid delta_init {delta_init!r}: must be one of "
+                         f"{', '.join(PRIOR_INITS)} (the initial prior: +-min(alpha, eps) "
+                         "random signs, or 0)")
+    return delta_init
 
 
 def factor_targets(y: Tensor, num_classes: int, factor: float) -> Tensor:
@@ -86,17 +96,19 @@ def reset_epoch(epoch: int, every: int | None) -> int:
 
 
 def read_prior(ctx, x: Tensor, eps: float, alpha: float, every: int | None,
-               momentum: bool = False):
+               momentum: bool = False, init: str = "random"):
     """(eta, m, fresh) for the batch: the stored prior and momentum of each example, or for
     an example not written since the last reset the initial prior +-min(alpha, eps) (random
     signs, as the official clamp(alpha sign(U(-eps, eps)), -eps, eps)) and zero momentum.
     ``fresh`` is the [B] mask of the examples that got a new prior; m is None without
-    momentum. eta is not clipped to the image box (the official codes do not clip it)."""
+    momentum. eta is not clipped to the image box (the official codes do not clip it).
+    ``init="zero"``: the initial prior is 0 (the official ``--delta-init zero``)."""
     mem, i = ctx.memory, ctx.index
     since = reset_epoch(ctx.epoch, every)
     fresh = mem.read(STAMP, i) < since
     f = fresh.view(-1, *([1] * (x.dim() - 1)))
-    start = uniform_noise(x, eps).sign().mul_(min(alpha, eps))
+    start = torch.zeros_like(x) if init == "zero" else \
+        uniform_noise(x, eps).sign().mul_(min(alpha, eps))
     eta = torch.where(f, start, mem.read("prior", i).to(x.dtype))
     m = None
     if momentum:
