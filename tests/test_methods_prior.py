@@ -403,22 +403,22 @@ def test_rs_cs_attack_is_plain_ce_unprojected_and_l_n_at_the_noisy_start(monkeyp
 
 
 def test_rs_cs_gate_follows_the_loss_at_the_noisy_start():
-    """u between LS(f(x_s)) and LS(f(x)) so that only the noisy-start loss is out of the
-    band: the CS term fires (the official RS script's reference point)."""
-    torch.manual_seed(11)
-    x, y = data(4, seed=7)
-    model = Linear(seed=8)
+    """With d = LS(f(x_s)) - LS(f(x)), u = LS(f(x)) + d/4 and gamma = |d|/2, only the
+    noisy-start loss is out of the band: the CS term fires (the official RS script's
+    reference point). Rules out l_n at the clean image (FGSM-MEP-CS's reference)."""
     from aaer.methods.base import uniform_noise
+    x, y = data(4, seed=7)                 # cs_case's batch, model and noise seed
+    model = Linear(seed=8)
     torch.manual_seed(11)
     x_s = (x + uniform_noise(x, EPS)).clamp(0, 1)
     t = factor_targets(y, C, 0.6)
     with torch.no_grad():
         l_s, l_x = smoothed_ce(model(x_s), t).item(), smoothed_ce(model(x), t).item()
-    assert abs(l_s - l_x) > 0.02                               # power
-    u = l_x + (0.01 if l_s > l_x else -0.01)                   # |l_x - u| 0.01 < gamma
-    out = cs_case(FGSMRSCS, u=u, gamma=0.01 + abs(l_s - l_x) / 2 - 0.005)[0]
-    assert abs(l_s - u) > 0.01 + abs(l_s - l_x) / 2 - 0.005 > abs(l_x - u)
+    d = l_s - l_x
+    assert abs(d) > 0.02                                       # power
+    out = cs_case(FGSMRSCS, u=l_x + d / 4, gamma=abs(d) / 2)[0]
     assert out.stats["cs_fired_sum"].item() == 4.0
+    assert out.stats["cs_clean_loss_sum"].item() == pytest.approx(4 * l_s, rel=1e-6)
 
 
 # -- FGSM-PCO ----------------------------------------------------------------------------

@@ -74,7 +74,6 @@ L2: not defined (MEP: sign-momentum prior; RS-CS: only L-inf runs are published)
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from aaer.checks import number
 from aaer.methods.base import (Cost, Method, StepContext, StepOutput, forward_with_input_grad,
