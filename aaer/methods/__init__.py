@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from aaer.methods.aaer import AAER, NAAER, RSAAER, aaer_regularizer
 from aaer.methods.base import Cost, Method, StepContext, StepOutput
+from aaer.methods.cs import FGSMMEPCS, FGSMRSCS
 from aaer.methods.elle import ELLE, ELLEA
 from aaer.methods.fgsm import FGSM, NFGSM, RSFGSM, SingleStepAttack
 from aaer.methods.free import FreeAT
@@ -10,7 +11,9 @@ from aaer.methods.gat import GAT
 from aaer.methods.gradalign import GradAlign
 from aaer.methods.multigrad import MultiGrad
 from aaer.methods.nuat import NuAT
+from aaer.methods.pco import FGSMPCO
 from aaer.methods.pgd_at import PGDAT
+from aaer.methods.pgi import FGSMPGI
 from aaer.methods.ssat import SSAT
 from aaer.methods.zerograd import ZeroGrad
 
@@ -30,6 +33,10 @@ METHODS: dict[str, type[Method]] = {
     "ssat": SSAT,
     "nuat": NuAT,
     "gat": GAT,
+    "fgsm-pgi": FGSMPGI,
+    "fgsm-mep-cs": FGSMMEPCS,
+    "fgsm-rs-cs": FGSMRSCS,
+    "fgsm-pco": FGSMPCO,
 }
 
 
@@ -56,4 +63,4 @@ __all__ = ["METHODS", "Method", "StepContext", "StepOutput", "Cost", "create_met
            "list_methods", "aaer_regularizer", "AAER", "RSAAER", "NAAER", "FGSM",
            "RSFGSM", "NFGSM", "SingleStepAttack"]
 __all__ += ["GradAlign", "ZeroGrad", "MultiGrad", "PGDAT", "FreeAT", "ELLE", "ELLEA"]
-__all__ += ["SSAT", "NuAT", "GAT"]
+__all__ += ["SSAT", "NuAT", "GAT", "FGSMPGI", "FGSMMEPCS", "FGSMRSCS", "FGSMPCO"]
