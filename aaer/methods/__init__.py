@@ -7,8 +7,10 @@ from aaer.methods.elle import ELLE, ELLEA
 from aaer.methods.fgsm import FGSM, NFGSM, RSFGSM, SingleStepAttack
 from aaer.methods.free import FreeAT
 from aaer.methods.gradalign import GradAlign
+from aaer.methods.liet import LIET
 from aaer.methods.multigrad import MultiGrad
 from aaer.methods.pgd_at import PGDAT
+from aaer.methods.uap import FGSMCUAP, FGSMFUAP, FGSMUAP
 from aaer.methods.zerograd import ZeroGrad
 
 METHODS: dict[str, type[Method]] = {
@@ -24,6 +26,10 @@ METHODS: dict[str, type[Method]] = {
     "free": FreeAT,
     "elle": ELLE,
     "elle-a": ELLEA,
+    "fgsm-uap": FGSMUAP,
+    "fgsm-cuap": FGSMCUAP,
+    "fgsm-fuap": FGSMFUAP,
+    "liet": LIET,
 }
 
 
@@ -50,3 +56,4 @@ __all__ = ["METHODS", "Method", "StepContext", "StepOutput", "Cost", "create_met
            "list_methods", "aaer_regularizer", "AAER", "RSAAER", "NAAER", "FGSM",
            "RSFGSM", "NFGSM", "SingleStepAttack"]
 __all__ += ["GradAlign", "ZeroGrad", "MultiGrad", "PGDAT", "FreeAT", "ELLE", "ELLEA"]
+__all__ += ["FGSMUAP", "FGSMCUAP", "FGSMFUAP", "LIET"]
