@@ -193,12 +193,16 @@ L2_METHODS = ("fgsm", "rs-fgsm", "n-fgsm", "rs-aaer", "n-aaer", "gradalign", "el
 
 
 def test_which_methods_take_l2():
-    assert set(METHODS) == set(L2_METHODS) | {"zerograd", "multigrad"}
+    no_l2 = ("fgsm-uap", "fgsm-cuap", "fgsm-fuap", "liet")   # L-inf only in paper and code
+    assert set(METHODS) == set(L2_METHODS) | {"zerograd", "multigrad", *no_l2}
     for name in L2_METHODS:
         r = TrainConfig(method=name, norm="l2", epsilon=0.5).resolve()
         assert r.method.norm == "l2" and r.eps == 0.5
     for name in ("zerograd", "multigrad"):
         with pytest.raises(ValueError, match="signs of the input gradient"):
+            TrainConfig(method=name, norm="l2", epsilon=0.5).resolve()
+    for name in no_l2:
+        with pytest.raises(ValueError, match=f"--method {name} has no l2 version"):
             TrainConfig(method=name, norm="l2", epsilon=0.5).resolve()
 
 
