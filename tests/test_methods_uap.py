@@ -2,7 +2,6 @@
 universal-perturbation bank, its update, the start, the consistency term and the
 feature selector, against exact oracles (docs/methods/fgsm-uap.md, "Defining property and
 tests"); and the penultimate-features helper on aaer's registered models."""
-import math
 import os
 
 import pytest

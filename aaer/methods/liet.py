@@ -169,10 +169,8 @@ class LIET(Method):
                              "L-inf, and neither the paper nor the official code defines "
                              "another norm; valid: --norm linf")
         self.lamda = check_nonnegative("lamda (JS weight at the last epoch)", lamda)
-        self.label_smoothing = check_nonnegative("label_smoothing (NLS)", label_smoothing)
-        if self.label_smoothing >= 1:
-            raise ValueError(f"invalid label_smoothing (NLS) {label_smoothing!r}: must be in "
-                             "[0, 1)")
+        self.label_smoothing = number("label_smoothing (NLS)", label_smoothing, low=0, high=1,
+                                      high_open=True)
         self.min_mask_ratio = check_nonnegative("min_mask_ratio", min_mask_ratio)
         self.max_mask_ratio = check_nonnegative("max_mask_ratio", max_mask_ratio)
         if not self.min_mask_ratio <= self.max_mask_ratio <= 1:

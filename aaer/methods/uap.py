@@ -94,6 +94,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from aaer.checks import number
 from aaer.errors import UsageError
 from aaer.methods.base import (Cost, Method, StepContext, StepOutput, aae_statistics,
                                classifier, one_hot_rows, penultimate, shared_rand,
@@ -189,13 +190,10 @@ class UAPAttack(Method):
         self.lamda = check_nonnegative("lamda (consistency weight)", lamda)
         self.uap_scale = check_positive("uap_scale (UAP radius e_u as a multiple of eps)",
                                         uap_scale)
-        self.momentum_decay = check_nonnegative("momentum_decay (mu)", momentum_decay)
-        if self.momentum_decay >= 1:
-            raise ValueError(f"invalid momentum_decay (mu) {momentum_decay!r}: must be in "
-                             "[0, 1)")
-        self.label_smoothing = check_nonnegative("label_smoothing", label_smoothing)
-        if self.label_smoothing >= 1:
-            raise ValueError(f"invalid label_smoothing {label_smoothing!r}: must be in [0, 1)")
+        self.momentum_decay = number("momentum_decay (mu)", momentum_decay, low=0, high=1,
+                                     high_open=True)
+        self.label_smoothing = number("label_smoothing", label_smoothing, low=0, high=1,
+                                      high_open=True)
         self.alpha = check_positive("alpha (step as a multiple of eps)", alpha)
         self.uap = None          # the bank U [n, C, H, W]
         self.momentum = None     # its momentum M [n, C, H, W]
