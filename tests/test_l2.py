@@ -196,7 +196,12 @@ L2_REFUSED = {"zerograd": "signs of the input gradient", "multigrad": "signs of 
               "gradient", "fgsm-pgi": "L-inf only", "fgsm-mep-cs": "L-inf only",
               "fgsm-rs-cs": "L-inf only", "fgsm-pco": "L-inf only",
               "ssat": "ssat has no L2 version", "nuat": "nuat has no L2 version",
-              "gat": "gat has no L2 version"}
+              "gat": "gat has no L2 version",
+              # L-inf only in paper and code
+              "fgsm-uap": "--method fgsm-uap has no l2 version",
+              "fgsm-cuap": "--method fgsm-cuap has no l2 version",
+              "fgsm-fuap": "--method fgsm-fuap has no l2 version",
+              "liet": "--method liet has no l2 version"}
 
 
 def test_which_methods_take_l2():

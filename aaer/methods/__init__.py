@@ -9,12 +9,14 @@ from aaer.methods.fgsm import FGSM, NFGSM, RSFGSM, SingleStepAttack
 from aaer.methods.free import FreeAT
 from aaer.methods.gat import GAT
 from aaer.methods.gradalign import GradAlign
+from aaer.methods.liet import LIET
 from aaer.methods.multigrad import MultiGrad
 from aaer.methods.nuat import NuAT
 from aaer.methods.pco import FGSMPCO
 from aaer.methods.pgd_at import PGDAT
 from aaer.methods.pgi import FGSMPGI
 from aaer.methods.ssat import SSAT
+from aaer.methods.uap import FGSMCUAP, FGSMFUAP, FGSMUAP
 from aaer.methods.zerograd import ZeroGrad
 
 METHODS: dict[str, type[Method]] = {
@@ -37,6 +39,10 @@ METHODS: dict[str, type[Method]] = {
     "fgsm-mep-cs": FGSMMEPCS,
     "fgsm-rs-cs": FGSMRSCS,
     "fgsm-pco": FGSMPCO,
+    "fgsm-uap": FGSMUAP,
+    "fgsm-cuap": FGSMCUAP,
+    "fgsm-fuap": FGSMFUAP,
+    "liet": LIET,
 }
 
 
@@ -64,3 +70,4 @@ __all__ = ["METHODS", "Method", "StepContext", "StepOutput", "Cost", "create_met
            "RSFGSM", "NFGSM", "SingleStepAttack"]
 __all__ += ["GradAlign", "ZeroGrad", "MultiGrad", "PGDAT", "FreeAT", "ELLE", "ELLEA"]
 __all__ += ["SSAT", "NuAT", "GAT", "FGSMPGI", "FGSMMEPCS", "FGSMRSCS", "FGSMPCO"]
+__all__ += ["FGSMUAP", "FGSMCUAP", "FGSMFUAP", "LIET"]

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from aaer.checks import number
+from aaer.errors import UsageError
 
 Tensor = torch.Tensor
 
@@ -356,6 +357,62 @@ def forward_with_input_grad(model, x_in: Tensor, y: Tensor):
     else:
         (grad,) = torch.autograd.grad(l.mean(), x_in)
     return z.detach(), l.detach(), grad.detach()
+
+
+def classifier(model) -> torch.nn.Linear:
+    """The model's last ``nn.Linear`` in module order: the classifier of every aaer network
+    (PreActResNet18 ``linear``, ResNet18/WRN/small CNNs ``fc``). Its input is the penultimate
+    features, its ``out_features`` the number of classes. Works through the DDP and
+    torch.compile wrappers (they hold the model as a submodule)."""
+    head = None
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear):
+            head = m
+    if head is None:
+        net = getattr(getattr(model, "_orig_mod", model), "module", model)
+        raise UsageError(f"the model {type(getattr(net, 'net', net)).__name__} has no "
+                         "torch.nn.Linear classifier; this method reads the penultimate "
+                         "features or the number of classes from one (every aaer model has "
+                         "one: see `aaer models`)")
+    return head
+
+
+def penultimate(model, x: Tensor) -> tuple[Tensor, Tensor]:
+    """(features, logits) of ``model`` at ``x``: the features are the input of its last
+    ``nn.Linear`` (``classifier``), taken by a forward pre-hook during one ordinary forward,
+    flattened to [B, F]. Runs in the model's current mode (train mode updates BatchNorm
+    statistics, as a forward does) and under the caller's grad mode. Under torch.compile
+    the hook goes on the eager module, so the compiled graph is never re-traced."""
+    net = getattr(model, "_orig_mod", model)
+    head = classifier(net)
+    seen: list[Tensor] = []
+    handle = head.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    try:
+        z = net(x)
+    finally:
+        handle.remove()
+    if not seen:
+        raise UsageError(f"the model's last nn.Linear ({head}) was not called by its forward; "
+                         "penultimate features cannot be read from it")
+    return seen[-1].flatten(1), z
+
+
+def one_hot_rows(keys: Tensor, n: int, dtype=torch.float32) -> Tensor:
+    """[B, n] one-hot matrix of the long tensor ``keys`` (rows of values outside [0, n)
+    are all zero); no range check, so no host sync on any device."""
+    return (keys.view(-1, 1) == torch.arange(n, device=keys.device).view(1, -1)).to(dtype)
+
+
+def shared_rand(shape, like: Tensor, batch_sum=None) -> Tensor:
+    """U(0, 1) draws (float32, on ``like``'s device) that every process of a data-parallel
+    run shares: each process draws its own and the fractional part of their sum
+    (``batch_sum``, StepContext's) is again U(0, 1) (the sum modulo 1 of independent
+    uniforms is uniform) and the same on every process. In one process (``batch_sum``
+    None): plain ``torch.rand`` from the global generator."""
+    if batch_sum is None:
+        return torch.rand(shape, device=like.device, dtype=torch.float32)
+    u = torch.rand(shape, device=like.device, dtype=torch.float64)
+    return torch.frac(batch_sum(u)).float()
 
 
 def aae_statistics(z0: Tensor, z1: Tensor, l0: Tensor, l1: Tensor, y: Tensor | None = None,
