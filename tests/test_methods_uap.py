@@ -379,7 +379,7 @@ def test_published_recipes_and_their_sources():
     assert METHODS["fgsm-cuap"].published("cifar10", 0.5, "l2") is None
     for name in ("fgsm-uap", "fgsm-cuap", "fgsm-fuap"):
         cls = METHODS[name]
-        assert cls.train_overrides == {"weight_average": 0.9995}
+        assert cls.train_overrides == {}        # the EMA is the protocol's choice
         assert not cls.uses_averaged_model
         assert cls.strengthen_by == {"regularizer": "lamda", "step": "alpha"}
 

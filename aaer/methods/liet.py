@@ -56,9 +56,9 @@ Tiny-ImageNet; CIFAR-10 and CIFAR-100 at 16/255 and Tiny-ImageNet at 12/255: lam
 NLS 0.4, mask ratio in [0, 1], LI every 10 (CIFAR-10) / 20 batches, noise U(-2 eps, 2 eps)
 and no projection. The authors train 100 epochs with a per-epoch one-cycle schedule (peak
 lr 0.1) and evaluate an EMA of the whole state dict (tau 0.9995) chosen on a held-out
-split: ``train_overrides`` turn on aaer's EMA with that tau (the step never reads it, so
-``uses_averaged_model`` is False); the one-cycle-per-epoch schedule and the validation
-selection are the protocol's business (aaer has neither).
+split. The step never reads the average, so the recipe does not turn it on: the EMA, the
+one-cycle schedule and the validation selection are the protocol's choices, the same for
+every method of a comparison (``--weight-average 0.9995``; the FastAT protocol).
 
 Cost: f(x0), f(x1) forwards; the input gradient at x0 and the training backward through
 both graphs (the JS term): Cost(forward=2, backward=3), no double backprop; plus, every
@@ -158,7 +158,6 @@ class LIET(Method):
     strengthen_by = {"regularizer": "lamda", "step": "alpha"}
     log_columns = (("Ab NUM", "aae_count", "%d"), ("JS", "liet_js", "%.4f"))
     # the authors' EMA (tau 0.9995, evaluated); the step does not read it
-    train_overrides = {"weight_average": 0.9995}
 
     def __init__(self, eps, lamda=100.0, label_smoothing=0.6, min_mask_ratio=0.1,
                  max_mask_ratio=0.5, li_update=20, alpha=1.0, clamp=None, norm="linf"):

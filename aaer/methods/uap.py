@@ -67,10 +67,10 @@ Recipe (fgsm-uap.md, "Hyper-parameters"): eps 8/255, e_u 10/255 (uap_scale 1.25)
 10, mu 0.3 (hard-coded in every official update; ``momentum_decay`` here), ls 0.4, FUAP
 bank of 50 / 200 / 300 entries on CIFAR-10 / CIFAR-100 / Tiny-ImageNet. The authors train
 110 epochs of SGD lr 0.1 with steps x0.1 at epochs 100 and 105 and keep an EMA of the whole
-state dict with tau 0.9995 (the logged value), which is what they evaluate: aaer's
-``train_overrides`` turn on its EMA with that tau (the step never reads the average, so
-``uses_averaged_model`` is False; evaluating it is the protocol's business, and
---weight-average makes it the evaluated model by default). The schedule itself is not
+state dict with tau 0.9995 (the logged value), which is what they evaluate. The step never
+reads the average, so the recipe does not turn it on: which model is evaluated is the
+protocol's choice, the same for every method of a comparison (``--weight-average 0.9995``
+reproduces the authors'; the FastAT protocol turns it on for all). The schedule itself is not
 expressible with aaer's schedules (multistep milestones at 50 % / 75 %) and is left to the
 run's settings; the test-set model selection of the official scripts is not reproduced.
 
@@ -177,7 +177,6 @@ class UAPAttack(Method):
     log_columns = (("Ab NUM", "aae_count", "%d"),)
     strengthen_by = {"regularizer": "lamda", "step": "alpha"}
     # the authors' EMA (tau 0.9995, evaluated); the step does not read it
-    train_overrides = {"weight_average": 0.9995}
 
     def __init__(self, eps, lamda=10.0, uap_scale=1.25, momentum_decay=0.3,
                  label_smoothing=0.4, alpha=1.0, norm="linf"):
