@@ -7,6 +7,7 @@ from aaer.methods.elle import ELLE, ELLEA
 from aaer.methods.fgsm import FGSM, NFGSM, RSFGSM, SingleStepAttack
 from aaer.methods.free import FreeAT
 from aaer.methods.gradalign import GradAlign
+from aaer.methods.lap import NLAP, RLAP, VLAP
 from aaer.methods.multigrad import MultiGrad
 from aaer.methods.pgd_at import PGDAT
 from aaer.methods.zerograd import ZeroGrad
@@ -24,6 +25,9 @@ METHODS: dict[str, type[Method]] = {
     "free": FreeAT,
     "elle": ELLE,
     "elle-a": ELLEA,
+    "v-lap": VLAP,
+    "r-lap": RLAP,
+    "n-lap": NLAP,
 }
 
 
@@ -50,3 +54,4 @@ __all__ = ["METHODS", "Method", "StepContext", "StepOutput", "Cost", "create_met
            "list_methods", "aaer_regularizer", "AAER", "RSAAER", "NAAER", "FGSM",
            "RSFGSM", "NFGSM", "SingleStepAttack"]
 __all__ += ["GradAlign", "ZeroGrad", "MultiGrad", "PGDAT", "FreeAT", "ELLE", "ELLEA"]
+__all__ += ["VLAP", "RLAP", "NLAP"]
