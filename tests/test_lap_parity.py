@@ -246,7 +246,7 @@ def test_four_iterations_equal_the_official_code(name, torch_version, layer_numb
         _assert_same(_state(net, opt), _state(ref, ref_opt), f"iteration {i}: state after")
         if i > 0 or base_lr > 0:                            # the weights really moved
             assert any(not torch.equal(seen[-1][k], seen[-2][k]) for k in seen[-1])
-    # the momentum buffers exist from the second iteration on and are not shared objects
+    # every parameter has a momentum buffer after four iterations
     assert all("momentum_buffer" in opt.state[p] for p in net.parameters())
 
 

@@ -56,10 +56,12 @@ or Tiny-ImageNet, so other data sets and radii take the CIFAR-10 entry at the ne
 (log scale), and the source says so. Training is AAER's recipe, aaer's defaults.
 
 strengthen_by: a rollback after CO doubles beta, LAP's own knob against CO (the README's
-table raises it with eps, e.g. V-LAP 0.03 -> 0.07 from eps 8 to 16, and the paper's
-ablation reports CO for too small a beta); ``--rollback-change step`` shrinks alpha.
+table raises it with eps, e.g. V-LAP 0.03 -> 0.07 from eps 8 to 16, so a doubling stays
+in the published range; per third-party summaries of the paper, its ablation reports CO
+for too small a beta); ``--rollback-change step`` shrinks alpha.
 
-L2: refused. The paper and code train L-inf only, and beta was tuned per L-inf radius.
+L2: refused. The code (and, per its summaries, the paper) trains L-inf only, and beta was
+tuned per L-inf radius.
 """
 from __future__ import annotations
 
