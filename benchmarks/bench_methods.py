@@ -8,6 +8,7 @@ median (and the minimum) per method.
 
     python benchmarks/bench_methods.py [--models small-cnn:128,preactresnet18:32]
                                        [--repeats 5] [--threads 2] [--device cpu]
+                                       [--methods rs-fgsm,r-lap]
 
 Prints one table per model and, last, the line ``methods_bench: done``.
 """
@@ -24,6 +25,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from aaer.methods import METHODS, StepContext, create_method  # noqa: E402
+from aaer.methods.base import Weights  # noqa: E402
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
 
@@ -33,7 +35,7 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def bench_model(model_name, batch_size, repeats, device):
+def bench_model(model_name, batch_size, repeats, device, names=tuple(METHODS)):
     """Methods are timed round-robin (one minibatch each per round), so that a slow patch
     of a shared machine hits every method alike."""
     from aaer.models import build
@@ -43,22 +45,24 @@ def bench_model(model_name, batch_size, repeats, device):
     state = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.rand(batch_size, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (batch_size,), device=device)
-    ctx = StepContext()
-    methods = {name: create_method(name, 8 / 255) for name in METHODS}
+    methods = {name: create_method(name, 8 / 255) for name in names}
     opts = {name: torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-            for name in METHODS}
-    times = {name: [] for name in METHODS}
+            for name in names}
+    # the loop's loans: the weights (LAP perturbs them and steps the optimiser inside its step)
+    ctxs = {name: StepContext(weights=Weights(model.net, opts[name])) for name in names}
+    times = {name: [] for name in names}
 
     def minibatch(name):
-        method, opt = methods[name], opts[name]
+        method, opt, ctx = methods[name], opts[name], ctxs[name]
         for _ in range(method.replays):
             out = method.step(model, x, y, ctx)
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
+            ctx.weights.restore()
             opt.step()
 
     for r in range(repeats + 1):                  # round 0: untimed warm-up
-        for name in METHODS:
+        for name in names:
             model.load_state_dict(state)          # every minibatch from the same weights
             torch.manual_seed(r)
             sync(device)
@@ -93,7 +97,13 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help="comma-separated methods to time (rs-fgsm, the baseline, is added)")
     args = p.parse_args(argv)
+    names = list(dict.fromkeys(["rs-fgsm"] + args.methods.split(",")))
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise SystemExit(f"--methods: unknown {', '.join(unknown)}; valid: {', '.join(METHODS)}")
     if args.repeats < 1:
         raise SystemExit(f"--repeats must be >= 1, got {args.repeats}")
     torch.set_num_threads(args.threads)
@@ -102,7 +112,7 @@ def main(argv=None):
         name, _, bs = item.partition(":")
         if not bs.isdigit() or int(bs) < 1:
             raise SystemExit(f"--models entry {item!r}: expected model:batch, e.g. small-cnn:128")
-        bench_model(name, int(bs), args.repeats, device)
+        bench_model(name, int(bs), args.repeats, device, names)
     print("methods_bench: done")
 
 

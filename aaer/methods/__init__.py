@@ -9,6 +9,7 @@ from aaer.methods.fgsm import FGSM, NFGSM, RSFGSM, SingleStepAttack
 from aaer.methods.free import FreeAT
 from aaer.methods.gat import GAT
 from aaer.methods.gradalign import GradAlign
+from aaer.methods.lap import NLAP, RLAP, VLAP
 from aaer.methods.liet import LIET
 from aaer.methods.multigrad import MultiGrad
 from aaer.methods.nuat import NuAT
@@ -43,6 +44,9 @@ METHODS: dict[str, type[Method]] = {
     "fgsm-cuap": FGSMCUAP,
     "fgsm-fuap": FGSMFUAP,
     "liet": LIET,
+    "v-lap": VLAP,
+    "r-lap": RLAP,
+    "n-lap": NLAP,
 }
 
 
@@ -70,4 +74,4 @@ __all__ = ["METHODS", "Method", "StepContext", "StepOutput", "Cost", "create_met
            "RSFGSM", "NFGSM", "SingleStepAttack"]
 __all__ += ["GradAlign", "ZeroGrad", "MultiGrad", "PGDAT", "FreeAT", "ELLE", "ELLEA"]
 __all__ += ["SSAT", "NuAT", "GAT", "FGSMPGI", "FGSMMEPCS", "FGSMRSCS", "FGSMPCO"]
-__all__ += ["FGSMUAP", "FGSMCUAP", "FGSMFUAP", "LIET"]
+__all__ += ["FGSMUAP", "FGSMCUAP", "FGSMFUAP", "LIET", "VLAP", "RLAP", "NLAP"]
