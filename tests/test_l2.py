@@ -201,7 +201,9 @@ L2_REFUSED = {"zerograd": "signs of the input gradient", "multigrad": "signs of 
               "fgsm-uap": "--method fgsm-uap has no l2 version",
               "fgsm-cuap": "--method fgsm-cuap has no l2 version",
               "fgsm-fuap": "--method fgsm-fuap has no l2 version",
-              "liet": "--method liet has no l2 version"}
+              "liet": "--method liet has no l2 version",
+              "v-lap": "LAP has no L2 version", "r-lap": "LAP has no L2 version",
+              "n-lap": "LAP has no L2 version"}
 
 
 def test_which_methods_take_l2():
