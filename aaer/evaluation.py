@@ -1,4 +1,5 @@
-"""The evaluation suite: clean, FGSM, PGD-k-r and AutoAttack accuracy under a named protocol.
+"""The evaluation suite: clean, FGSM, PGD-k-r, CR and AutoAttack accuracy under a named
+protocol.
 
 Every number comes out with the protocol, the attack's parameters, the number of points
 and the seed that produced it, so a results table can never mix protocols silently.
@@ -11,6 +12,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from aaer.attacks.cr import CRAttack
 from aaer.attacks.pgd import fgsm, pgd, skip_draws
 from aaer.attacks.protocols import AA_NORMS, ATTACKS, PROTOCOLS, Protocol, get_protocol
 from aaer.config.schema import SETTINGS
@@ -121,7 +123,8 @@ def evaluate(model, x, y, eps: float, protocol: Protocol | str = "lineage", *,
     Returns {"protocol": {...}, "eps": eps, "norm": ..., "n": n, "seed": seed, "results":
     {attack: {...}}, "verdicts": {attack: "0110..."}} where each attack entry holds acc, its
     parameters, n, seed, protocol, norm and seconds, and each verdict string has a 1 for
-    every point the attack did not break. clean/FGSM/PGD run batch by batch; AutoAttack
+    every point the attack did not break. clean/FGSM/PGD/CR run batch by batch (CR's noise
+    is seeded from (seed, batch number), see aaer.attacks.cr); AutoAttack
     runs once over all n points, resuming from ``aa_state_path`` (native backend) if a
     killed run left it there; the state file is deleted once AutoAttack completes.
     ``batch_size`` None: 256 on CPU, 1024 on CUDA. ``precision`` bf16/fp16 runs the forward
@@ -165,14 +168,25 @@ def evaluate(model, x, y, eps: float, protocol: Protocol | str = "lineage", *,
                        device.type).eval()
     gen = torch.Generator(device=device).manual_seed(seed)
     alpha = protocol.pgd_alpha(eps)
+    cr = None
+    if "cr" in protocol.attacks:           # refuses L2 before any work is done
+        cr = CRAttack(net, AA_NORMS[norm], eps, n_iter=protocol.cr_iters,
+                      decay_steps=protocol.cr_decay_steps, n_restarts=protocol.cr_restarts,
+                      n_target_classes=protocol.cr_targets, seed=seed)
     params = {
         "clean": {},
         "fgsm": {"eps": eps, "step": eps, "start": "zero"},
         "pgd": {"eps": eps, "steps": protocol.pgd_steps, "restarts": protocol.pgd_restarts,
                 "alpha": alpha, "start": "uniform", "selection": protocol.selection},
     }
+    if cr is not None:
+        with torch.no_grad():
+            n_classes = net(_batch(x, y, 0, 1, device)[0]).shape[1]
+        params["cr"] = {"eps": eps, "iterations": cr.n_iter, "decay_steps": cr.decay_steps,
+                        "restarts": cr.n_restarts, "alpha": cr.alpha,
+                        "targets": cr.targets_for(n_classes), "relaxation": cr.scales()}
     batched = [a for a in protocol.attacks if a != "autoattack"]
-    mine: dict[int, dict] = {}        # batch -> attack -> (correct mask, loss sum, seconds)
+    mine: dict[int, dict] = {}   # batch -> attack -> (correct mask, loss sum, seconds, counts)
     try:
         for k, start in enumerate(range(0, n, batch_size)):
             shape = (min(batch_size, n - start), *x.shape[1:])
@@ -184,10 +198,15 @@ def evaluate(model, x, y, eps: float, protocol: Protocol | str = "lineage", *,
             mine[k] = {}
             for attack in batched:
                 t0 = time.perf_counter()
+                counts = {}
                 if attack == "clean":
                     xa = xb
                 elif attack == "fgsm":
                     xa = fgsm(net, xb, yb, eps, norm)
+                elif attack == "cr":
+                    xa = cr.perturb(xb, yb, batch_index=k)
+                    counts = {"forwards": int(cr.forwards.sum()),
+                              "backwards": int(cr.backwards.sum())}
                 else:
                     xa = pgd(net, xb, yb, eps, alpha, protocol.pgd_steps,
                              protocol.pgd_restarts, generator=gen,
@@ -196,7 +215,7 @@ def evaluate(model, x, y, eps: float, protocol: Protocol | str = "lineage", *,
                     z = net(xa).float()
                     ok = (z.argmax(1) == yb).cpu()
                     loss = float(F.cross_entropy(z, yb, reduction="sum"))
-                mine[k][attack] = (ok, loss, time.perf_counter() - t0)
+                mine[k][attack] = (ok, loss, time.perf_counter() - t0, counts)
             if progress is not None and batched:
                 progress(xb.shape[0])
         per_batch = {}
@@ -214,6 +233,8 @@ def evaluate(model, x, y, eps: float, protocol: Protocol | str = "lineage", *,
             results[attack] = {"acc": int(mask.sum()) / n, "loss": loss_sum / n, "n": n,
                                "seed": seed, "protocol": protocol.name, "norm": norm,
                                **params[attack], "seconds": round(secs, 3)}
+            for c in rows[0][3] if rows else ():   # passes per point (CR)
+                results[attack][f"{c}_per_point"] = round(sum(r[3][c] for r in rows) / n, 2)
         if "autoattack" in protocol.attacks:
             t0 = time.perf_counter()
             xf = x.float().div(255) if x.dtype == torch.uint8 else x

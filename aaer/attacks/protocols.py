@@ -1,8 +1,8 @@
 """Evaluation protocols: named bundles of attack settings, as AutoAttack names its versions.
 
-A protocol says which attacks run (clean, FGSM, PGD-k-r, AutoAttack), with which steps,
-restarts, step size and restart rule, on how many test points. ``aaer.evaluation`` runs
-them; every result names the protocol it came from.
+A protocol says which attacks run (clean, FGSM, PGD-k-r, CR, AutoAttack), with which
+steps, restarts, step size and restart rule, on how many test points.
+``aaer.evaluation`` runs them; every result names the protocol it came from.
 """
 from __future__ import annotations
 
@@ -23,6 +23,10 @@ class Protocol:
     aa_version: str = "standard"          # AutoAttack version (when "autoattack" is run)
     aa_attacks: tuple | None = None       # version "custom": the attacks, in order
     norm: str = "linf"                    # the threat model every attack of it uses
+    cr_iters: int = 150                   # CR (aaer.attacks.cr): iterations per target
+    cr_decay_steps: int = 30              # its cycle length (relaxed / constrained / noise)
+    cr_restarts: int = 5                  # its rounds (rounds 2.. retry near misses only)
+    cr_targets: int | None = None         # its target classes; None = ceil(ln C)
 
     def pgd_alpha(self, eps: float) -> float:
         """The PGD step in pixel units (eps: the radius in pixel units)."""
@@ -37,7 +41,10 @@ class Protocol:
         return d
 
 
-ATTACKS = ("clean", "fgsm", "pgd", "autoattack")
+ATTACKS = ("clean", "fgsm", "pgd", "autoattack", "cr")
+# attacks defined for L-inf only, with the reason
+LINF_ONLY = {"cr": "the FastAT Benchmark defines CR for L-inf only (fzjcdt/FastAT_Benchmark "
+             "attacks/attacks/cr_attack.py)"}
 NORMS = ("linf", "l2")
 # the norms as AutoAttack names them
 AA_NORMS = {"linf": "Linf", "l2": "L2"}
@@ -57,6 +64,13 @@ PROTOCOLS = {
     "aaer": Protocol("aaer", attacks=("clean", "fgsm", "pgd", "autoattack"),
                      description="clean, FGSM, PGD-50-10 step eps/4 and AutoAttack standard "
                      "(L-inf at eps), full test set"),
+    "fastat": Protocol("fastat", attacks=("clean", "pgd", "cr", "autoattack"), pgd_steps=50,
+                       pgd_restarts=1, pgd_step255=2.0,
+                       description="the FastAT Benchmark's final evaluation "
+                       "(fzjcdt/FastAT_Benchmark fast_at/at_base.py, utils/attack_tester.py): "
+                       "clean, PGD-50 step 2/255 from one random start, CR (150 iterations, "
+                       "5 rounds, ceil(ln C) targets) and AutoAttack standard (L-inf at eps), "
+                       "full test set"),
     "quick": Protocol("quick", pgd_steps=10, pgd_restarts=1, n_eval=1000,
                       description="PGD-10-1 step eps/4 on the first 1000 points (a fast check, "
                       "not a publishable number)"),
@@ -71,6 +85,12 @@ def get_protocol(name: str, norm: str = "linf", **overrides) -> Protocol:
     if norm not in NORMS:
         raise ValueError(f"invalid --norm {norm!r}; valid: {', '.join(NORMS)}")
     p = replace(PROTOCOLS[name], norm=norm)
+    if norm != "linf":
+        for a in overrides.get("attacks") or p.attacks:
+            if a in LINF_ONLY:
+                raise ValueError(f"attack {a!r} cannot run under --norm {norm}: "
+                                 f"{LINF_ONLY[a]}; leave it out (--attacks "
+                                 f"{','.join(b for b in p.attacks if b not in LINF_ONLY)})")
     if norm == "l2" and p.pgd_step255 is not None and overrides.get("pgd_step255") is None:
         raise ValueError(f"protocol {name!r} fixes an L-inf PGD step ({p.pgd_step255:g}/255); "
                          "under --norm l2 use a protocol with step eps/4 (lineage, aaer, "

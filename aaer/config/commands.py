@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from aaer.attacks.protocols import AA_VERSIONS, PROTOCOLS
+from aaer.attacks.protocols import AA_VERSIONS, ATTACKS, PROTOCOLS
 from aaer.config.schema import NORMS, SETTINGS
 from aaer.config.settings import Setting, field_of, setting
 
@@ -70,7 +70,7 @@ class EvalCommand:
     out: str | None = setting(None, "results JSON", optional=True,
                               default_text="<run dir>/eval_<protocol>.json, or "
                               "eval_<protocol>.json here")
-    attacks: str | None = setting(None, "comma list from clean, fgsm, pgd, autoattack "
+    attacks: str | None = setting(None, "comma list from " + ", ".join(ATTACKS) + " "
                                   "(overrides the protocol's)", optional=True,
                                   default_text="the protocol's")
     aa_version: str | None = setting(None, "AutoAttack version", choices=AA_VERSIONS,
