@@ -8,7 +8,7 @@ not edit by hand.
 
 METHODS = ('fgsm', 'rs-fgsm', 'n-fgsm', 'rs-aaer', 'n-aaer', 'gradalign', 'zerograd', 'multigrad', 'pgd',
  'free', 'elle', 'elle-a', 'ssat', 'nuat', 'gat', 'fgsm-pgi', 'fgsm-mep-cs', 'fgsm-rs-cs',
- 'fgsm-pco', 'fgsm-uap', 'fgsm-cuap', 'fgsm-fuap', 'liet')
+ 'fgsm-pco', 'fgsm-uap', 'fgsm-cuap', 'fgsm-fuap', 'liet', 'v-lap', 'r-lap', 'n-lap')
 
 METHOD_LINES = {'fgsm': ['fgsm         fwd 2 bwd 2  FGSM-AT: zero start, step eps, projected [Goodfellow et '
           'al. 2015; Wong et al. 2020]'],
@@ -87,7 +87,13 @@ METHOD_LINES = {'fgsm': ['fgsm         fwd 2 bwd 2  FGSM-AT: zero start, step ep
                'FGSM_UAP) [Pan, Li, Yao, AAAI 2024 (fzjcdt/fgsm_uap fat/fgsm_uap.py)]'],
  'liet': ['liet         fwd 2 bwd 3  FGSM from the masked +-label-information start, JS(start, '
           'adversarial) consistency, non-uniform label smoothing [Pan, Tang, Li, Yao, ICCV '
-          '2025 (fzjcdt/LIET)]']}
+          '2025 (fzjcdt/LIET)]'],
+ 'v-lap': ['v-lap        fwd 2 bwd 2  V-LAP: FGSM (zero start, step eps) at layer-aware '
+           'perturbed weights [Lin, Yu, Han, Su, Liu, ICML 2024]'],
+ 'r-lap': ['r-lap        fwd 2 bwd 2  R-LAP: RS-FGSM (U(-eps,eps), step 1.25 eps) at '
+           'layer-aware perturbed weights [Lin, Yu, Han, Su, Liu, ICML 2024]'],
+ 'n-lap': ['n-lap        fwd 2 bwd 2  N-LAP: N-FGSM (U(-2eps,2eps), step eps, no projection) '
+           'at layer-aware perturbed weights [Lin, Yu, Han, Su, Liu, ICML 2024]']}
 
 MODELS = ('linear', 'preactresnet18', 'preactresnet18-preact-shortcut', 'resnet18-imagenet', 'small-cnn',
  'small-cnn-32', 'wrn-28-10', 'wrn-34-10')
@@ -95,7 +101,7 @@ MODELS = ('linear', 'preactresnet18', 'preactresnet18-preact-shortcut', 'resnet1
 DATASETS = ('cifar10', 'cifar100', 'svhn', 'tinyimagenet', 'imagenet100', 'imagefolder', 'mnist',
  'fashion-mnist')
 
-PROTOCOLS = ('lineage', 'lineage-exact', 'wong', 'gradalign-1k', 'aaer', 'quick')
+PROTOCOLS = ('lineage', 'lineage-exact', 'wong', 'gradalign-1k', 'aaer', 'fastat', 'quick')
 
 AA_VERSIONS = ('standard', 'rand', 'plus', 'custom')
 

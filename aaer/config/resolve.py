@@ -187,6 +187,9 @@ def resolve(request: RunConfig, *, custom_data: bool = False) -> RunConfig:
         else:
             fill(FLAT[k][0], v, by_dataset)
 
+    # OneCycleLR's own warm-up share (torch's default pct_start, the FastAT Benchmark's)
+    if cfg.optim.lr_schedule == "onecycle":
+        fill("optim.lr_peak", 0.3, Source("onecycle: torch's pct_start", Source.RULE))
     # with an averaged model, it is what is evaluated unless said otherwise
     if cfg.optim.weight_average not in (UNSET, 0, 0.0):
         fill("evaluation.model", "averaged",

@@ -35,7 +35,7 @@ from aaer.models.registry import check_model_name
 
 SEED_MAX = 2 ** 32 - 1
 PRECISIONS = ("fp32", "bf16", "fp16")
-LR_SCHEDULES = ("cyclic", "multistep")
+LR_SCHEDULES = ("cyclic", "multistep", "onecycle")
 ON_NAN = ("stop", "skip-batch")
 CHANNELS_LAST = ("auto", "on", "off")
 CO_RESPONSES = ("warn", "stop", "rollback")
@@ -165,12 +165,16 @@ class OptimConfig:
                           default_text="30; SVHN 15")
     batch_size: int = setting(128, "batch size (under torchrun the global batch)", type=int,
                               low=1)
-    lr_schedule: str = setting("cyclic", "learning-rate schedule (cyclic: PyTorch CyclicLR "
-                               "with momentum cycling)", choices=LR_SCHEDULES)
+    lr_schedule: str = setting("cyclic", "learning-rate schedule: cyclic (PyTorch CyclicLR "
+                               "with momentum cycling, per step), multistep (x0.1 at 1/2 and "
+                               "3/4, per step), onecycle (PyTorch OneCycleLR over the epochs, "
+                               "stepped once per epoch, momentum cycling 0.95/0.85: the FastAT "
+                               "Benchmark's)", choices=LR_SCHEDULES)
     lr_min: float = setting(0.0, "lowest learning rate", type=float, low=0)
     lr_max: float = setting(0.2, "peak learning rate", type=float, low=0, low_open=True,
                             default_text="0.2; SVHN 0.05; GradAlign 0.3")
-    lr_peak: float = setting(0.5, "cyclic: where the peak is, as a fraction of training",
+    lr_peak: float = setting(0.5, "cyclic and onecycle: where the peak is, as a fraction of "
+                             "training",
                              type=float, low=0, high=1, low_open=True, high_open=True,
                              default_text="0.5; SVHN 0.4")
     momentum: float = setting(0.9, "SGD momentum", type=float, low=0, high=1, high_open=True)

@@ -108,3 +108,21 @@ def timed(iterable, waited: list):
             return
         waited[0] += time.perf_counter() - t
         yield item
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start counting the peak memory of training (CUDA; the CPU's peak resident set size
+    is the process's own, from its start)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> dict[str, Any]:
+    """The peak memory so far: CUDA's max_memory_allocated on a GPU (what the FastAT
+    Benchmark reports), the process's peak resident set on a CPU."""
+    if device.type == "cuda":
+        return {"peak_memory_gb": round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 3),
+                "memory": "torch.cuda.max_memory_allocated"}
+    import resource
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss    # KiB on Linux
+    return {"peak_memory_gb": round(kb / 2 ** 20, 3), "memory": "peak resident set (CPU)"}

@@ -35,13 +35,14 @@ from aaer.config.settings import Source
 from aaer.engine import distributed
 from aaer.engine.averaging import AveragedModel
 from aaer.engine.checkpoint import StopSignal, all_finite, rng_state, set_rng_state
-from aaer.engine.environment import (close_logger, environment, make_logger, progress_bar,
-                                     resolve_device, seed_everything, silent_logger, timed)
+from aaer.engine.environment import (close_logger, environment, make_logger, peak_memory,
+                                     progress_bar, reset_peak_memory, resolve_device,
+                                     seed_everything, silent_logger, timed)
 from aaer.engine.guard import NanGuard
 from aaer.engine.precision import Precision, maybe_compile, use_channels_last
 from aaer.engine.preflight import data_fingerprint
 from aaer.engine.restore import RestorePoints
-from aaer.engine.schedule import make_scheduler
+from aaer.engine.schedule import Schedule
 from aaer.engine.sums import EpochSums
 from aaer.errors import TrainingDiverged, TrainingInterrupted, signal_name
 from aaer.methods import Method, StepContext, create_method
@@ -135,7 +136,7 @@ class Trainer:
         self.total_steps = opt.epochs * len(self.loader) * self.method.replays
         self.opt = torch.optim.SGD(self.model.parameters(), lr=opt.lr_max,
                                    momentum=opt.momentum, weight_decay=opt.weight_decay)
-        self.sched = make_scheduler(self.opt, opt, self.total_steps)
+        self.sched = Schedule(self.opt, opt, self.total_steps)
         # what a method may ask of the loop: per-example state, its weights, the average
         self.memory = self._example_memory()
         self.weights = Weights(self.model.net, self.opt)
@@ -240,6 +241,7 @@ class Trainer:
                 f"the training loss became {row[Row.TRAIN_LOSS]} in epoch {epoch}; the "
                 f"weights of the previous epoch are in checkpoint.pt. Lower --lr-max or the "
                 "regulariser weights"))
+        self.sched.after_epoch()                # a per-epoch schedule (its lr is in the row)
         if self.monitor is not None:
             step = (epoch + 1) * len(self.loader)
             if not self.stopped and self.monitor.last_step() != step:
@@ -279,13 +281,13 @@ class Trainer:
             self.weights.restore()            # a perturbation the method asked to undo
             if buffers is not None and not self.guard.step_ok(out.loss, self.model.parameters()):
                 self.guard.skip(self.model, buffers, self.opt)
-                self.sched.step()
+                self.sched.after_step()
                 out = None                      # a skipped step: not in the epoch's metrics
                 continue
             self.prec.step(self.opt)
             if self.averaged is not None:
                 self.averaged.update(self.model)
-            self.sched.step()
+            self.sched.after_step()
         return out
 
     def epoch_row(self, epoch: int, sums: EpochSums, seconds: float, waited: float):
@@ -299,7 +301,7 @@ class Trainer:
                              "faster disk)", 100 * share, epoch)
         skipped = {Row.SKIPPED: sums.skipped} if self.cfg.runtime.on_nan == "skip-batch" else {}
         return {Row.EPOCH: epoch, Row.SECONDS: round(seconds, 3),
-                Row.LR: self.sched.get_last_lr()[0],
+                Row.LR: self.sched.lr(),
                 Row.TRAIN_LOSS: float(sums.loss) / sums.n,
                 Row.TRAIN_ACC: float(sums.correct) / sums.n, Row.N: sums.n,
                 **self.method.summarize(sums.host_stats(), sums.n), **skipped,
@@ -573,6 +575,7 @@ class Trainer:
         if self.start_epoch == 0 and not self.resumed:
             self.start()
         self.stop.install()
+        reset_peak_memory(self.device)
         self.clock.start()
         if self.rolls_back and self.points.rewind is None and not self.resumed:
             self.points.keep_rewind(self.full_state(-1))
@@ -603,6 +606,7 @@ class Trainer:
             "seconds_per_epoch": round(train_seconds / max(epochs_run, 1), 3),
             "epochs": self.cfg.optim.epochs, "epochs_trained": round(epochs_run, 6),
             "final_epoch": self.history[-1], "evaluated_model": self.cfg.evaluation.model}
+        results["cost"] = self.cost(train_seconds)
         if self.resumes:
             results["resumes"] = self.resumes
         if self.monitor is not None:
@@ -613,6 +617,19 @@ class Trainer:
         if self.is_main:
             self.run.write_results(results)
         return results
+
+    def cost(self, train_seconds: float) -> dict[str, Any]:
+        """What the training cost: wall seconds (all epochs trained, resumed and rolled-back
+        ones included), device hours (seconds x processes), images per second of the kept
+        epochs, and the peak memory of this process (since this start)."""
+        kept = [r for r in self.history if r.get(Row.SECONDS)]
+        images = sum(r[Row.N] for r in kept)          # rows count the global batch
+        return {"train_seconds": round(train_seconds, 3),
+                "device_hours": round(train_seconds * self.dist.world_size / 3600, 6),
+                "devices": self.dist.world_size, "device": str(self.device),
+                "device_name": environment(self.device)["device_name"],
+                "images_per_s": round(images / max(sum(r[Row.SECONDS] for r in kept), 1e-9), 1),
+                **peak_memory(self.device)}
 
     def evaluate_final(self) -> dict[str, Any] | None:
         if self.final_eval is None:
