@@ -474,16 +474,18 @@ def rule_from_config(m) -> CORule:
                   gap=None if m.co_gap <= 0 else m.co_gap, floor=m.co_floor)
 
 
-def build_monitor(cfg, dataset, train_x, train_y):
+def build_monitor(cfg, dataset, train_x, train_y, pool=None):
     """The monitor a resolved run asks for (None when probe_n is 0) and the training set
-    that remains after a held-out probe batch is taken from it."""
+    that remains after a held-out probe batch is taken from it. ``pool``: (x, y), the
+    training images a holdout probe may take from (default: the data set's)."""
     m = cfg.monitor
     if not m.probe_n:
         return None, train_x, train_y
+    pool_x, pool_y = pool if pool is not None else (dataset.train_x, dataset.train_y)
     if m.probe_source == "holdout":
         px, py, train_x, train_y, source = select_probe_data(
-            "holdout", m.probe_n, dataset.train_x, dataset.train_y, dataset.test_x,
-            dataset.test_y, cfg.data.n_train)
+            "holdout", m.probe_n, pool_x, pool_y, dataset.test_x, dataset.test_y,
+            cfg.data.n_train)
     else:
         px, py, _, _, source = select_probe_data(m.probe_source, m.probe_n, train_x,
                                                  train_y, dataset.test_x, dataset.test_y)

@@ -7,6 +7,7 @@ One run = one directory:
     train.log          the human log
     checkpoint.pt      everything a resume needs (after every epoch, and on SIGTERM)
     model.pt           the final weights of the bare network (the lineage's state-dict keys)
+    model_selected.pt  --select best-val-pgd: the weights the validation split selected
     results.json       written last: the run is finished
     best_probe.pt      the CO monitor's best probe (weights and optimiser state)
     rewind.pt          --on-co rollback: the whole training state a rollback returns to
@@ -42,6 +43,7 @@ METRICS = "metrics.jsonl"
 LOG = "train.log"
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
+SELECTED = "model_selected.pt"
 RESULTS = "results.json"
 BEST_PROBE = "best_probe.pt"
 REWIND = "rewind.pt"
@@ -80,6 +82,17 @@ class Row:
     CO_EVENTS = "co_events"
     CO_STOP = "co_stop"
     METHOD_CHANGES = "method_changes"    # what rollbacks changed in the method so far
+    # the validation split (aaer.selection): the last weights, the averaged model
+    VAL_CLEAN = "val_clean_acc"
+    VAL_FGSM = "val_fgsm_acc"
+    VAL_PGD = "val_pgd_acc"
+    VAL_AVG_CLEAN = "val_avg_clean_acc"
+    VAL_AVG_FGSM = "val_avg_fgsm_acc"
+    VAL_AVG_PGD = "val_avg_pgd_acc"
+    VAL_SECONDS = "val_seconds"
+    VAL_SELECTED = "val_selected"        # the epoch's candidate became the selected model
+    # what an epoch's line of train.log shows after the training columns
+    LOGGED = (PROBE_CLEAN, PROBE_FGSM, PROBE_PGD, VAL_CLEAN, VAL_PGD, VAL_AVG_PGD)
     PROBES = (PROBE_CLEAN, PROBE_FGSM, PROBE_PGD)
 
     @staticmethod
@@ -174,7 +187,8 @@ class RunDir:
     def start(self) -> None:
         """A new run here: create the directory, remove what an earlier run left."""
         os.makedirs(self.path, exist_ok=True)
-        for stale in (METRICS, RESULTS, MODEL, CHECKPOINT, BEST_PROBE, PROBES, REWIND):
+        for stale in (METRICS, RESULTS, MODEL, SELECTED, CHECKPOINT, BEST_PROBE, PROBES,
+                      REWIND):
             if self.exists(stale):
                 os.remove(self.file(stale))
 
@@ -269,6 +283,9 @@ class RunDir:
     # -- tensors ---------------------------------------------------------------------------
     def save_model(self, state: dict[str, torch.Tensor]) -> None:
         atomic_torch_save(self.file(MODEL), state)
+
+    def save_selected(self, state: dict[str, torch.Tensor]) -> None:
+        atomic_torch_save(self.file(SELECTED), state)
 
     def model_state(self) -> dict[str, torch.Tensor]:
         return load_tensors(self.file(MODEL), "the final weights of a finished run; train the "

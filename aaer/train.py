@@ -21,6 +21,7 @@ from aaer.engine.preflight import check_data, check_data_dir, check_resume
 from aaer.errors import DamagedFile, UsageError
 from aaer.evaluation import evaluate, format_table, get_protocol
 from aaer.monitor import build_monitor
+from aaer.selection import build_validator
 from aaer.reporting.tensorboard import LiveWriter
 from aaer.runs import CHECKPOINT, RunDir
 
@@ -109,12 +110,16 @@ def final_evaluation(cfg: RunConfig, run: RunDir, dataset):
     protocol = get_protocol(cfg.evaluation.protocol, norm=cfg.method.norm,
                             n_eval=cfg.evaluation.n_eval)
 
-    def final_eval(model, device, log, shard=None):
+    def final_eval(model, device, log, shard=None, which: str = ""):
+        """``which``: "" for the evaluated model, "selected" for the validation's choice."""
         # an interrupted AutoAttack resumes from this state on `aaer train --resume`
+        state = run.aa_state(protocol.name + (f"-{which}" if which else ""))
         report = evaluate(model, dataset.test_x, dataset.test_y, cfg.eps, protocol,
                           batch_size=cfg.evaluation.batch_size, device=device,
                           seed=cfg.optim.seed, precision=cfg.evaluation.precision,
-                          aa_state_path=run.aa_state(protocol.name), shard=shard)
+                          aa_state_path=state, shard=shard)
+        if which:
+            log.info("the %s model:", which)
         for line in format_table(report).splitlines():
             log.info(line)
         return report
@@ -137,18 +142,22 @@ def build_trainer(cfg, dataset=None, *, resume: bool = False) -> Trainer:
                                     download=run_cfg.data.download,
                                     image_size=run_cfg.data.image_size,
                                     workers=run_cfg.data.workers)
-    n = run_cfg.data.n_train
-    train_x, train_y = (dataset.train_x[:n], dataset.train_y[:n]) if n is not None else \
-        (dataset.train_x, dataset.train_y)
     check_data(run_cfg, dataset)
-    monitor, train_x, train_y = build_monitor(run_cfg, dataset, train_x, train_y)
+    # the images training may use: all but a validation split (--val-n), then the first
+    # --n-train of them, less a held-out probe batch
+    validator, pool_x, pool_y = build_validator(run_cfg, dataset)
+    n = run_cfg.data.n_train
+    train_x, train_y = (pool_x[:n], pool_y[:n]) if n is not None else (pool_x, pool_y)
+    monitor, train_x, train_y = build_monitor(run_cfg, dataset, train_x, train_y,
+                                              pool=(pool_x, pool_y))
     if ckpt is not None:
         check_resume(run_cfg, dataset, ckpt, (train_x, train_y))
     from aaer.errors import rank
     listeners = [LiveWriter(run.tensorboard_dir)] \
         if run_cfg.runtime.tensorboard and rank() == 0 else []
     trainer = Trainer(run_cfg, dataset, run, train_set=(train_x, train_y), monitor=monitor,
-                      final_eval=final_evaluation(run_cfg, run, dataset), listeners=listeners)
+                      validator=validator, final_eval=final_evaluation(run_cfg, run, dataset),
+                      listeners=listeners)
     if ckpt is not None:
         try:
             trainer.load_state(ckpt)

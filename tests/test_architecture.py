@@ -21,7 +21,7 @@ LAYERS = [
     (3, ("aaer.runs",)),
     (4, ("aaer.engine",)),
     (5, ("aaer.evaluation",)),
-    (6, ("aaer.monitor",)),
+    (6, ("aaer.monitor", "aaer.selection")),
     (7, ("aaer.reporting", "aaer.export")),
     (8, ("aaer.train", "aaer.assess")),
     (9, ("aaer.experiments",)),

@@ -68,3 +68,76 @@ def test_results_record_the_cost_of_the_run(tmp_path):
         sum(r["n"] for r in rows) / sum(r["seconds"] for r in rows), rel=0.01)
     assert cost["peak_memory_gb"] > 0 and cost["memory"] == "peak resident set (CPU)"
     assert cost["devices"] == 1 and cost["device"] == "cpu"
+
+
+def test_validation_images_are_never_in_a_training_batch(tmp_path):
+    """--val-n 8 of 40 images: the validation set is the last 8 training images (the
+    benchmark's split), no training batch ever holds one (every step's training-set indices
+    are below 32), and every epoch's row holds the validation numbers."""
+    from aaer.train import build_trainer
+    ds = _data(n_train=40)
+    t = build_trainer(_cfg(tmp_path, "v", epochs=2, val_n=8), ds)
+    seen = []
+    orig = t.train_step
+
+    def train_step(x, y, ctx):
+        seen.append(ctx.index.clone())
+        return orig(x, y, ctx)
+    t.train_step = train_step
+    res = t.fit()
+    index = torch.cat(seen)
+    assert index.max() < 32 and sorted(index.tolist()) == sorted(list(range(32)) * 2)
+    assert torch.equal(t.validator.x, ds.train_x[32:]) and torch.equal(t.validator.y,
+                                                                        ds.train_y[32:])
+    assert t.train_x.shape[0] == 32
+    rows = _rows(tmp_path / "v")
+    assert all({"val_clean_acc", "val_fgsm_acc", "val_pgd_acc"} <= set(r) for r in rows)
+    assert res["validation"]["n"] == 8 and "evaluation_selected" not in res   # eval: none
+
+
+def _scripted_validation(monkeypatch, values):
+    """Each validation measure returns the next (clean, pgd) of ``values``."""
+    from aaer.selection import Validator
+    calls = []
+
+    def measure(self, model):
+        clean, pgd = values[len(calls)]
+        calls.append(model)
+        return {"clean": clean, "fgsm": 0.5, "pgd": pgd}
+    monkeypatch.setattr(Validator, "measure", measure)
+    return calls
+
+
+def test_best_val_pgd_selects_as_the_benchmark_does(tmp_path, monkeypatch):
+    """With weight averaging, each epoch's candidate is the last weights when their
+    validation PGD accuracy is at least the averaged model's, else the averaged model; it is
+    selected when its PGD accuracy beats the best so far, or ties it with a higher clean
+    accuracy. Script (last, averaged) per epoch: e0 (0.3, 0.1) -> last 0.3 selected; e1
+    (0.2, 0.4) -> averaged 0.4 selected; e2 (0.4, 0.4) -> last (tie goes to last) 0.4 with
+    clean 0.6 > 0.5 selected; e3 (0.1, 0.4 at clean 0.6) -> averaged, not better. The
+    selected weights are epoch 2's last weights, saved as model_selected.pt, and both models
+    are evaluated. Rules out preferring the averaged model on ties, selecting on clean
+    accuracy, and keeping the last epoch."""
+    from aaer.train import build_trainer
+    _scripted_validation(monkeypatch, [(0.5, 0.3), (0.5, 0.1), (0.5, 0.2), (0.5, 0.4),
+                                       (0.6, 0.4), (0.5, 0.4), (0.5, 0.1), (0.6, 0.4)])
+    t = build_trainer(_cfg(tmp_path, "s", epochs=4, val_n=8, weight_average=0.5,
+                           eval_protocol="quick", n_eval=4), _data(n_train=40))
+    weights = []
+    run_epoch = t.run_epoch
+
+    def spy(epoch):
+        end = run_epoch(epoch)
+        weights.append({k: v.clone() for k, v in t.model.net.state_dict().items()})
+        return end
+    t.run_epoch = spy
+    res = t.fit()
+    sel = res["validation"]["selected"]
+    assert (sel["epoch"], sel["model"], sel["pgd"], sel["clean"]) == (2, "last", 0.4, 0.6)
+    assert [r["val_selected"] for r in _rows(tmp_path / "s")] == [True, True, True, False]
+    saved = torch.load(tmp_path / "s" / "model_selected.pt", weights_only=True)
+    assert all(torch.equal(saved[k], weights[2][k]) for k in saved)
+    assert res["evaluation"]["n"] == res["evaluation_selected"]["n"] == 4
+    cfg = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert cfg["settings"]["evaluation"]["select"] == "best-val-pgd"
+    assert cfg["sources"]["evaluation.select"] == "--val-n is on"

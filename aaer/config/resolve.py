@@ -190,6 +190,9 @@ def resolve(request: RunConfig, *, custom_data: bool = False) -> RunConfig:
     # OneCycleLR's own warm-up share (torch's default pct_start, the FastAT Benchmark's)
     if cfg.optim.lr_schedule == "onecycle":
         fill("optim.lr_peak", 0.3, Source("onecycle: torch's pct_start", Source.RULE))
+    # with a validation split, the model it selects is evaluated too unless said otherwise
+    if cfg.data.val_n not in (UNSET, 0):
+        fill("evaluation.select", "best-val-pgd", Source("--val-n is on", Source.RULE))
     # with an averaged model, it is what is evaluated unless said otherwise
     if cfg.optim.weight_average not in (UNSET, 0, 0.0):
         fill("evaluation.model", "averaged",
@@ -280,6 +283,9 @@ def validate(cfg: RunConfig, *, custom_data: bool = False) -> None:
     method = build_method(cfg.method.name, cfg.eps, method_kwargs(cfg))
     if m.on_co == "rollback":
         method.strengthen_target(m.rollback_change)
+    if cfg.evaluation.select == "best-val-pgd" and not cfg.data.val_n:
+        raise UsageError("--select best-val-pgd needs a validation split: set --val-n N (e.g. "
+                         "1000)")
     if not o.weight_average:
         if cfg.evaluation.model == "averaged":
             raise UsageError("--eval-model averaged needs the averaged model: set "

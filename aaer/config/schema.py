@@ -43,6 +43,7 @@ CO_REFERENCES = ("best", "previous")
 PROBE_SOURCES = ("test", "holdout")
 ROLLBACK_CHANGES = ("auto", "step", "regularizer")
 EVAL_MODELS = ("last", "averaged")
+SELECTIONS = ("last", "best-val-pgd")
 # model names of the seed script and of published checkpoints
 MODEL_ALIASES = {"PreActResNet18": "preactresnet18", "WideResNet": "wrn-34-10"}
 
@@ -100,6 +101,10 @@ class DataConfig:
                              "is not in --data-dir", type=bool, resumable=True)
     n_train: int | None = setting(None, "use only the first N training images", type=int,
                                   low=1, optional=True, default_text="all")
+    val_n: int = setting(0, "hold the last N training images out as a validation set (never "
+                         "trained on), validated every epoch (clean, FGSM, PGD-10 step 2/255) "
+                         "for --select (FastAT Benchmark: 1000 on CIFAR; 0: none)", type=int,
+                         low=0, older_runs=0)
     image_size: int | None = setting(None, "streamed images (imagenet100, or an imagefolder "
                                      "of mixed sizes): RandomResizedCrop to this size for "
                                      "training, Resize(size*8/7) + CenterCrop(size) for "
@@ -206,6 +211,12 @@ class EvalConfig:
                          dest="eval_model", choices=EVAL_MODELS,
                          default_text="averaged with --weight-average, else last",
                          older_runs="last")
+    select: str = setting("last", "the model selected for a second final evaluation: the last "
+                          "epoch's, or the best on the validation split by PGD accuracy (ties: "
+                          "clean accuracy), among the last and the averaged weights (FastAT "
+                          "Benchmark)", choices=SELECTIONS,
+                          default_text="best-val-pgd with --val-n, else last",
+                          older_runs="last")
 
 
 @dataclass

@@ -115,9 +115,14 @@ def check_data(cfg: RunConfig, dataset) -> None:
     """Data-dependent checks, before the run directory is touched."""
     n_all, n_test = len(dataset.train_y), len(dataset.test_y)
     d, e = cfg.data, cfg.evaluation
-    if d.n_train is not None and d.n_train > n_all:
-        raise UsageError(f"invalid --n-train {d.n_train!r}: {dataset.name} has {n_all} "
-                         f"training images; valid: 1..{n_all}")
+    if d.val_n and d.val_n >= n_all:
+        raise UsageError(f"invalid --val-n {d.val_n!r}: {dataset.name} has {n_all} training "
+                         f"images; valid: 0..{n_all - 1}")
+    n_pool = n_all - (d.val_n or 0)
+    if d.n_train is not None and d.n_train > n_pool:
+        held = f" ({d.val_n} held out by --val-n)" if d.val_n else ""
+        raise UsageError(f"invalid --n-train {d.n_train!r}: {dataset.name} has {n_pool} "
+                         f"training images{held}; valid: 1..{n_pool}")
     if e.n_eval is not None and e.n_eval > n_test:
         raise UsageError(f"invalid --n-eval {e.n_eval!r}: {dataset.name} has {n_test} test "
                          f"images; valid: 1..{n_test}")

@@ -90,7 +90,8 @@ class Trainer:
     ``cfg``: the resolved run (aaer.config.resolve); ``dataset``: the loaded data set;
     ``run``: its run directory; ``train_set``: (x, y) to train on (default: the data set's
     first --n-train images); ``monitor``: the CO monitor (aaer.monitor.COMonitor) or None;
-    ``final_eval(model, device, log, shard)``: the evaluation after training, or None
+    ``validator``: the per-epoch validation and model selection (aaer.selection.Validator)
+    or None; ``final_eval(model, device, log, shard)``: the evaluation after training, or None
     (under torchrun every process evaluates its share; rank 0 keeps the report);
     ``listeners``: objects with ``epoch(row)``, ``probe(record)`` and ``close()``.
     """
@@ -99,12 +100,13 @@ class Trainer:
     last_good = "no checkpoint was written yet"
 
     def __init__(self, cfg: RunConfig, dataset, run: RunDir, *, train_set=None, monitor=None,
-                 final_eval: Callable | None = None, listeners=()):
+                 validator=None, final_eval: Callable | None = None, listeners=()):
         from aaer.data import augmentation_for, make_loader, streamed
         from aaer.models import build
 
         self.cfg, self.run, self.dataset = cfg, run, dataset
         self.monitor, self.final_eval, self.listeners = monitor, final_eval, list(listeners)
+        self.validator = validator
         rt, opt = cfg.runtime, cfg.optim
         self.dist = distributed.setup_distributed(rt.device, rt.dist_timeout)
         self.is_main = self.dist.is_main
@@ -249,6 +251,8 @@ class Trainer:
                 if end is not None and end.kind == REWOUND:
                     return end
             row.update(self.monitor.epoch_fields())
+        if self.validator is not None:
+            row.update(self.validate(epoch))
         self.record(row)
         if error := self.save_checkpoint(epoch):
             return EpochEnd(DIVERGED, error=error)
@@ -403,6 +407,19 @@ class Trainer:
         self.log.warning("%s", self.monitor.diverged(epoch))
         return True
 
+    def validate(self, epoch: int) -> dict[str, Any]:
+        """Validate the epoch's weights; keep them when they become the selected model."""
+        averaged = self.averaged.model if self.averaged is not None else None
+        if self.dist.enabled:       # every process validates rank 0's models: one decision
+            for m in (self.model, averaged):
+                if m is not None:
+                    distributed.broadcast_buffers(m)
+        fields, chosen = self.validator.validate(epoch, self.model, averaged)
+        if chosen is not None:
+            self.validator.keep(epoch, chosen, (averaged if chosen == "averaged" else
+                                                self.model).net)
+        return fields
+
     def divergence(self, epoch: int) -> TrainingDiverged | None:
         """The guard's error if a non-finite loss was seen (by any process)."""
         error = self.guard.error(epoch, self.last_good)
@@ -433,6 +450,8 @@ class Trainer:
             state["memory"] = self.memory.state_dict()
         if self.averaged is not None:
             state["averaged"] = self.averaged.state_dict()
+        if self.validator is not None:
+            state["validator"] = self.validator.state_dict()
         return state
 
     def full_state(self, epoch: int, partial: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -488,6 +507,8 @@ class Trainer:
             self.memory.load_state_dict(ckpt["memory"])
         if self.averaged is not None:
             self.averaged.load_state_dict(ckpt["averaged"])
+        if self.validator is not None:
+            self.validator.load_state_dict(ckpt["validator"])
         if "precision" in ckpt:
             self.prec.load_state_dict(ckpt["precision"])
         if self.monitor is not None and "monitor" in ckpt:
@@ -586,7 +607,7 @@ class Trainer:
         cols = [f"{row[Row.EPOCH]:d}", f"{row[Row.SECONDS]:.1f}", f"{row[Row.LR]:.4f}",
                 f"{row[Row.TRAIN_LOSS]:.4f}", f"{row[Row.TRAIN_ACC]:.4f}"]
         cols += [fmt % row.get(key, 0) for _, key, fmt in self.method.log_columns]
-        probe = "".join(f" | {k} {row[k]:.4f}" for k in Row.PROBES if k in row)
+        probe = "".join(f" | {k} {row[k]:.4f}" for k in Row.LOGGED if k in row)
         return (" \t ".join(cols) + probe + f" | {row[Row.IMAGES_PER_S]:.0f} img/s, "
                 f"{100 * row[Row.DATA_WAIT]:.0f}% waiting for data")
 
@@ -611,12 +632,30 @@ class Trainer:
             results["resumes"] = self.resumes
         if self.monitor is not None:
             results["monitor"] = self.monitor.summary()
-        report = self.evaluate_final()
+        report = self.evaluate_final(self.eval_model)
         if report is not None:
             results["evaluation"] = report
+        if self.validator is not None:
+            results["validation"] = self.validator.summary()
+            selected = self.selected_model()
+            if selected is not None:
+                if self.is_main:
+                    self.run.save_selected(selected.net.state_dict())
+                report = self.evaluate_final(selected, which="selected")
+                if report is not None:
+                    results["evaluation_selected"] = report
         if self.is_main:
             self.run.write_results(results)
         return results
+
+    def selected_model(self):
+        """The model the validation split selected (--select best-val-pgd), or None."""
+        best = self.validator.best
+        if self.cfg.evaluation.select != "best-val-pgd" or best is None:
+            return None
+        model = copy.deepcopy(self.model)
+        model.net.load_state_dict(best["weights"])
+        return model.eval()
 
     def cost(self, train_seconds: float) -> dict[str, Any]:
         """What the training cost: wall seconds (all epochs trained, resumed and rolled-back
@@ -628,17 +667,18 @@ class Trainer:
                 "device_hours": round(train_seconds * self.dist.world_size / 3600, 6),
                 "devices": self.dist.world_size, "device": str(self.device),
                 "device_name": environment(self.device)["device_name"],
-                "images_per_s": round(images / max(sum(r[Row.SECONDS] for r in kept), 1e-9), 1),
+                Row.IMAGES_PER_S: round(images / max(sum(r[Row.SECONDS] for r in kept), 1e-9),
+                                        1),
                 **peak_memory(self.device)}
 
-    def evaluate_final(self) -> dict[str, Any] | None:
+    def evaluate_final(self, model, which: str = "") -> dict[str, Any] | None:
         if self.final_eval is None:
             return None
         if not self.dist.enabled:
-            return self.final_eval(self.eval_model, self.device, self.log)
-        distributed.broadcast_buffers(self.eval_model)   # rank 0's model (model.pt) everywhere
-        report = self.final_eval(self.eval_model, self.device, self.log,
-                                 distributed.shard_of(self.dist))
+            return self.final_eval(model, self.device, self.log, which=which)
+        distributed.broadcast_buffers(model)      # rank 0's model (model.pt) everywhere
+        report = self.final_eval(model, self.device, self.log,
+                                 distributed.shard_of(self.dist), which=which)
         return report if self.is_main else None
 
     @cached_property
