@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from aaer.attacks.pgd import fgsm, pgd, skip_draws
-from aaer.attacks.protocols import AA_NORMS, ATTACKS, PROTOCOLS, Protocol, get_protocol
+from aaer.attacks.protocols import ATTACKS, PROTOCOLS, Protocol, get_protocol
 from aaer.config.schema import SETTINGS
+from aaer.threat import AA_NORMS
 
 AA_BACKENDS = ("native", "official")
 

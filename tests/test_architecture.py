@@ -15,7 +15,7 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 
 # module prefix -> layer; a module may import only modules of its own layer or below
 LAYERS = [
-    (0, ("aaer", "aaer.checks", "aaer.errors", "aaer.io")),
+    (0, ("aaer", "aaer.checks", "aaer.errors", "aaer.io", "aaer.threat")),
     (1, ("aaer.data", "aaer.models", "aaer.methods", "aaer.attacks")),
     (2, ("aaer.config",)),
     (3, ("aaer.runs",)),

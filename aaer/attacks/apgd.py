@@ -17,15 +17,15 @@ import torch
 import torch.nn.functional as F
 
 from aaer.attacks.checks import check_zero_gradients, fit_n_target_classes
-
-NORMS = ("Linf", "L2")
+from aaer.threat import AA_NORMS
 
 
 # ---------------------------------------------------------------- shared helpers
 
 def check_norm_eps(norm, eps):
-    if norm not in NORMS:
-        raise ValueError(f"norm={norm!r} is not supported; valid: {', '.join(NORMS)}")
+    if norm not in AA_NORMS.values():       # AutoAttack's names of aaer.threat.NORMS
+        raise ValueError(f"norm={norm!r} is not supported; valid: "
+                         f"{', '.join(AA_NORMS.values())}")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) \
             or eps <= 0:
         raise ValueError(f"eps={eps!r} must be a positive finite number (pixel units, "

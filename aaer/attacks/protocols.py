@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
+from aaer.threat import check_norm
+
 
 @dataclass(frozen=True)
 class Protocol:
@@ -38,9 +40,6 @@ class Protocol:
 
 
 ATTACKS = ("clean", "fgsm", "pgd", "autoattack")
-NORMS = ("linf", "l2")
-# the norms as AutoAttack names them
-AA_NORMS = {"linf": "Linf", "l2": "L2"}
 AA_VERSIONS = ("standard", "rand", "plus", "custom")
 
 
@@ -68,8 +67,7 @@ def get_protocol(name: str, norm: str = "linf", **overrides) -> Protocol:
     overrides is named '<name>+custom'; the norm is recorded apart from the name)."""
     if name not in PROTOCOLS:
         raise ValueError(f"unknown protocol {name!r}; valid: {', '.join(PROTOCOLS)}")
-    if norm not in NORMS:
-        raise ValueError(f"invalid --norm {norm!r}; valid: {', '.join(NORMS)}")
+    check_norm(norm, "--norm")
     p = replace(PROTOCOLS[name], norm=norm)
     if norm == "l2" and p.pgd_step255 is not None and overrides.get("pgd_step255") is None:
         raise ValueError(f"protocol {name!r} fixes an L-inf PGD step ({p.pgd_step255:g}/255); "

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from aaer.checks import number
+from aaer.threat import NORMS, check_norm  # noqa: F401  (NORMS: read from here by aaer.config)
 
 Tensor = torch.Tensor
 
@@ -81,9 +82,7 @@ class Method:
 
     def __init__(self, eps: float, norm: str = "linf"):
         self.eps = number("eps (pixel units, e.g. 8/255)", eps, low=0, low_open=True)
-        if norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-        self.norm = norm
+        self.norm = check_norm(norm)
 
     # -- the recipe --------------------------------------------------------------------
     @classmethod
@@ -175,9 +174,7 @@ def uniform_noise(x: Tensor, radius: float) -> Tensor:
     return _like_x(noise, x)
 
 
-# -- the threat model: L-inf or L2 (SPEC §10) ---------------------------------------------
-
-NORMS = ("linf", "l2")
+# -- the threat model: L-inf or L2 (SPEC §10; the norms themselves: aaer.threat) ---------
 
 
 def l2_norms(t: Tensor) -> Tensor:
