@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from aaer.methods.base import Cost, StepContext, StepOutput, aae_statistics, ball_noise
-from aaer.methods.fgsm import SingleStepAttack
-from aaer.methods.noise import check_nonnegative, check_positive, noise_settings
+from aaer.methods.noise import check_nonnegative, check_positive
+from aaer.methods.regularised import RegularisedFGSM
 
 
 def published_lamda(eps255: float) -> float:
@@ -67,7 +67,7 @@ def linearity_error(loss_fn, x_a, x_b, x_c, a):
     return (l_c - ((1 - a) * l_a + a * l_b)).pow(2).mean()
 
 
-class ELLE(SingleStepAttack):
+class ELLE(RegularisedFGSM):
     name = "elle"
     description = "FGSM + lamda * local linearity error of the loss on random triplets"
     source = "Abad Rocamora et al., ICLR 2024"
@@ -75,20 +75,8 @@ class ELLE(SingleStepAttack):
     # a rollback after CO raises the linearity weight first
     strengthen_by = {"regularizer": "lamda", "step": "alpha"}
 
-    def __init__(self, eps, lamda=None, noise="zero", alpha=1.0, warmup_epochs=0.0,
-                 norm="linf"):
-        delta_init, clamp = noise_settings(noise)
-        super().__init__(eps, alpha, delta_init, clamp, warmup_epochs, norm)
-        self.noise = noise
-        # published for L-inf radii only; under L2 the eps-8/255 value (L2 0.5 and L-inf
-        # 8/255 are the standard CIFAR pair)
-        eps255 = 8.0 if norm == "l2" else self.eps * 255
-        self.lamda = published_lamda(eps255) if lamda is None else \
-            check_nonnegative("lamda (ELLE weight)", lamda)
-
-    def hparams(self):
-        return {"eps": self.eps, "lamda": self.lamda, "noise": self.noise,
-                "alpha": self.alpha, "warmup_epochs": self.warmup_epochs, "norm": self.norm}
+    weight_name = "ELLE weight"
+    published_lamda = staticmethod(published_lamda)
 
     def cost(self) -> Cost:
         # attack: 1 forward + 1 input backward; training: x_adv (1) + the 3B triplet (3)
