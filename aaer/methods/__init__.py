@@ -37,8 +37,7 @@ def create_method(name: str, eps: float, **hparams) -> Method:
         raise ValueError(f"unknown method {name!r}; valid: {', '.join(METHODS)}")
     cls = METHODS[name]
     kwargs = {k: v for k, v in hparams.items() if v is not None}
-    import inspect
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "eps"}
+    accepted = set(cls.keywords())
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
         raise ValueError(f"method {name!r} does not take {', '.join(unknown)}; "

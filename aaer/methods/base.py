@@ -154,6 +154,30 @@ class Method:
         pass
 
 
+def with_defaults(init: Callable, **defaults) -> Callable:
+    """``init``, a method's constructor, with other defaults for some of its keywords.
+
+    The variants of one method (FGSM, RS-FGSM and N-FGSM; RS- and N-AAER) differ only in
+    their defaults: each is its parent's constructor with its own, so the signature and
+    the checks are written once and ``Method.keywords`` reads the same names.
+    """
+    sig = inspect.signature(init)
+    unknown = sorted(set(defaults) - set(sig.parameters))
+    if unknown:                 # a typo in a variant's definition: a bug, not a setting
+        raise TypeError(f"{init.__qualname__} takes no {', '.join(unknown)}")
+    sig = sig.replace(parameters=[p.replace(default=defaults.get(p.name, p.default))
+                                  for p in sig.parameters.values()])
+
+    def __init__(self, *args, **kwargs):
+        bound = sig.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        init(*bound.args, **bound.kwargs)
+
+    __init__.__signature__ = sig
+    __init__.__doc__ = init.__doc__
+    return __init__
+
+
 # -- single-step primitives ------------------------------------------------------------
 
 def clip_to_box(x: Tensor, delta: Tensor) -> Tensor:

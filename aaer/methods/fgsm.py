@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from aaer.checks import number
 from aaer.methods.base import (Cost, Method, StepContext, StepOutput, aae_statistics,
                                ball_noise, clip_to_box, forward_with_input_grad, project,
-                               unit_step)
+                               unit_step, with_defaults)
 
 DELTA_INITS = ("zero", "random")
 
@@ -92,27 +92,18 @@ class FGSM(SingleStepAttack):
     name = "fgsm"
     description = "FGSM-AT: zero start, step eps, projected"
     source = "Goodfellow et al. 2015; Wong et al. 2020"
-
-    def __init__(self, eps, alpha=1.0, delta_init="zero", clamp=1, warmup_epochs=0.0,
-                 norm="linf"):
-        super().__init__(eps, alpha, delta_init, clamp, warmup_epochs, norm)
+    __init__ = with_defaults(SingleStepAttack.__init__, alpha=1.0, delta_init="zero", clamp=1)
 
 
 class RSFGSM(SingleStepAttack):
     name = "rs-fgsm"
     description = "RS-FGSM: U(-eps,eps) start, step 1.25 eps, projected"
     source = "Wong, Rice, Kolter, ICLR 2020"
-
-    def __init__(self, eps, alpha=1.25, delta_init="random", clamp=1, warmup_epochs=0.0,
-                 norm="linf"):
-        super().__init__(eps, alpha, delta_init, clamp, warmup_epochs, norm)
+    # SingleStepAttack's defaults are RS-FGSM's: alpha 1.25, random start, clamp 1
 
 
 class NFGSM(SingleStepAttack):
     name = "n-fgsm"
     description = "N-FGSM: U(-2eps,2eps) start, step eps, no projection"
     source = "de Jorge et al., NeurIPS 2022"
-
-    def __init__(self, eps, alpha=1.0, delta_init="random", clamp=0, warmup_epochs=0.0,
-                 norm="linf"):
-        super().__init__(eps, alpha, delta_init, clamp, warmup_epochs, norm)
+    __init__ = with_defaults(SingleStepAttack.__init__, alpha=1.0, delta_init="random", clamp=0)
