@@ -33,7 +33,7 @@ def main() -> int:
     sys.path.insert(0, ROOT)
     import numpy as np
 
-    from tests.test_data import write_cifar10
+    from tests.helpers.files import write_cifar10
     tmp = tempfile.mkdtemp(prefix="ddp-loop-")
     data = os.path.join(tmp, "data")
     write_cifar10(data, np.random.default_rng(0), per_batch=16, n_test=4)

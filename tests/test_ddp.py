@@ -61,7 +61,7 @@ def _metrics(out):
 @pytest.mark.slow
 @pytest.mark.timeout(4 * EXIT_BOUND)
 def test_two_gloo_processes_match_one_process_on_the_global_batch(tmp_path):
-    from tests.test_data import write_cifar10
+    from tests.helpers.files import write_cifar10
     data = tmp_path / "data"
     write_cifar10(str(data), np.random.default_rng(0), per_batch=16, n_test=4)   # 80 images
     flags = ["--dataset", "cifar10", "--data-dir", str(data), "--model", MODEL,
