@@ -23,6 +23,7 @@ import math
 import torch
 
 from aaer.checks import number
+from aaer.errors import UsageError
 from aaer.methods.base import StepContext, StepOutput, aae_statistics, with_defaults
 from aaer.methods.fgsm import SingleStepAttack
 
@@ -68,7 +69,7 @@ def aaer_regularizer(z0, z1, l0, l1, lamda1: float, lamda2: float, lamda3: float
     this process's AAE count.
     """
     if mode not in MODES:
-        raise ValueError(f"AAER mode must be one of {MODES}, got {mode!r}")
+        raise UsageError(f"AAER mode must be one of {MODES}, got {mode!r}")
     z0 = z0.detach().float()
     z1 = z1.float()
     l0 = l0.detach().float()
@@ -116,7 +117,7 @@ class AAER(SingleStepAttack):
         self.lamda1, self.lamda2, self.lamda3 = (number(k, v, low=0) for k, v in (
             ("lamda1", lamda1), ("lamda2", lamda2), ("lamda3", lamda3)))
         if mode not in MODES:
-            raise ValueError(f"AAER mode must be one of {MODES}, got {mode!r}")
+            raise UsageError(f"AAER mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
 
     @classmethod

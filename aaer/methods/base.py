@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from aaer.checks import number
+from aaer.errors import UsageError
 from aaer.threat import NORMS, check_norm  # noqa: F401  (NORMS: read from here by aaer.config)
 
 Tensor = torch.Tensor
@@ -105,16 +106,16 @@ class Method:
         return epochs
 
     def strengthen_target(self, change: str = "auto") -> tuple[str, str]:
-        """(change, attribute) a rollback modifies, or ValueError when it cannot apply."""
+        """(change, attribute) a rollback modifies, or UsageError when it cannot apply."""
         if change == "auto" and self.strengthen_by:
             change = next(iter(self.strengthen_by))
         if change in self.strengthen_by:
             return change, self.strengthen_by[change]
         if change == "regularizer":
-            raise ValueError(f"--rollback-change regularizer: method {self.name!r} has no "
+            raise UsageError(f"--rollback-change regularizer: method {self.name!r} has no "
                              f"regulariser weight to raise; valid: "
                              f"{', '.join(self.strengthen_by) or 'none'}")
-        raise ValueError(f"--on-co rollback: method {self.name!r} has no attack step "
+        raise UsageError(f"--on-co rollback: method {self.name!r} has no attack step "
                          "(alpha) to shrink; use --on-co warn or stop")
 
     def strengthen(self, change: str, factors: dict[str, float]) -> dict[str, Any]:
@@ -164,7 +165,7 @@ def with_defaults(init: Callable, **defaults) -> Callable:
     sig = inspect.signature(init)
     unknown = sorted(set(defaults) - set(sig.parameters))
     if unknown:                 # a typo in a variant's definition: a bug, not a setting
-        raise TypeError(f"{init.__qualname__} takes no {', '.join(unknown)}")
+        raise TypeError(f"with_defaults: {init.__qualname__} takes no {', '.join(unknown)}")
     sig = sig.replace(parameters=[p.replace(default=defaults.get(p.name, p.default))
                                   for p in sig.parameters.values()])
 

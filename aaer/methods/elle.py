@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from aaer.errors import UsageError
 from aaer.methods.base import Cost, StepContext, StepOutput, aae_statistics, ball_noise
 from aaer.methods.noise import check_nonnegative, check_positive
 from aaer.methods.regularised import RegularisedFGSM
@@ -130,7 +131,7 @@ class ELLEA(ELLE):
                                              sensitivity)
         self.decay = check_positive("decay (lamda factor per step without a spike)", decay)
         if self.decay > 1:
-            raise ValueError(f"decay (lamda factor per step without a spike) must be in "
+            raise UsageError(f"decay (lamda factor per step without a spike) must be in "
                              f"(0, 1], got {decay!r}")
         self._host = {"lamda": 0.0, "n": 0.0, "s": 0.0, "ss": 0.0}
         self._dev = None          # the same on the device, float64 0-dim tensors
@@ -177,7 +178,7 @@ class ELLEA(ELLE):
     def load_state_dict(self, state):
         missing = {"lamda", "n", "s", "ss"} - set(state or {})
         if missing:
-            raise ValueError(f"ELLE-A state lacks {sorted(missing)}; expected lamda, n, s, ss "
+            raise UsageError(f"ELLE-A state lacks {sorted(missing)}; expected lamda, n, s, ss "
                              f"(got {sorted(state or {})})")
         self._host = {k: float(state[k]) for k in ("lamda", "n", "s", "ss")}
         self._dev = None

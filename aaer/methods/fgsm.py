@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from aaer.checks import number
+from aaer.errors import UsageError
 from aaer.methods.base import (Cost, Method, StepContext, StepOutput, aae_statistics,
                                ball_noise, clip_to_box, forward_with_input_grad, project,
                                unit_step, with_defaults)
@@ -38,7 +39,7 @@ class SingleStepAttack(Method):
                  clamp: int = 1, warmup_epochs: float = 0.0, norm: str = "linf"):
         super().__init__(eps, norm)
         if delta_init not in DELTA_INITS:
-            raise ValueError(f"delta_init must be one of {DELTA_INITS}, got {delta_init!r}")
+            raise UsageError(f"delta_init must be one of {DELTA_INITS}, got {delta_init!r}")
         clamp = number("clamp (0: N variant, 1: RS variant)", clamp, integer=True, low=0, high=1)
         self.alpha = number("alpha (step as a multiple of eps)", alpha, low=0, low_open=True)
         self.delta_init = delta_init
