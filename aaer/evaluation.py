@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from aaer.attacks.pgd import fgsm, pgd, skip_draws
 from aaer.attacks.protocols import ATTACKS, PROTOCOLS, Protocol, get_protocol
 from aaer.config.schema import SETTINGS
+from aaer.errors import UsageError
 from aaer.threat import AA_NORMS
 
 AA_BACKENDS = ("native", "official")
@@ -44,7 +45,7 @@ def official_autoattack():
     try:
         from autoattack import AutoAttack as Official
     except ImportError:
-        raise ValueError("--aa-backend official needs the `autoattack` package, which is not "
+        raise UsageError("--aa-backend official needs the `autoattack` package, which is not "
                          "installed (pip install git+https://github.com/fra31/auto-attack); "
                          "the default --aa-backend native needs nothing") from None
     return Official
@@ -139,10 +140,10 @@ def evaluate(model, x, y, eps: float, protocol: Protocol | str = "lineage", *,
         protocol = get_protocol(protocol)
     bad = [a for a in protocol.attacks if a not in ATTACKS]
     if bad:
-        raise ValueError(f"unknown attack(s) {bad}; valid: {', '.join(ATTACKS)}")
+        raise UsageError(f"unknown attack(s) {bad}; valid: {', '.join(ATTACKS)}")
     precision = SETTINGS["evaluation.precision"].check(precision)
     if aa_backend not in AA_BACKENDS:
-        raise ValueError(f"aa_backend {aa_backend!r} is not valid; valid: "
+        raise UsageError(f"aa_backend {aa_backend!r} is not valid; valid: "
                          f"{', '.join(AA_BACKENDS)}")
     shard = shard or _Alone()
     if device is None:
@@ -152,7 +153,7 @@ def evaluate(model, x, y, eps: float, protocol: Protocol | str = "lineage", *,
         batch_size = default_batch_size(device)
     if "autoattack" in protocol.attacks and aa_backend == "official":
         if shard.world_size > 1:
-            raise ValueError("--aa-backend official runs in one process; under torchrun use "
+            raise UsageError("--aa-backend official runs in one process; under torchrun use "
                              "the native backend, which shards AutoAttack over the processes")
         official_autoattack()                  # fail before any work is done
     n = x.shape[0] if protocol.n_eval is None else min(protocol.n_eval, x.shape[0])

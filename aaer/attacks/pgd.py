@@ -35,6 +35,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from aaer.errors import UsageError
 from aaer.threat import check_norm
 
 Tensor = torch.Tensor
@@ -109,7 +110,7 @@ def pgd(model, x: Tensor, y: Tensor, eps: float, alpha: float, steps: int = 50,
     """
     check_norm(norm)
     if selection not in SELECTIONS:
-        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+        raise UsageError(f"selection must be one of {SELECTIONS}, got {selection!r}")
     if selection == "max-loss":
         skip_broken = False
     n = x.shape[0]

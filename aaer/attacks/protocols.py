@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
+from aaer.errors import UsageError
 from aaer.threat import check_norm
 
 
@@ -66,11 +67,11 @@ def get_protocol(name: str, norm: str = "linf", **overrides) -> Protocol:
     """Protocol ``name`` in the ``norm`` threat model, with ``overrides`` (a protocol with
     overrides is named '<name>+custom'; the norm is recorded apart from the name)."""
     if name not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {name!r}; valid: {', '.join(PROTOCOLS)}")
+        raise UsageError(f"unknown protocol {name!r}; valid: {', '.join(PROTOCOLS)}")
     check_norm(norm, "--norm")
     p = replace(PROTOCOLS[name], norm=norm)
     if norm == "l2" and p.pgd_step255 is not None and overrides.get("pgd_step255") is None:
-        raise ValueError(f"protocol {name!r} fixes an L-inf PGD step ({p.pgd_step255:g}/255); "
+        raise UsageError(f"protocol {name!r} fixes an L-inf PGD step ({p.pgd_step255:g}/255); "
                          "under --norm l2 use a protocol with step eps/4 (lineage, aaer, "
                          "quick, ...) or give --pgd-step")
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -79,18 +80,18 @@ def get_protocol(name: str, norm: str = "linf", **overrides) -> Protocol:
             overrides[k] = tuple(overrides[k])
     bad = [a for a in overrides.get("attacks", ()) if a not in ATTACKS]
     if bad:
-        raise ValueError(f"unknown attack(s) {bad}; valid: {', '.join(ATTACKS)}")
+        raise UsageError(f"unknown attack(s) {bad}; valid: {', '.join(ATTACKS)}")
     if overrides.get("aa_attacks") is not None:
         overrides.setdefault("aa_version", "custom")
     version = overrides.get("aa_version", p.aa_version)
     if version not in AA_VERSIONS:
-        raise ValueError(f"unknown AutoAttack version {version!r}; valid: standard, rand, "
+        raise UsageError(f"unknown AutoAttack version {version!r}; valid: standard, rand, "
                          "plus, custom")
     if version == "custom" and not overrides.get("aa_attacks", p.aa_attacks):
-        raise ValueError("AutoAttack version 'custom' needs its attacks (--aa-attacks, e.g. "
+        raise UsageError("AutoAttack version 'custom' needs its attacks (--aa-attacks, e.g. "
                          "apgd-ce,apgd-t)")
     if version != "custom" and overrides.get("aa_attacks") is not None:
-        raise ValueError(f"--aa-attacks is only used with --aa-version custom (version "
+        raise UsageError(f"--aa-attacks is only used with --aa-version custom (version "
                          f"{version!r} fixes its attacks)")
     overrides = {k: v for k, v in overrides.items() if getattr(p, k) != v}
     if overrides:
