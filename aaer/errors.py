@@ -22,7 +22,23 @@ EXIT_DIVERGED = 3
 
 
 class UsageError(ValueError):
-    """A bad setting: reported with exit code 2 before any work starts."""
+    """A user's mistake, reported with exit code 2 and one line (no traceback).
+
+    The cause is something the user chose: a setting's value (a flag, a suite file, a
+    keyword of a public function), a name, a file or folder and what is in it (missing,
+    damaged, the wrong layout, a checkpoint of another model), a package that is not
+    installed, a download that failed. Everything else (one of aaer's functions handed a
+    wrong type or shape by another, a state aaer itself built in the same process) stays
+    a ValueError, TypeError or RuntimeError: a bug, reported with its traceback.
+    """
+
+
+class MissingFile(UsageError, FileNotFoundError):
+    """A file or folder the user named, or one that a data set needs, does not exist."""
+
+
+class DownloadFailed(UsageError, ConnectionError):
+    """An official file could not be fetched (the network or the server)."""
 
 
 class MissingFile(UsageError, FileNotFoundError):

@@ -14,8 +14,10 @@ import torch.nn.functional as F
 
 from aaer.attacks.cr import CRAttack
 from aaer.attacks.pgd import fgsm, pgd, skip_draws
-from aaer.attacks.protocols import AA_NORMS, ATTACKS, PROTOCOLS, Protocol, get_protocol
+from aaer.attacks.protocols import ATTACKS, PROTOCOLS, Protocol, get_protocol
 from aaer.config.schema import SETTINGS
+from aaer.errors import UsageError
+from aaer.threat import AA_NORMS
 
 AA_BACKENDS = ("native", "official")
 
@@ -45,7 +47,7 @@ def official_autoattack():
     try:
         from autoattack import AutoAttack as Official
     except ImportError:
-        raise ValueError("--aa-backend official needs the `autoattack` package, which is not "
+        raise UsageError("--aa-backend official needs the `autoattack` package, which is not "
                          "installed (pip install git+https://github.com/fra31/auto-attack); "
                          "the default --aa-backend native needs nothing") from None
     return Official
@@ -141,10 +143,10 @@ def evaluate(model, x, y, eps: float, protocol: Protocol | str = "lineage", *,
         protocol = get_protocol(protocol)
     bad = [a for a in protocol.attacks if a not in ATTACKS]
     if bad:
-        raise ValueError(f"unknown attack(s) {bad}; valid: {', '.join(ATTACKS)}")
+        raise UsageError(f"unknown attack(s) {bad}; valid: {', '.join(ATTACKS)}")
     precision = SETTINGS["evaluation.precision"].check(precision)
     if aa_backend not in AA_BACKENDS:
-        raise ValueError(f"aa_backend {aa_backend!r} is not valid; valid: "
+        raise UsageError(f"aa_backend {aa_backend!r} is not valid; valid: "
                          f"{', '.join(AA_BACKENDS)}")
     shard = shard or _Alone()
     if device is None:
@@ -154,7 +156,7 @@ def evaluate(model, x, y, eps: float, protocol: Protocol | str = "lineage", *,
         batch_size = default_batch_size(device)
     if "autoattack" in protocol.attacks and aa_backend == "official":
         if shard.world_size > 1:
-            raise ValueError("--aa-backend official runs in one process; under torchrun use "
+            raise UsageError("--aa-backend official runs in one process; under torchrun use "
                              "the native backend, which shards AutoAttack over the processes")
         official_autoattack()                  # fail before any work is done
     n = x.shape[0] if protocol.n_eval is None else min(protocol.n_eval, x.shape[0])

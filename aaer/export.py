@@ -19,6 +19,7 @@ from typing import Any
 import safetensors.torch
 from safetensors import safe_open
 
+from aaer.errors import MissingFile, UsageError
 from aaer.io import atomic_write_bytes, atomic_write_json, read_json
 from aaer.runs import CONFIG, MODEL, RESULTS, RunDir
 
@@ -35,19 +36,19 @@ def metadata_path(weights_path: str) -> str:
 def export_run(run_dir: str, out: str, *, overwrite: bool = False) -> dict[str, Any]:
     """Write ``out`` (.safetensors) and its .json from a finished run; returns the metadata."""
     if not out.endswith(".safetensors"):
-        raise ValueError(f"--out {out!r} must end with .safetensors")
+        raise UsageError(f"--out {out!r} must end with .safetensors")
     if not os.path.isdir(run_dir):
-        raise FileNotFoundError(f"--run {run_dir!r}: no such run directory")
+        raise MissingFile(f"--run {run_dir!r}: no such run directory")
     run = RunDir(run_dir)
     missing = [f for f in (CONFIG, MODEL, RESULTS) if not run.exists(f)]
     if missing:
-        raise ValueError(f"--run {run_dir!r} is not a finished run (missing "
+        raise UsageError(f"--run {run_dir!r} is not a finished run (missing "
                          f"{', '.join(missing)}); valid: a run directory whose training ended "
                          f"(continue an unfinished one with `aaer train --resume {run_dir}`)")
     meta_out = metadata_path(out)
     existing = [p for p in (out, meta_out) if os.path.exists(p)]
     if existing and not overwrite:
-        raise ValueError(f"{', '.join(existing)} already exist(s); pass --overwrite to "
+        raise UsageError(f"{', '.join(existing)} already exist(s); pass --overwrite to "
                          "replace, or choose another --out")
     cfg, raw, results = run.settings(custom_data=True), run.config(), run.results()
     state = run.model_state()
@@ -91,36 +92,36 @@ def read_exported(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
         with open(path, "rb") as f:
             blob = f.read()
     except OSError as e:
-        raise ValueError(f"{path} cannot be read: {e}") from None
+        raise UsageError(f"{path} cannot be read: {e}") from None
     try:
         state = safetensors.torch.load(blob)
         with safe_open(path, framework="pt") as f:
             header = f.metadata() or {}
     except Exception as e:
-        raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
+        raise UsageError(f"{path} is not a readable safetensors file: {e}") from None
     meta_file = metadata_path(path)
     if os.path.isfile(meta_file):
         meta = read_json(meta_file, "it is written by `aaer export` next to the weights; "
                          "export the run again, or remove it to use the weights' header")
         actual = hashlib.sha256(blob).hexdigest()
         if meta.get("sha256") != actual:
-            raise ValueError(f"{path} does not match its metadata {meta_file}: sha256 "
+            raise UsageError(f"{path} does not match its metadata {meta_file}: sha256 "
                              f"{actual} vs {meta.get('sha256')} recorded at export; valid: "
                              "the weights file written together with that JSON")
     elif HEADER_KEY in header:
         try:
             meta = json.loads(header[HEADER_KEY])
         except ValueError as e:
-            raise ValueError(f"{path}: the 'aaer' metadata in its header is not valid JSON "
+            raise UsageError(f"{path}: the 'aaer' metadata in its header is not valid JSON "
                              f"({e}); valid: a file written by `aaer export`") from None
     else:
-        raise ValueError(f"{path} has no aaer metadata ({meta_file} is missing and its header "
+        raise UsageError(f"{path} has no aaer metadata ({meta_file} is missing and its header "
                          "has no 'aaer' entry); valid: a file written by `aaer export`")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise ValueError(f"{path}: metadata format {found!r}, valid: {FORMAT!r}")
+        raise UsageError(f"{path}: metadata format {found!r}, valid: {FORMAT!r}")
     missing = [k for k in REQUIRED if meta.get(k) is None]
     if missing:
-        raise ValueError(f"{path}: its metadata lack {', '.join(missing)}; valid: a file "
+        raise UsageError(f"{path}: its metadata lack {', '.join(missing)}; valid: a file "
                          "written by `aaer export` (export the run again)")
     return state, meta

@@ -2,7 +2,7 @@
 
     python benchmarks/ddp_exit_loop.py --runs 50 --bound 120
 
-Each run trains the DDP test's tiny sin-CNN (tests/test_ddp.py) for 2 epochs on a small
+Each run trains the DDP test's tiny sin-CNN (tests/helpers/ddp.py) for 2 epochs on a small
 CIFAR-10 the script writes, with 2 gloo processes. A run that has not exited BOUND seconds
 after it started counts as hung: its process group is killed and the loop goes on. The
 last line says how many of the runs exited by themselves and the slowest exit.
@@ -33,11 +33,11 @@ def main() -> int:
     sys.path.insert(0, ROOT)
     import numpy as np
 
-    from tests.test_data import write_cifar10
+    from tests.helpers.files import write_cifar10
     tmp = tempfile.mkdtemp(prefix="ddp-loop-")
     data = os.path.join(tmp, "data")
     write_cifar10(data, np.random.default_rng(0), per_batch=16, n_test=4)
-    script = os.path.join(ROOT, "tests", "test_ddp.py")
+    script = os.path.join(ROOT, "tests", "helpers", "ddp.py")
     env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
     if args.library:
         env["AAER_DDP_LIBRARY_EXIT"] = "1"

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from aaer.methods import StepContext, create_method
-from tests.conftest import TinyNet
+from tests.helpers.tiny import TinyNet
 
 EPS = 16 / 255
 

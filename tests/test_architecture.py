@@ -15,7 +15,7 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 
 # module prefix -> layer; a module may import only modules of its own layer or below
 LAYERS = [
-    (0, ("aaer", "aaer.checks", "aaer.errors", "aaer.io")),
+    (0, ("aaer", "aaer.checks", "aaer.errors", "aaer.io", "aaer.threat")),
     (1, ("aaer.data", "aaer.models", "aaer.methods", "aaer.attacks")),
     (2, ("aaer.config",)),
     (3, ("aaer.runs",)),
@@ -143,7 +143,8 @@ def test_the_cycle_finder_finds_a_cycle(monkeypatch):
 
 
 def test_model_registry_imports_no_architecture():
-    assert GRAPH["aaer.models.registry"] == set()
+    assert {m for m in GRAPH["aaer.models.registry"] if m.startswith("aaer.models")} == set()
+    assert GRAPH["aaer.models.registry"] <= {"aaer.errors"}      # its UsageError, nothing else
 
 
 def test_only_the_run_directory_names_its_files():
@@ -169,3 +170,54 @@ def test_only_the_run_directory_names_the_metrics_row_fields():
     found = [f"{m}: {n}" for m, path in MODULES.items() if m != "aaer.runs"
              for n in names if n in open(path).read()]
     assert not found, found
+
+
+# -- the tests themselves ------------------------------------------------------------------
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+def imported_test_modules(source: str) -> list[str]:
+    """The test modules (test_*.py, conftest) that ``source`` imports, however spelled:
+    ``tests.test_x``, a bare ``test_x`` (pytest puts tests/ on sys.path), relative, or
+    ``from tests import test_x``."""
+    def is_test_module(name: str) -> bool:
+        parts = name.split(".")
+        parts = parts[1:] if parts[0] == "tests" else parts
+        return bool(parts) and (parts[0].startswith("test_") or parts[0] == "conftest")
+
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if is_test_module(a.name)]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if base and is_test_module(base):
+                found.append(base)
+            elif base in ("", "tests"):         # from tests import test_x; from . import
+                found += [f"{base}.{a.name}".lstrip(".") for a in node.names
+                          if is_test_module(a.name)]
+    return found
+
+
+def test_no_test_module_imports_another():
+    """Shared test code lives in tests/helpers (or conftest fixtures), never in a test file:
+    importing a test file runs its module-level code and collects its tests twice."""
+    bad = []
+    for name in sorted(os.listdir(TESTS)):
+        if name.startswith("test_") and name.endswith(".py"):
+            found = imported_test_modules(open(os.path.join(TESTS, name)).read())
+            bad += [f"tests/{name} imports {m}" for m in found]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_test_import_finder_finds_every_spelling():
+    """The oracle itself: each way of importing a test module is found, helpers are not."""
+    for line in ("from tests.test_data import write_cifar10", "import tests.test_resume",
+                 "from test_data import tar_folder", "from .test_report import make_run",
+                 "from tests import test_monitor", "from tests.conftest import TinyNet",
+                 "def f():\n    from tests.test_monitor import _scripted"):
+        assert imported_test_modules(line), line
+    for line in ("from tests.helpers.files import write_cifar10", "import tests.helpers.tiny",
+                 "from aaer.data import testing", "import pytest"):
+        assert not imported_test_modules(line), line

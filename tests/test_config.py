@@ -136,11 +136,12 @@ def test_non_numbers_and_out_of_range_are_refused_by_name(flat, flag):
 
 def test_provenance_in_config_json(tmp_path):
     from aaer.train import train
-    from tests.test_methods_baselines import tiny_dataset
+    from tests.helpers.tiny import tiny_dataset
     out = tmp_path / "run"
+    data = tiny_dataset(32, 16, classes=4, name="tiny", learnable=True)
     train(TrainConfig(method="rs-aaer", epsilon=16, dataset="cifar10", preset=None,
                       model="small-cnn", epochs=1, batch_size=16, eval_protocol="none",
-                      progress=False, device="cpu", out_dir=str(out)), tiny_dataset())
+                      progress=False, device="cpu", out_dir=str(out)), data)
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["format"] == "aaer-run/2"
     assert cfg["settings"]["method"]["lamda2"] == 7.0
@@ -227,7 +228,7 @@ def _stopped_after_epoch_0(tmp_path, method):
 
     from aaer.cli import config_from_args, main
     from aaer.train import build_trainer
-    from tests.test_data import write_cifar10
+    from tests.helpers.files import write_cifar10
     data = tmp_path / "data"
     write_cifar10(str(data), np.random.default_rng(0), per_batch=8, n_test=6)
     flags = ["train", "--dataset", "cifar10", "--data-dir", str(data), "--model", "small-cnn",

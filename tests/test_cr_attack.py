@@ -8,7 +8,7 @@ import torch
 
 from aaer.attacks.cr import CRAttack, default_n_targets
 from aaer.evaluation import PROTOCOLS, evaluate, format_table, get_protocol
-from tests.conftest import TinyNet
+from tests.helpers.tiny import TinyNet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -289,7 +289,7 @@ def test_cli_eval_runs_cr(tmp_path, capsys, monkeypatch):
     from aaer.cli import main
     from aaer.data import load_dataset
     from aaer.models import build
-    from tests.test_data import write_idx_set
+    from tests.helpers.files import write_idx_set
     fm = tmp_path / "fmnist"
     write_idx_set(str(fm), np.random.default_rng(0), n_train=16, n_test=24)
     data = load_dataset("fashion-mnist", str(fm), cache_dir=str(tmp_path / "cache"))

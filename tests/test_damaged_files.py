@@ -16,8 +16,7 @@ import pytest
 import torch
 
 from aaer.cli import main
-from tests.test_data import write_cifar10
-from tests.test_validation import snapshot
+from tests.helpers.files import snapshot, write_cifar10
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +205,7 @@ def test_numbers_that_are_not_numbers_are_refused_by_every_command(tmp_path, cap
 
 
 def test_missing_pillow_is_one_line(tmp_path, capsys, monkeypatch):
-    from tests.test_data import save_image
+    from tests.helpers.files import save_image
     for split in ("train", "test"):
         for c in ("a", "b"):
             os.makedirs(tmp_path / "imgs" / split / c)

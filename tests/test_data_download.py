@@ -18,7 +18,7 @@ import torch
 from aaer.data import load_dataset
 from aaer.data import sources
 from aaer.data.download import download_file, fetch, safe_extract
-from test_data import tar_folder, write_cifar10, write_idx_set
+from tests.helpers.files import tar_folder, write_cifar10, write_idx_set
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ sin(30 x) to two convolutions, a curved input map under which many attack steps 
 loss, so the AAER regulariser (summed over the ranks' global batch) is active. The attack
 starts at zero (--delta-init zero) so that no per-rank random noise enters.
 
-Run as a script (`python tests/test_ddp.py worker <aaer train flags>`) it is the worker:
-it registers the test model and calls the CLI, under torchrun or alone.
+The worker (tests/helpers/ddp.py) registers the test model and calls the CLI, under
+torchrun or alone.
 """
 import json
 import os
@@ -19,46 +19,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_data import write_cifar10
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODEL = "test-sin-cnn"
-# seconds a 2-epoch run may take from start to exit (typically 13-16 s here); a run that
-# finishes training but never exits fails the test instead of hanging it
-EXIT_BOUND = 90
-
-
-class SinCNN(torch.nn.Module):
-    def __init__(self, num_classes, in_channels):
-        super().__init__()
-        self.conv1 = torch.nn.Conv2d(in_channels, 8, 3, padding=1)
-        self.conv2 = torch.nn.Conv2d(8, 16, 3, stride=2, padding=1)
-        self.fc = torch.nn.Linear(16, num_classes)
-
-    def forward(self, x):
-        x = torch.relu(self.conv1(torch.sin(30.0 * x)))
-        x = torch.relu(self.conv2(x))
-        return self.fc(x.mean((2, 3)))
-
-
-def _register_test_model():
-    """In the worker processes only: the test process's registry stays as shipped."""
-    from aaer.models import register_model
-    register_model(MODEL)(lambda num_classes, in_channels, image_size:
-                          SinCNN(num_classes, in_channels))
-
-
-def _run(cmd, tmp_path, extra_env=None):
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", **(extra_env or {})}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=EXIT_BOUND, env=env,
-                          cwd=str(tmp_path))
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return proc
-
-
-def _metrics(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
+from tests.helpers.ddp import (BLOW_UP_ENV, EXIT_BOUND, MODEL, PROBES_ENV, SCRIPT, SinCNN,
+                               metrics as _metrics, run as _run)
+from tests.helpers.files import write_cifar10
 
 @pytest.mark.slow
 @pytest.mark.timeout(4 * EXIT_BOUND)
@@ -70,7 +33,7 @@ def test_two_gloo_processes_match_one_process_on_the_global_batch(tmp_path):
              "--lamda3", "1.5", "--epochs", "2", "--batch-size", "16", "--lr-max", "0.05",
              "--eval-protocol", "quick", "--eval-batch-size", "2", "--no-progress",
              "--device", "cpu"]
-    script = os.path.join(ROOT, "tests", "test_ddp.py")
+    script = SCRIPT
     one, two = tmp_path / "one", tmp_path / "two"
     _run([sys.executable, script, "worker", *flags, "--out-dir", str(one)], tmp_path)
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
@@ -116,40 +79,6 @@ def test_two_gloo_processes_match_one_process_on_the_global_batch(tmp_path):
     assert max((w1[k] - init[k]).abs().max().item() for k in w1) > 1e-3
 
 
-# probes the worker scripts when AAER_TEST_PROBES="pgd,pgd,...;fgsm,fgsm,...": every process
-# measures the same sequence, so the rule's input is known
-PROBES_ENV = "AAER_TEST_PROBES"
-# AAER_TEST_BLOW_UP=1: after a rollback, the next epoch leaves a non-finite weight on every
-# process (as a doubled lamda1 did to N-AAER on the CO fixture)
-BLOW_UP_ENV = "AAER_TEST_BLOW_UP"
-
-
-def _script_probes():
-    from aaer.monitor import COMonitor
-    pgd, fgsm = ([float(v) for v in part.split(",")]
-                 for part in os.environ[PROBES_ENV].split(";"))
-    calls = []
-
-    def measure(self, model):
-        i = len(calls)
-        calls.append(i)
-        return {"clean": 0.9, "fgsm": fgsm[i], "pgd": pgd[i], "seconds": 0.0}
-    COMonitor.measure = measure
-
-
-def _blow_up_after_a_rollback():
-    from aaer.engine.trainer import Trainer
-    run_epoch = Trainer.run_epoch
-
-    def blow_up(self, epoch):
-        end = run_epoch(self, epoch)
-        if self.monitor.rollbacks:
-            with torch.no_grad():
-                next(self.model.parameters()).fill_(float("inf"))
-        return end
-    Trainer.run_epoch = blow_up
-
-
 ROLLBACK_FLAGS = ["--dataset", "cifar10", "--model", MODEL, "--method", "rs-aaer",
                   "--delta-init", "zero", "--lamda2", "2.5", "--lamda3", "1.5",
                   "--batch-size", "16", "--lr-max", "0.05", "--eval-protocol", "none",
@@ -167,7 +96,7 @@ def test_rollback_under_two_gloo_processes_matches_one_process(tmp_path):
     data = tmp_path / "data"
     write_cifar10(str(data), np.random.default_rng(0), per_batch=16, n_test=4)
     flags = [*ROLLBACK_FLAGS, "--data-dir", str(data), "--epochs", "5"]
-    script = os.path.join(ROOT, "tests", "test_ddp.py")
+    script = SCRIPT
     env = {PROBES_ENV: SCRIPT}
     one, two = tmp_path / "one", tmp_path / "two"
     _run([sys.executable, script, "worker", *flags, "--out-dir", str(one)], tmp_path, env)
@@ -199,7 +128,7 @@ def test_divergence_after_a_rollback_under_two_gloo_processes_stops_with_the_bes
     data = tmp_path / "data"
     write_cifar10(str(data), np.random.default_rng(0), per_batch=16, n_test=4)
     flags = [*ROLLBACK_FLAGS, "--data-dir", str(data), "--epochs", "5"]
-    script = os.path.join(ROOT, "tests", "test_ddp.py")
+    script = SCRIPT
     two = tmp_path / "two"
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
           "2", script, "worker", *flags, "--out-dir", str(two)], tmp_path,
@@ -210,17 +139,3 @@ def test_divergence_after_a_rollback_under_two_gloo_processes_stops_with_the_bes
     best = torch.load(two / "best_probe.pt", weights_only=True)["model"]
     final = torch.load(two / "model.pt", weights_only=True)
     assert all(torch.equal(best[k], final[k]) for k in best)
-
-
-if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] in ("worker", "eval"):
-    sys.path.insert(0, ROOT)
-    _register_test_model()
-    if os.environ.get(PROBES_ENV):
-        _script_probes()
-    if os.environ.get(BLOW_UP_ENV):
-        _blow_up_after_a_rollback()
-    from aaer.cli import main, run
-    command = ["train"] if sys.argv[1] == "worker" else ["eval"]
-    if os.environ.get("AAER_DDP_LIBRARY_EXIT"):     # benchmarks/ddp_exit_loop.py --library
-        raise SystemExit(main([*command, *sys.argv[2:]]))
-    run(main, argv=[*command, *sys.argv[2:]])

@@ -10,7 +10,7 @@ import aaer.experiments.demo as demo
 from aaer.cli import main
 from aaer.data.datasets import Dataset
 from aaer.reporting.report import load_run
-from tests.test_report import CO_RUN, OK_RUN, make_run
+from tests.helpers.run_dirs import CO_RUN, OK_RUN, make_run
 
 
 def test_fixture_config():
@@ -150,10 +150,10 @@ def test_epoch_printer_prints_new_epochs_and_a_rollback(tmp_path):
 
 
 def test_demo_with_rollback_says_what_the_rollback_did(tmp_path, monkeypatch):
-    from tests.test_monitor import _scripted
+    from tests.helpers.tiny import scripted_probes
     # probes in training order: the rollback run first (CO confirmed at epoch 3, back to
     # epoch 1, rescued), then RS-FGSM (CO from epoch 2 on), then RS-AAER (no CO)
-    _scripted(monkeypatch,
+    scripted_probes(monkeypatch,
               [0.25, 0.5, 0.125, 0.125, 0.375, 0.375, 0.4, 0.45] +
               [0.25, 0.5, 0.125, 0.125, 0.0625, 0.0625] + [0.25, 0.3, 0.35, 0.4, 0.4, 0.4],
               [0.25, 0.375, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5] + [0.25, 0.375, 0.5, 0.5, 0.5, 0.5] +

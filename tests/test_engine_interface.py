@@ -12,24 +12,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aaer.data import Dataset
 from aaer.errors import TrainingInterrupted
 from aaer.methods import METHODS
 from aaer.methods.base import (Cost, Method, MemorySlot, StepOutput, clip_to_box,
                                forward_with_input_grad, project)
-from aaer.monitor import COMonitor
 from aaer.runs import read_checkpoint
 from aaer.train import TrainConfig, build_trainer, resume, train
+from tests.helpers.tiny import scripted_probes, signal_at, tiny_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _dataset(n_train=50, n_test=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    img = lambda n: torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8, generator=g)
-    lab = lambda n: torch.randint(0, 4, (n,), generator=g)
-    return Dataset("synthetic", img(n_train), lab(n_train), img(n_test), lab(n_test),
-                   ["a", "b", "c", "d"], (0.5,), (0.5,))
+def _dataset(n_train=50, n_test=16):
+    return tiny_dataset(n_train=n_train, n_test=n_test, size=8, classes=4, name="synthetic")
 
 
 def _cfg(tmp_path, name, **kw):
@@ -101,18 +96,6 @@ def test_per_example_state_is_kept_by_training_set_index(tmp_path):
     assert mem["delta"].abs().max() <= eps + 1e-7 and mem["delta"].abs().sum(dim=(1, 2, 3)).min() > 0
 
 
-def _signal_at(trainer, epoch, step):
-    orig = trainer.train_step
-
-    def train_step(x, y, ctx):
-        out = orig(x, y, ctx)
-        if (ctx.epoch, ctx.iteration) == (epoch, step):
-            os.kill(os.getpid(), signal.SIGTERM)
-        return out
-
-    trainer.train_step = train_step
-
-
 def test_per_example_state_resumes_bitwise_mid_epoch(tmp_path):
     """Stopped after step 1 of epoch 1 and resumed: the weights and every remembered
     perturbation equal the uninterrupted run's, bit for bit (a resume that restarted the
@@ -120,7 +103,7 @@ def test_per_example_state_resumes_bitwise_mid_epoch(tmp_path):
     ds = _dataset()
     train(_cfg(tmp_path, "ref"), ds)
     cut = build_trainer(_cfg(tmp_path, "cut"), ds)
-    _signal_at(cut, 1, 1)
+    signal_at(cut, 1, 1, signal.SIGTERM)
     with pytest.raises(TrainingInterrupted):
         cut.fit()
     assert read_checkpoint(str(tmp_path / "cut" / "checkpoint.pt"))["partial"] is not None
@@ -133,15 +116,10 @@ def test_per_example_state_resumes_bitwise_mid_epoch(tmp_path):
 
 
 def _scripted(monkeypatch, pgd, fgsm):
-    calls = []
-
-    def measure(self, model):
-        i = len(calls)
-        calls.append(model)
-        return {"clean": 0.9, "fgsm": fgsm[i], "pgd": pgd[i], "seconds": 0.0}
-
-    monkeypatch.setattr(COMonitor, "measure", measure)
-    return calls
+    """Scripted probe values; returns the list of the models the probes measured."""
+    models = []
+    scripted_probes(monkeypatch, pgd, fgsm, models=models)
+    return models
 
 
 def test_per_example_state_is_rewound_by_a_rollback(tmp_path, monkeypatch):
@@ -286,7 +264,7 @@ def test_a_method_reading_the_average_trains_and_resumes_bitwise(tmp_path):
     cfg = lambda name: _cfg(tmp_path, name, method="toy-teacher", epochs=2, weight_average=0.8)
     train(cfg("ref"), ds)
     cut = build_trainer(cfg("cut"), ds)
-    _signal_at(cut, 1, 0)
+    signal_at(cut, 1, 0, signal.SIGTERM)
     with pytest.raises(TrainingInterrupted):
         cut.fit()
     resume(str(tmp_path / "cut"), dataset=ds)

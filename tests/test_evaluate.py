@@ -166,7 +166,7 @@ def test_cli_eval_writes_autoattack_results(tmp_path, capsys, monkeypatch):
 
     import numpy as np
 
-    from tests.test_data import write_idx_set
+    from tests.helpers.files import write_idx_set
     fm = tmp_path / "fmnist"                # small IDX files in the real format
     write_idx_set(str(fm), np.random.default_rng(0), n_train=16, n_test=48)
     data = load_dataset("fashion-mnist", str(fm), cache_dir=str(tmp_path / "cache"))

@@ -12,7 +12,7 @@ import torch
 
 from aaer.cli import main
 from aaer.export import read_exported
-from tests.test_data import write_cifar10, write_cifar100
+from tests.helpers.files import write_cifar10, write_cifar100
 
 
 @pytest.fixture(scope="module")

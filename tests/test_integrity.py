@@ -14,7 +14,7 @@ import pytest
 
 from aaer.data import load_dataset
 from aaer.data.download import download_file, safe_extract
-from tests.test_data import write_idx_set
+from tests.helpers.files import write_idx_set
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from aaer.attacks.pgd import fgsm, pgd
 from aaer.methods import METHODS, StepContext, create_method
 from aaer.methods.base import ball_noise, project, unit_step
 from aaer.train import TrainConfig
-from tests.conftest import TinyNet
+from tests.helpers.tiny import TinyNet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -231,7 +231,7 @@ def test_l2_radius_convention_and_provenance():
 
 def test_l2_train_and_eval_end_to_end(tmp_path, capsys):
     from aaer.cli import main
-    from tests.test_data import write_cifar10
+    from tests.helpers.files import write_cifar10
     write_cifar10(str(tmp_path / "data"), np.random.default_rng(0), per_batch=8, n_test=8)
     run = tmp_path / "run"
     assert main(["train", "--norm", "l2", "--method", "rs-aaer", "--epsilon", "0.5",
@@ -263,7 +263,7 @@ def test_two_processes_evaluate_exactly_as_one(tmp_path, norm, eps):
 
     from aaer.data.datasets import NORMALIZATION
     from aaer.models import build
-    from tests.test_data import py2_pickle, write_cifar10
+    from tests.helpers.files import py2_pickle, write_cifar10
     _, _, test_x, _, _ = write_cifar10(str(tmp_path / "data"), np.random.default_rng(0),
                                        per_batch=8, n_test=24)
     torch.manual_seed(0)

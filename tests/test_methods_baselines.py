@@ -6,7 +6,6 @@ runs a short training through aaer.train.train.
 """
 import json
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -23,7 +22,7 @@ from aaer.methods.gradalign import (GradAlign, gradalign_penalty, gradient_cosin
 from aaer.methods.multigrad import MultiGrad, sign_agreement
 from aaer.methods.pgd_at import PGDAT, pgd_perturbation
 from aaer.methods.zerograd import ZeroGrad, per_example_quantile, zero_small_gradients
-from tests.conftest import TinyNet
+from tests.helpers.tiny import TinyNet, tiny_dataset
 
 EPS = 8 / 255
 CTX = StepContext()
@@ -382,42 +381,6 @@ def test_hparams_round_trip_and_presets_construct(name):
 
 # -- end to end -----------------------------------------------------------------------
 
-@dataclass
-class TinyData:
-    """The fields of aaer.data.Dataset that train() reads, for an in-memory data set."""
-    name: str
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-    classes: list
-    mean: tuple
-    std: tuple
-    source: str = "in-memory test data"
-
-    @property
-    def num_classes(self):
-        return len(self.classes)
-
-    @property
-    def in_channels(self):
-        return int(self.train_x.shape[1])
-
-    @property
-    def image_size(self):
-        return int(self.train_x.shape[2])
-
-
-def tiny_dataset(n=48, size=16, classes=4):
-    g = torch.Generator().manual_seed(0)
-    y = torch.arange(n) % classes
-    # class-dependent brightness so that there is something to learn
-    base = (y.float() / classes).view(-1, 1, 1, 1) * 160 + 40
-    x = (base + 40 * torch.rand(n, 3, size, size, generator=g)).clamp(0, 255).to(torch.uint8)
-    return TinyData("tiny", x[:32], y[:32], x[32:], y[32:], [str(c) for c in range(classes)],
-                    (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-
-
 @pytest.mark.parametrize("name", list(METHODS))
 def test_every_method_trains_end_to_end(name, tmp_path):
     from aaer.train import TrainConfig, train
@@ -426,7 +389,7 @@ def test_every_method_trains_end_to_end(name, tmp_path):
                       method_hparams=hp, epsilon=8.0, epochs=2, batch_size=16, lr_max=0.05,
                       device="cpu", eval_protocol="quick", n_eval=8, eval_batch_size=16,
                       progress=False, seed=0)
-    results = train(cfg, dataset=tiny_dataset())
+    results = train(cfg, dataset=tiny_dataset(32, 16, classes=4, name="tiny", learnable=True))
     out = tmp_path / name
     for f in ("config.json", "metrics.jsonl", "train.log", "model.pt", "results.json",
               "checkpoint.pt"):

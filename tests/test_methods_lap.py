@@ -13,7 +13,7 @@ from aaer.methods import METHODS, StepContext, create_method
 from aaer.methods.base import Weights, clip_to_box, project
 from aaer.methods.lap import BETAS, layer_coefficients, perturbed_weights
 from aaer.models import build
-from tests.conftest import TinyNet
+from tests.helpers.tiny import TinyNet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from aaer.errors import UsageError
 from aaer.methods import METHODS, StepContext, create_method
 from aaer.methods.liet import js_divergence, nls_cross_entropy, nls_targets
-from tests.conftest import TinyNet
-from tests.test_methods_uap import D, SHAPE, Linear, Recorder, batch
+from tests.helpers.tiny import TinyNet
+from tests.helpers.linear import D, SHAPE, Linear, Recorder, batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

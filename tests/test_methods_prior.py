@@ -550,8 +550,8 @@ def test_resume_inside_a_reset_epoch_and_with_cs_firing_is_bitwise(name, hp, tmp
     u, beta and the epoch's running sums come back from the checkpoint)."""
     from aaer.runs import read_checkpoint
     from aaer.train import TrainConfig, build_trainer, resume, train
-    from tests.test_methods_resume import _data, _same
-    ds = _data()
+    from tests.helpers.tiny import same_state as _same, tiny_dataset
+    ds = tiny_dataset(n_train=32, n_test=8, size=8, classes=4, learnable=True)
     cfg = lambda out: TrainConfig(out_dir=str(out), model="small-cnn", method=name,
                                   method_hparams=hp, epsilon=8.0, epochs=3, batch_size=8,
                                   lr_max=0.05, device="cpu", eval_protocol=None,
@@ -594,18 +594,18 @@ def test_two_gloo_processes_match_one_process(name, sets, tmp_path):
     every copy), the batch-wide L1 norm of the momentum taken over the global batch, and
     the CS gate decided on the global batch's l_n with u the global epoch mean. The prior
     starts at zero (--delta-init zero) so that no per-process noise enters; the test model
-    has no BatchNorm (see tests/test_ddp.py)."""
+    has no BatchNorm (see tests/helpers/ddp.py)."""
     import numpy as np
     import sys
-    from tests.test_data import write_cifar10
-    from tests.test_ddp import ROOT, MODEL, _metrics, _run
+    from tests.helpers.ddp import MODEL, SCRIPT, metrics as _metrics, run as _run
+    from tests.helpers.files import write_cifar10
     data = tmp_path / "data"
     write_cifar10(str(data), np.random.default_rng(0), per_batch=16, n_test=4)   # 80 images
     flags = ["--dataset", "cifar10", "--data-dir", str(data), "--model", MODEL,
              "--method", name, "--delta-init", "zero", *sets, "--epochs", "2",
              "--batch-size", "16", "--lr-max", "0.05", "--eval-protocol", "none",
              "--no-progress", "--device", "cpu"]
-    script = os.path.join(ROOT, "tests", "test_ddp.py")
+    script = SCRIPT
     one, two = tmp_path / "one", tmp_path / "two"
     _run([sys.executable, script, "worker", *flags, "--out-dir", str(one)], tmp_path)
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",

@@ -7,25 +7,16 @@ import signal
 import pytest
 import torch
 
-from aaer.data import Dataset
 from aaer.errors import TrainingInterrupted
 from aaer.methods import METHODS
 from aaer.runs import read_checkpoint
 from aaer.train import TrainConfig, build_trainer, resume, train
+from tests.helpers.tiny import same_state, tiny_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # methods whose defaults cost many passes per step: fewer for the test
 LIGHTER = {"pgd": {"steps": 2}, "free": {"replays": 2}}
-
-
-def _data():
-    g = torch.Generator().manual_seed(0)
-    y = torch.arange(40) % 4
-    base = (y.float() / 4).view(-1, 1, 1, 1) * 160 + 40
-    x = (base + 40 * torch.rand(40, 3, 8, 8, generator=g)).clamp(0, 255).to(torch.uint8)
-    return Dataset("tiny", x[:32], y[:32], x[32:], y[32:], ["0", "1", "2", "3"],
-                   (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
 
 def _cfg(out, name):
@@ -37,7 +28,7 @@ def _cfg(out, name):
 
 @pytest.mark.parametrize("name", list(METHODS))
 def test_every_method_resumes_bitwise_mid_epoch(name, tmp_path):
-    ds = _data()
+    ds = tiny_dataset(n_train=32, n_test=8, size=8, classes=4, learnable=True)
     train(_cfg(tmp_path / "ref", name), ds)
     cut = build_trainer(_cfg(tmp_path / "cut", name), ds)
     # epochs_for may shorten the run (Free-AT): stop inside its last epoch
@@ -58,15 +49,4 @@ def test_every_method_resumes_bitwise_mid_epoch(name, tmp_path):
     a = read_checkpoint(str(tmp_path / "ref" / "checkpoint.pt"))
     b = read_checkpoint(str(tmp_path / "cut" / "checkpoint.pt"))
     for part in ("model", "method", "memory", "averaged"):
-        assert _same(a.get(part), b.get(part)), part
-
-
-def _same(a, b) -> bool:
-    """Nested dicts/lists of tensors and numbers equal bit for bit."""
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
-    return a == b
+        assert same_state(a.get(part), b.get(part)), part

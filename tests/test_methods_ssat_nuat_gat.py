@@ -13,7 +13,7 @@ from aaer.methods.gat import softmax_distance
 from aaer.methods.nuat import nuclear_norm
 from aaer.methods.base import uniform_noise
 from aaer.methods.ssat import checkpoint_points
-from tests.conftest import TinyNet
+from tests.helpers.tiny import TinyNet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,45 +14,13 @@ from aaer.methods import METHODS, StepContext, create_method
 from aaer.methods.base import classifier, penultimate
 from aaer.methods.uap import adam_step
 from aaer.models import build
-from tests.conftest import TinyNet
+from tests.helpers.tiny import TinyNet
+from tests.helpers.linear import D, SHAPE, Linear, Recorder, batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 EPS = 8 / 255
 E_U = 1.25 * EPS                          # 10/255, the published e_u
-SHAPE = (3, 4, 4)
-D = 3 * 4 * 4
-
-
-class Linear(nn.Module):
-    """z = W vec(x): bias-free, so the weight gradients have closed forms."""
-
-    def __init__(self, k=3, bias=False):
-        super().__init__()
-        self.fc = nn.Linear(D, k, bias=bias)
-
-    def forward(self, x):
-        return self.fc(x.flatten(1))
-
-
-class Recorder(nn.Module):
-    """Runs ``net`` and keeps a copy of every input it was given, in order."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net, self.inputs = net, []
-
-    def forward(self, x):
-        self.inputs.append(x.detach().clone())
-        return self.net(x)
-
-
-def batch(n=6, k=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = 0.1 + 0.8 * torch.rand(n, *SHAPE, generator=g)      # the box's interior
-    return x, torch.arange(n) % k
-
-
 def signs(shape, seed=1):
     g = torch.Generator().manual_seed(seed)
     return torch.where(torch.rand(shape, generator=g) < 0.5, -1.0, 1.0)

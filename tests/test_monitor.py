@@ -8,8 +8,9 @@ import torch
 
 from aaer.data.datasets import Dataset
 from aaer.methods.base import aae_statistics, summarize_aae
-from aaer.monitor import COMonitor, CORule, evidence_text, select_probe_data
+from aaer.monitor import CORule, evidence_text, select_probe_data
 from aaer.train import TrainConfig, build_trainer
+from tests.helpers.tiny import scripted_probes
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -161,19 +162,6 @@ def _cfg(tmp_path, name, **kw):
     return TrainConfig(**base)
 
 
-def _scripted(monkeypatch, pgd, fgsm):
-    """Make every probe return the next (pgd, fgsm) pair, so the rule's input is known."""
-    calls = []
-
-    def measure(self, model):
-        i = len(calls)
-        calls.append(i)
-        return {"clean": 0.9, "fgsm": fgsm[i], "pgd": pgd[i], "seconds": 0.0}
-
-    monkeypatch.setattr(COMonitor, "measure", measure)
-    return calls
-
-
 def _rows(cfg):
     with open(f"{cfg.out_dir}/metrics.jsonl") as f:
         return [json.loads(l) for l in f]
@@ -184,7 +172,7 @@ FGSM = [0.25, 0.375, 0.5, 0.625, 0.625]
 
 
 def test_warn_records_flag_epoch_and_evidence(tmp_path, monkeypatch):
-    _scripted(monkeypatch, PGD, FGSM)
+    scripted_probes(monkeypatch, PGD, FGSM)
     cfg = _cfg(tmp_path, "warn")
     res = build_trainer(cfg, _dataset()).fit()
     rows = _rows(cfg)
@@ -210,7 +198,7 @@ def test_warn_records_flag_epoch_and_evidence(tmp_path, monkeypatch):
 
 
 def test_a_single_dip_is_not_co(tmp_path, monkeypatch):
-    _scripted(monkeypatch, [0.5, 0.125, 0.5, 0.125, 0.0625], [0.5] * 5)
+    scripted_probes(monkeypatch, [0.5, 0.125, 0.5, 0.125, 0.0625], [0.5] * 5)
     res = build_trainer(_cfg(tmp_path, "dip"), _dataset()).fit()
     rows = _rows(_cfg(tmp_path, "dip"))
     assert [r["co_candidate"] for r in rows] == [False, True, False, True, True]
@@ -218,7 +206,7 @@ def test_a_single_dip_is_not_co(tmp_path, monkeypatch):
 
 
 def test_stop_ends_training_with_the_best_probe_weights(tmp_path, monkeypatch):
-    _scripted(monkeypatch, PGD, FGSM)
+    scripted_probes(monkeypatch, PGD, FGSM)
     cfg = _cfg(tmp_path, "stop", on_co="stop")
     trainer = build_trainer(cfg, _dataset())
     reached = {}
@@ -261,7 +249,7 @@ def _same(a, b):
 
 def test_rollback_rewinds_strengthens_and_stops_when_co_comes_back(tmp_path, monkeypatch):
     # epoch:          0     1    2      3      | 2    3       4
-    _scripted(monkeypatch, [0.25, 0.5, 0.125, 0.125, 0.5, 0.0625, 0.0625],
+    scripted_probes(monkeypatch, [0.25, 0.5, 0.125, 0.125, 0.5, 0.0625, 0.0625],
               [0.25, 0.375, 0.5, 0.5, 0.5, 0.625, 0.625])
     cfg = _cfg(tmp_path, "rb", on_co="rollback", max_rollbacks=1, epochs=5)
     trainer = build_trainer(cfg, _dataset())
@@ -288,7 +276,7 @@ def test_rollback_rewinds_strengthens_and_stops_when_co_comes_back(tmp_path, mon
 
 
 def test_rollback_of_a_plain_method_rescues_the_run(tmp_path, monkeypatch):
-    _scripted(monkeypatch, [0.25, 0.5, 0.125, 0.125, 0.375, 0.375, 0.4, 0.45],
+    scripted_probes(monkeypatch, [0.25, 0.5, 0.125, 0.125, 0.375, 0.375, 0.4, 0.45],
               [0.25, 0.375, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5])
     cfg = _cfg(tmp_path, "rb2", method="rs-fgsm", method_hparams={}, on_co="rollback",
                epochs=6)
@@ -312,7 +300,7 @@ def test_two_rollbacks_to_the_same_point_on_the_cyclic_schedule(tmp_path, monkey
     # CO twice after epoch 1's best probe: both rollbacks return to the same saved state,
     # and CyclicLR's load_state_dict must not consume that state the first time
     # epoch:          0     1    2      3      | 2      3      | 2    3    4
-    _scripted(monkeypatch, [0.25, 0.5, 0.125, 0.125, 0.125, 0.125, 0.4, 0.45, 0.45],
+    scripted_probes(monkeypatch, [0.25, 0.5, 0.125, 0.125, 0.125, 0.125, 0.4, 0.45, 0.45],
               [0.25, 0.375, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5])
     cfg = _cfg(tmp_path, "rb3", method="rs-fgsm", method_hparams={}, on_co="rollback",
                max_rollbacks=2, epochs=5, lr_schedule="cyclic")
@@ -332,7 +320,7 @@ def test_two_rollbacks_to_the_same_point_on_the_cyclic_schedule(tmp_path, monkey
 def test_co_from_the_start_rolls_back_to_the_start(tmp_path, monkeypatch):
     # masked CO (PGD 0 while FGSM is high) from the first probes: no good probe to go back
     # to, so training starts again from its initial state with a smaller step
-    _scripted(monkeypatch, [0.0, 0.0, 0.25, 0.3, 0.3], [0.5, 0.5, 0.3, 0.35, 0.35])
+    scripted_probes(monkeypatch, [0.0, 0.0, 0.25, 0.3, 0.3], [0.5, 0.5, 0.3, 0.35, 0.35])
     cfg = _cfg(tmp_path, "start", method="fgsm", method_hparams={}, on_co="rollback",
                epochs=3)
     trainer = build_trainer(cfg, _dataset())
@@ -351,7 +339,7 @@ def test_out_of_co_but_robust_to_nothing_is_no_rescue(tmp_path, monkeypatch, cap
     # only because FGSM accuracy fell too: PGD accuracy stays under the floor (zero-start
     # FGSM on the CO fixture ends like this). That is not a rescue, and the run says so.
     from aaer.cli import _co_outcome
-    _scripted(monkeypatch, [0.0, 0.0, 0.02, 0.03, 0.03], [0.5, 0.5, 0.1, 0.1, 0.1])
+    scripted_probes(monkeypatch, [0.0, 0.0, 0.02, 0.03, 0.03], [0.5, 0.5, 0.1, 0.1, 0.1])
     cfg = _cfg(tmp_path, "weak", method="fgsm", method_hparams={}, on_co="rollback",
                epochs=3)
     res = build_trainer(cfg, _dataset()).fit()
@@ -371,7 +359,7 @@ def test_divergence_after_a_rollback_stops_with_the_best_probe(tmp_path, monkeyp
     # lamda1 did to N-AAER on the CO fixture): the checkpoint check catches it, and the run
     # (which had a healthy best probe) ends with those weights, saying it was not rescued
     from aaer.cli import _co_outcome
-    _scripted(monkeypatch, [0.25, 0.5, 0.125, 0.125] + [0.5] * 4, [0.25, 0.375, 0.5, 0.5] +
+    scripted_probes(monkeypatch, [0.25, 0.5, 0.125, 0.125] + [0.5] * 4, [0.25, 0.375, 0.5, 0.5] +
               [0.5] * 4)
     cfg = _cfg(tmp_path, "div", on_co="rollback", epochs=5)
     trainer = build_trainer(cfg, _dataset())
@@ -412,7 +400,7 @@ def test_divergence_without_a_rollback_is_still_an_error(tmp_path, monkeypatch):
 def test_co_from_the_start_every_time_ends_in_co_and_says_so(tmp_path, monkeypatch):
     # masked CO from the first probe, before and after the rollback to the start: the run
     # stops with its current weights, which are in CO (no healthy probe to restore)
-    _scripted(monkeypatch, [0.0, 0.0, 0.0, 0.0], [0.5, 0.5, 0.5, 0.5])
+    scripted_probes(monkeypatch, [0.0, 0.0, 0.0, 0.0], [0.5, 0.5, 0.5, 0.5])
     cfg = _cfg(tmp_path, "never", method="fgsm", method_hparams={}, on_co="rollback",
                max_rollbacks=1, epochs=3)
     res = build_trainer(cfg, _dataset()).fit()
@@ -428,13 +416,13 @@ def test_a_candidate_at_the_last_probe_is_acted_on_by_rollback_not_by_warn(tmp_p
                                                                           monkeypatch):
     # epoch:             0     1    2    3       | 2    3
     pgd, fgsm = [0.25, 0.5, 0.5, 0.0625, 0.5, 0.45], [0.25, 0.375, 0.5, 0.625, 0.5, 0.5]
-    _scripted(monkeypatch, pgd, fgsm)
+    scripted_probes(monkeypatch, pgd, fgsm)
     res = build_trainer(_cfg(tmp_path, "w", epochs=4), _dataset()).fit()
     mon = res["monitor"]
     assert not mon["co_detected"] and mon["ends_in_co"]       # a candidate, not confirmed
     assert _rows(_cfg(tmp_path, "w"))[-1]["co_candidate"]
 
-    _scripted(monkeypatch, pgd, fgsm)
+    scripted_probes(monkeypatch, pgd, fgsm)
     cfg = _cfg(tmp_path, "rb", method="rs-fgsm", method_hparams={}, on_co="rollback",
                epochs=4)
     trainer = build_trainer(cfg, _dataset())
@@ -453,7 +441,7 @@ def test_a_candidate_at_the_last_probe_is_acted_on_by_rollback_not_by_warn(tmp_p
 def test_rollback_to_a_best_probe_between_two_steps(tmp_path, monkeypatch):
     # 3 steps an epoch, a probe every 2 steps and at each epoch end; the best probe is at
     # step 4, inside epoch 1: the rollback returns there, partial sums and all
-    _scripted(monkeypatch, [0.25, 0.3, 0.5, 0.0625, 0.0625, 0.5, 0.5, 0.5],
+    scripted_probes(monkeypatch, [0.25, 0.3, 0.5, 0.0625, 0.0625, 0.5, 0.5, 0.5],
               [0.25, 0.3, 0.5, 0.625, 0.625, 0.5, 0.5, 0.5])
     cfg = _cfg(tmp_path, "mid", method="rs-fgsm", method_hparams={}, on_co="rollback",
                probe_every=2, epochs=3)
@@ -471,10 +459,10 @@ def test_rollback_survives_a_resume(tmp_path, monkeypatch):
     method and the rewind point, and ends as the uninterrupted run."""
     seq = ([0.25, 0.5, 0.125, 0.125, 0.375, 0.375, 0.4, 0.45],
            [0.25, 0.375, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5])
-    _scripted(monkeypatch, *seq)
+    scripted_probes(monkeypatch, *seq)
     ref = build_trainer(_cfg(tmp_path, "ref", method="rs-fgsm", method_hparams={},
                              on_co="rollback", epochs=6), _dataset()).fit()
-    calls = _scripted(monkeypatch, *seq)
+    calls = scripted_probes(monkeypatch, *seq)
     cfg = _cfg(tmp_path, "cut", method="rs-fgsm", method_hparams={}, on_co="rollback",
                epochs=6)
     trainer = build_trainer(cfg, _dataset())
@@ -527,7 +515,7 @@ def test_config_errors_name_the_bad_value(tmp_path, kw, msg):
 
 def test_probe_every_n_steps_and_a_mid_epoch_stop(tmp_path, monkeypatch):
     # 3 steps per epoch, a probe every 2 steps plus one at each epoch end
-    _scripted(monkeypatch, [0.25, 0.5, 0.5, 0.0625, 0.0], [0.25, 0.5, 0.5, 0.5, 0.5])
+    scripted_probes(monkeypatch, [0.25, 0.5, 0.5, 0.0625, 0.0], [0.25, 0.5, 0.5, 0.5, 0.5])
     cfg = _cfg(tmp_path, "steps", probe_every=2, on_co="stop", epochs=3)
     res = build_trainer(cfg, _dataset()).fit()
     with open(tmp_path / "steps" / "probes.jsonl") as f:

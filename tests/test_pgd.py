@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from aaer.attacks import fgsm, pgd, pgd_restart
 from aaer.evaluation import evaluate
-from tests.conftest import TinyNet
+from tests.helpers.tiny import TinyNet
 
 EPS = 8 / 255
 

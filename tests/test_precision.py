@@ -12,7 +12,7 @@ from aaer.methods.base import Cost, forward_with_input_grad, uniform_noise
 from aaer.models import build
 from aaer.engine.precision import Precision, maybe_compile, use_channels_last
 from aaer.train import TrainConfig, build_trainer
-from tests.conftest import TinyNet
+from tests.helpers.tiny import TinyNet
 
 EPS = 8 / 255
 

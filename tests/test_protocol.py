@@ -6,18 +6,14 @@ import json
 import pytest
 import torch
 
-from aaer.data import Dataset
 from aaer.train import TrainConfig, train
+from tests.helpers.tiny import tiny_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(n_train=32, n_test=8):
-    g = torch.Generator().manual_seed(0)
-    img = lambda n: torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8, generator=g)
-    lab = lambda n: torch.randint(0, 4, (n,), generator=g)
-    return Dataset("synthetic", img(n_train), lab(n_train), img(n_test), lab(n_test),
-                   ["a", "b", "c", "d"], (0.5,), (0.5,))
+    return tiny_dataset(n_train=n_train, n_test=n_test, size=8, classes=4, name="synthetic")
 
 
 def _cfg(tmp_path, name, **kw):

@@ -9,7 +9,7 @@ import pytest
 
 from aaer.experiments import reproduce as rp
 from aaer.cli import main
-from tests.test_data import write_idx_set
+from tests.helpers.files import write_idx_set
 
 # The seed README's CIFAR-10 commands, verbatim.
 SEED_CIFAR10 = """

@@ -24,38 +24,12 @@ from aaer.engine.checkpoint import rng_state, set_rng_state
 from aaer.errors import TrainingInterrupted
 from aaer.runs import CHECKPOINT_FORMAT as FORMAT
 from aaer.runs import read_checkpoint, write_checkpoint
-from aaer.data.datasets import Dataset
-from aaer.train import TrainConfig, build_trainer, train
-from tests.test_data import write_cifar10
+from aaer.train import build_trainer, train
+from tests.helpers.files import write_cifar10
+from tests.helpers.tiny import (assert_same_weights, read_rows, signal_at, tiny_config,
+                                tiny_dataset)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_dataset(n_train=40, n_test=8, size=16, seed=0, name="cifar10"):
-    g = torch.Generator().manual_seed(seed)
-    return Dataset(name=name,
-                   train_x=torch.randint(0, 256, (n_train, 3, size, size), generator=g,
-                                         dtype=torch.uint8),
-                   train_y=torch.randint(0, 10, (n_train,), generator=g),
-                   test_x=torch.randint(0, 256, (n_test, 3, size, size), generator=g,
-                                        dtype=torch.uint8),
-                   test_y=torch.randint(0, 10, (n_test,), generator=g),
-                   classes=[str(i) for i in range(10)], mean=(0.5, 0.5, 0.5),
-                   std=(0.25, 0.25, 0.25), source="synthetic")
-
-
-def tiny_config(out_dir, **kw):
-    base = dict(out_dir=str(out_dir), dataset="cifar10", model="small-cnn", method="n-aaer",
-                method_hparams={"warmup_epochs": 2.5}, epochs=2, batch_size=8, lr_max=0.1,
-                eval_protocol=None, progress=False, seed=3, device="cpu")
-    base.update(kw)
-    return TrainConfig(**base)
-
-
-def assert_same_weights(a: dict, b: dict):
-    assert list(a) == list(b)
-    differ = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not differ, f"tensors differ after resume: {differ}"
 
 
 TIMES = ("seconds", "images_per_s", "data_wait_share")
@@ -63,10 +37,6 @@ TIMES = ("seconds", "images_per_s", "data_wait_share")
 
 def without_time(rows):
     return [{k: v for k, v in r.items() if k not in TIMES} for r in rows]
-
-
-def read_rows(path):
-    return [json.loads(l) for l in open(path).read().splitlines() if l.strip()]
 
 
 # -- RNG states and checkpoint files -------------------------------------------------------
@@ -98,19 +68,6 @@ def test_failed_checkpoint_write_keeps_the_previous_file(tmp_path):
 
 # -- in-process: a real signal at a chosen step -------------------------------------------
 
-def _signal_at(trainer, epoch, step, signum):
-    """Send `signum` to this process right after (epoch, step) of the run."""
-    orig = trainer.train_step
-
-    def train_step(x, y, ctx):
-        out = orig(x, y, ctx)
-        if (ctx.epoch, ctx.iteration) == (epoch, step):
-            os.kill(os.getpid(), signum)
-        return out
-
-    trainer.train_step = train_step
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     out = tmp_path_factory.mktemp("ref") / "run"
@@ -129,7 +86,7 @@ def test_signal_then_resume_is_bitwise_equal(tmp_path, reference, epoch, step, s
     out = tmp_path / "run"
     cfg = tiny_config(out)
     trainer = build_trainer(cfg, ds)
-    _signal_at(trainer, epoch, step, signum)
+    signal_at(trainer, epoch, step, signum)
     handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     with pytest.raises(TrainingInterrupted) as e:
         trainer.fit()
@@ -169,7 +126,7 @@ def test_resumed_epoch_matches_state_rng_and_metrics_line(tmp_path, reference):
     from aaer.engine import close_logger
     _, ds = reference
     a = build_trainer(tiny_config(tmp_path / "a", epochs=2), ds)
-    _signal_at(a, 0, 2, signal.SIGTERM)
+    signal_at(a, 0, 2, signal.SIGTERM)
     with pytest.raises(TrainingInterrupted):
         a.fit()
     ref = build_trainer(tiny_config(tmp_path / "r", epochs=2), ds)

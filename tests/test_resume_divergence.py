@@ -15,8 +15,8 @@ from aaer.cli import main
 from aaer.methods import METHODS, RSFGSM
 from aaer.engine import close_logger
 from aaer.train import build_trainer, train
-from tests.test_data import write_cifar10
-from tests.test_resume import assert_same_weights, read_rows, tiny_config, tiny_dataset
+from tests.helpers.files import write_cifar10
+from tests.helpers.tiny import assert_same_weights, read_rows, tiny_config, tiny_dataset
 
 
 def nan_method(monkeypatch, bad_loss=(), bad_grad=()):

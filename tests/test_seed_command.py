@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_data import write_cifar10
+from tests.helpers.files import write_cifar10
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from aaer.cli import main
-from tests.test_data import write_idx_set
+from tests.helpers.files import write_idx_set
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow

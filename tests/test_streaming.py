@@ -256,7 +256,7 @@ def test_a_streamed_run_killed_mid_epoch_resumes_to_the_same_weights(tree, tmp_p
 
     from aaer.errors import TrainingInterrupted
     from aaer.train import TrainConfig, build_trainer, train
-    from tests.test_resume import _signal_at
+    from tests.helpers.tiny import signal_at
     ds = load_dataset("imagenet100", str(tree), image_size=16, workers=2)
 
     def cfg(out):
@@ -266,7 +266,7 @@ def test_a_streamed_run_killed_mid_epoch_resumes_to_the_same_weights(tree, tmp_p
                            out_dir=str(out))
     train(cfg(tmp_path / "ref"), ds)
     trainer = build_trainer(cfg(tmp_path / "cut"), ds)
-    _signal_at(trainer, 1, 0, signal.SIGTERM)            # after the 1st of 3 batches
+    signal_at(trainer, 1, 0, signal.SIGTERM)            # after the 1st of 3 batches
     with pytest.raises(TrainingInterrupted):
         trainer.fit()
     train(cfg(tmp_path / "cut"), ds, resume=True)

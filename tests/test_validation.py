@@ -21,7 +21,7 @@ from aaer.cli import main
 from aaer.models import create_model
 from aaer.engine import close_logger
 from aaer.train import build_trainer
-from tests.test_data import write_cifar10, write_idx_set
+from tests.helpers.files import snapshot, write_cifar10, write_idx_set
 
 
 @pytest.fixture(scope="module")
@@ -53,20 +53,6 @@ def base_args(data, out):
     return ["train", "--dataset", "cifar10", "--data-dir", str(data), "--model", "small-cnn",
             "--method", "rs-aaer", "--epochs", "1", "--batch-size", "8", "--eval-protocol",
             "none", "--no-progress", "--out-dir", str(out)]
-
-
-def snapshot(path):
-    """Every file under path with its bytes (None when path does not exist)."""
-    if not os.path.exists(path):
-        return None
-    if os.path.isfile(path):
-        return open(path, "rb").read()
-    out = {}
-    for here, _, names in os.walk(path):
-        for n in names:
-            full = os.path.join(here, n)
-            out[os.path.relpath(full, path)] = open(full, "rb").read()
-    return out
 
 
 def run_cli(argv, capsys):

@@ -17,25 +17,26 @@ import torch
 import torch.nn.functional as F
 
 from aaer.attacks.checks import check_zero_gradients, fit_n_target_classes
-
-NORMS = ("Linf", "L2")
+from aaer.errors import UsageError
+from aaer.threat import AA_NORMS
 
 
 # ---------------------------------------------------------------- shared helpers
 
 def check_norm_eps(norm, eps):
-    if norm not in NORMS:
-        raise ValueError(f"norm={norm!r} is not supported; valid: {', '.join(NORMS)}")
+    if norm not in AA_NORMS.values():       # AutoAttack's names of aaer.threat.NORMS
+        raise UsageError(f"norm={norm!r} is not supported; valid: "
+                         f"{', '.join(AA_NORMS.values())}")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) \
             or eps <= 0:
-        raise ValueError(f"eps={eps!r} must be a positive finite number (pixel units, "
+        raise UsageError(f"eps={eps!r} must be a positive finite number (pixel units, "
                          "e.g. 8/255)")
     return float(eps)
 
 
 def check_positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} must be an integer >= 1")
+        raise UsageError(f"{name}={value!r} must be an integer >= 1")
     return value
 
 
@@ -153,10 +154,10 @@ class APGD:
         self.n_restarts = check_positive_int("n_restarts", n_restarts)
         self.eot_iter = check_positive_int("eot_iter", eot_iter)
         if loss not in ("ce", "dlr"):
-            raise ValueError(f"loss={loss!r} is not supported; valid: 'ce', 'dlr'")
+            raise UsageError(f"loss={loss!r} is not supported; valid: 'ce', 'dlr'")
         self.loss = loss
         if not 0 < rho <= 1:
-            raise ValueError(f"rho={rho!r} must be in (0, 1]")
+            raise UsageError(f"rho={rho!r} must be in (0, 1]")
         self.rho = rho
         self.seed = seed
         self.device = device
@@ -242,7 +243,7 @@ class APGD:
 
     def _loss_fn(self, n_classes):
         if self.loss == "dlr" and n_classes < 3:
-            raise ValueError(f"the DLR loss needs at least 3 classes, the model has {n_classes}")
+            raise UsageError(f"the DLR loss needs at least 3 classes, the model has {n_classes}")
         return ce_loss if self.loss == "ce" else dlr_loss
 
     def perturb(self, x, y):
@@ -285,7 +286,7 @@ class APGDT(APGD):
             logits = logits_of(self.model, x)
             n_classes = logits.shape[1]
             if n_classes < 4:
-                raise ValueError(f"APGD-T's targeted DLR loss needs at least 4 classes, the "
+                raise UsageError(f"APGD-T's targeted DLR loss needs at least 4 classes, the "
                                  f"model has {n_classes}; leave 'apgd-t' out of the attacks")
             n_targets = fit_n_target_classes(self.n_target_classes, n_classes, "APGD-T")
             robust = logits.argmax(1) == y

@@ -35,6 +35,7 @@ from aaer.attacks import checks
 from aaer.attacks.apgd import APGD, APGDT, check_inputs, check_norm_eps, logits_of, lp_norm
 from aaer.attacks.fab import FAB, FABT
 from aaer.attacks.square import Square
+from aaer.errors import UsageError
 
 ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 VERSIONS = {
@@ -103,25 +104,25 @@ class AutoAttack:
         self.norm = norm
         self.eps = check_norm_eps(norm, eps)
         if version not in VERSIONS:
-            raise ValueError(f"version={version!r} is not supported; valid: "
+            raise UsageError(f"version={version!r} is not supported; valid: "
                              f"{', '.join(VERSIONS)}")
         if version != "custom" and attacks_to_run:
-            raise ValueError(f"attacks_to_run={attacks_to_run!r} is only used with "
+            raise UsageError(f"attacks_to_run={attacks_to_run!r} is only used with "
                              f"version='custom' (version {version!r} fixes its attacks)")
         if version == "custom":
             if not attacks_to_run:
-                raise ValueError("version='custom' needs attacks_to_run, a list from "
+                raise UsageError("version='custom' needs attacks_to_run, a list from "
                                  f"{', '.join(ATTACKS)}")
             bad = [a for a in attacks_to_run if a not in ATTACKS]
             if bad:
-                raise ValueError(f"unknown attack(s) {bad} in attacks_to_run; valid: "
+                raise UsageError(f"unknown attack(s) {bad} in attacks_to_run; valid: "
                                  f"{', '.join(ATTACKS)}")
             if len(set(attacks_to_run)) != len(attacks_to_run):
-                raise ValueError(f"attacks_to_run={attacks_to_run!r} lists an attack twice")
+                raise UsageError(f"attacks_to_run={attacks_to_run!r} lists an attack twice")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
+            raise UsageError(f"batch_size={batch_size!r} must be an integer >= 1")
         if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed={seed!r} must be an integer")
+            raise UsageError(f"seed={seed!r} must be an integer")
         self.version = version
         self.attacks_to_run = list(VERSIONS[version] or attacks_to_run)
         self.seed = seed
@@ -181,21 +182,21 @@ class AutoAttack:
         try:
             state = torch.load(self.state_path, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise ValueError(f"state_path {self.state_path} is not a readable AutoAttack "
+            raise UsageError(f"state_path {self.state_path} is not a readable AutoAttack "
                              f"state ({e}); delete it or pass another path") from e
         if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
-            raise ValueError(f"state_path {self.state_path} is not an AutoAttack state "
+            raise UsageError(f"state_path {self.state_path} is not an AutoAttack state "
                              f"file of format {_STATE_FORMAT!r}")
         missing = [k for k in ("fingerprint", "robust", "adv_idx", "adv", "done", "current",
                                "per_attack", "seconds", "clean_acc") if k not in state]
         if missing or not isinstance(state["fingerprint"], dict):
-            raise ValueError(f"state_path {self.state_path} is damaged (lacks "
+            raise UsageError(f"state_path {self.state_path} is damaged (lacks "
                              f"{', '.join(missing) or 'its fingerprint'}); delete it to "
                              "start AutoAttack over")
         differ = [k for k in sorted(set(fp) | set(state["fingerprint"]))
                   if fp.get(k) != state["fingerprint"].get(k)]
         if differ:
-            raise ValueError(f"state_path {self.state_path} belongs to a different evaluation "
+            raise UsageError(f"state_path {self.state_path} belongs to a different evaluation "
                              f"(differs in: {', '.join(differ)}); delete it or pass another "
                              "state_path to start over")
         return state
@@ -220,9 +221,9 @@ class AutoAttack:
         n_classes = checks.check_range_output(forward, xb)
         checks.check_dynamic(forward, xb)
         if n_classes < 3 and "apgd-dlr" in self.attacks_to_run:
-            raise ValueError(f"apgd-dlr needs at least 3 classes, the model has {n_classes}")
+            raise UsageError(f"apgd-dlr needs at least 3 classes, the model has {n_classes}")
         if n_classes < 4 and "apgd-t" in self.attacks_to_run:
-            raise ValueError(f"apgd-t needs at least 4 classes, the model has {n_classes}; use "
+            raise UsageError(f"apgd-t needs at least 4 classes, the model has {n_classes}; use "
                              "version='custom' without 'apgd-t'")
         for name in ("apgd-t", "fab-t"):
             if name in self.attacks_to_run:

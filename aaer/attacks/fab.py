@@ -38,6 +38,7 @@ import torch
 from aaer.attacks.apgd import (bview, check_inputs, check_norm_eps, check_positive_int,
                                logits_of, lp_norm, lp_normalize, seeded)
 from aaer.attacks.checks import fit_n_target_classes
+from aaer.errors import UsageError
 
 
 def _last_above(values, target):
@@ -142,9 +143,9 @@ class FAB:
         self.n_target_classes = check_positive_int("n_target_classes", n_target_classes)
         for name, v, lo, hi in (("alpha_max", alpha_max, 0, 1), ("beta", beta, 0, 1)):
             if not lo <= v <= hi:
-                raise ValueError(f"{name}={v!r} must be in [{lo}, {hi}]")
+                raise UsageError(f"{name}={v!r} must be in [{lo}, {hi}]")
         if eta < 1:
-            raise ValueError(f"eta={eta!r} (overshoot) must be >= 1")
+            raise UsageError(f"eta={eta!r} (overshoot) must be >= 1")
         self.alpha_max, self.eta, self.beta = alpha_max, eta, beta
         self.targeted = targeted
         self.seed = seed

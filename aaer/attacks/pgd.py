@@ -35,8 +35,10 @@ import math
 import torch
 import torch.nn.functional as F
 
+from aaer.errors import UsageError
+from aaer.threat import check_norm
+
 Tensor = torch.Tensor
-NORMS = ("linf", "l2")
 
 
 def _ce_grad(model, x_adv: Tensor, y: Tensor):
@@ -106,10 +108,9 @@ def pgd(model, x: Tensor, y: Tensor, eps: float, alpha: float, steps: int = 50,
     The random start of every restart is drawn for the whole batch, whatever
     ``skip_broken`` skips, so every setting sees the same noise for each example.
     """
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    check_norm(norm)
     if selection not in SELECTIONS:
-        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+        raise UsageError(f"selection must be one of {SELECTIONS}, got {selection!r}")
     if selection == "max-loss":
         skip_broken = False
     n = x.shape[0]

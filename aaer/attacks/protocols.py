@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
+from aaer.errors import UsageError
+from aaer.threat import check_norm
+
 
 @dataclass(frozen=True)
 class Protocol:
@@ -45,9 +48,6 @@ ATTACKS = ("clean", "fgsm", "pgd", "autoattack", "cr")
 # attacks defined for L-inf only, with the reason
 LINF_ONLY = {"cr": "the FastAT Benchmark defines CR for L-inf only (fzjcdt/FastAT_Benchmark "
              "attacks/attacks/cr_attack.py)"}
-NORMS = ("linf", "l2")
-# the norms as AutoAttack names them
-AA_NORMS = {"linf": "Linf", "l2": "L2"}
 AA_VERSIONS = ("standard", "rand", "plus", "custom")
 
 
@@ -81,9 +81,8 @@ def get_protocol(name: str, norm: str = "linf", **overrides) -> Protocol:
     """Protocol ``name`` in the ``norm`` threat model, with ``overrides`` (a protocol with
     overrides is named '<name>+custom'; the norm is recorded apart from the name)."""
     if name not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {name!r}; valid: {', '.join(PROTOCOLS)}")
-    if norm not in NORMS:
-        raise ValueError(f"invalid --norm {norm!r}; valid: {', '.join(NORMS)}")
+        raise UsageError(f"unknown protocol {name!r}; valid: {', '.join(PROTOCOLS)}")
+    check_norm(norm, "--norm")
     p = replace(PROTOCOLS[name], norm=norm)
     if norm != "linf":
         for a in overrides.get("attacks") or p.attacks:
@@ -92,7 +91,7 @@ def get_protocol(name: str, norm: str = "linf", **overrides) -> Protocol:
                                  f"{LINF_ONLY[a]}; leave it out (--attacks "
                                  f"{','.join(b for b in p.attacks if b not in LINF_ONLY)})")
     if norm == "l2" and p.pgd_step255 is not None and overrides.get("pgd_step255") is None:
-        raise ValueError(f"protocol {name!r} fixes an L-inf PGD step ({p.pgd_step255:g}/255); "
+        raise UsageError(f"protocol {name!r} fixes an L-inf PGD step ({p.pgd_step255:g}/255); "
                          "under --norm l2 use a protocol with step eps/4 (lineage, aaer, "
                          "quick, ...) or give --pgd-step")
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -101,18 +100,18 @@ def get_protocol(name: str, norm: str = "linf", **overrides) -> Protocol:
             overrides[k] = tuple(overrides[k])
     bad = [a for a in overrides.get("attacks", ()) if a not in ATTACKS]
     if bad:
-        raise ValueError(f"unknown attack(s) {bad}; valid: {', '.join(ATTACKS)}")
+        raise UsageError(f"unknown attack(s) {bad}; valid: {', '.join(ATTACKS)}")
     if overrides.get("aa_attacks") is not None:
         overrides.setdefault("aa_version", "custom")
     version = overrides.get("aa_version", p.aa_version)
     if version not in AA_VERSIONS:
-        raise ValueError(f"unknown AutoAttack version {version!r}; valid: standard, rand, "
+        raise UsageError(f"unknown AutoAttack version {version!r}; valid: standard, rand, "
                          "plus, custom")
     if version == "custom" and not overrides.get("aa_attacks", p.aa_attacks):
-        raise ValueError("AutoAttack version 'custom' needs its attacks (--aa-attacks, e.g. "
+        raise UsageError("AutoAttack version 'custom' needs its attacks (--aa-attacks, e.g. "
                          "apgd-ce,apgd-t)")
     if version != "custom" and overrides.get("aa_attacks") is not None:
-        raise ValueError(f"--aa-attacks is only used with --aa-version custom (version "
+        raise UsageError(f"--aa-attacks is only used with --aa-version custom (version "
                          f"{version!r} fixes its attacks)")
     overrides = {k: v for k, v in overrides.items() if getattr(p, k) != v}
     if overrides:

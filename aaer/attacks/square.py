@@ -14,6 +14,7 @@ import torch
 
 from aaer.attacks.apgd import (bview, check_inputs, check_norm_eps, check_positive_int,
                                logits_of, lp_norm, lp_normalize, seeded)
+from aaer.errors import UsageError
 
 _P_BREAKS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
@@ -62,7 +63,7 @@ class Square:
         self.n_queries = check_positive_int("n_queries", n_queries)
         self.n_restarts = check_positive_int("n_restarts", n_restarts)
         if not 0 < p_init <= 1:
-            raise ValueError(f"p_init={p_init!r} must be in (0, 1]")
+            raise UsageError(f"p_init={p_init!r} must be in (0, 1]")
         self.p_init = p_init
         self.seed = seed
         self.rescale_schedule = rescale_schedule
@@ -95,7 +96,7 @@ class Square:
             return (x + self.eps * _rand_sign([n, c, 1, w]).to(x.device)).clamp(0, 1)
         s = h // 5
         if s == 0:
-            raise ValueError(f"Square L2 needs images of at least 5x5 pixels, got {h}x{w}")
+            raise UsageError(f"Square L2 needs images of at least 5x5 pixels, got {h}x{w}")
         start = (h - 5 * s) // 2
         delta = torch.zeros_like(x)
         # a grid of s x s tiles; tiles that would cross the border (images where h//s > 5

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from aaer.errors import MissingFile, UsageError
 from . import cache, formats, images, streaming
 from .download import fetch
 
@@ -96,7 +97,7 @@ def canonical_name(name: str) -> str:
     key = str(name).strip().lower().replace("_", "-")
     key = _ALIASES.get(key, key)
     if key not in DATASETS:
-        raise ValueError(f"unknown data set {name!r}; valid names: {', '.join(DATASETS)}")
+        raise UsageError(f"unknown data set {name!r}; valid names: {', '.join(DATASETS)}")
     return key
 
 
@@ -123,8 +124,8 @@ def _locate(name: str, root: str) -> str:
         formats.locate_idx(name, root)
         return root
     if not os.path.exists(root):
-        raise FileNotFoundError(f"image folder {root} does not exist: expected a directory or a "
-                                f".zip holding train/<class>/*.jpg|png and test/<class>/ (or val/)")
+        raise MissingFile(f"image folder {root} does not exist: expected a directory or a "
+                          f".zip holding train/<class>/*.jpg|png and test/<class>/ (or val/)")
     return root
 
 
@@ -161,7 +162,7 @@ def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]
 
 def _default_root(name: str, download: bool) -> str:
     if name == "imagefolder":
-        raise ValueError("imagefolder needs data_dir: a directory or .zip holding "
+        raise UsageError("imagefolder needs data_dir: a directory or .zip holding "
                          "train/<class>/ and test/<class>/ (or val/)")
     if name == "fashion-mnist" and (os.path.isdir(DEBIAN_FASHION_MNIST) or not download):
         return DEBIAN_FASHION_MNIST
@@ -223,13 +224,13 @@ def load_dataset(name: str, data_dir: str | None = None, *, download: bool = Fal
     root = os.fspath(data_dir) if data_dir is not None else _default_root(name, download)
     if name == "imagenet100" or (name == "imagefolder" and image_size is not None):
         if download:
-            raise ValueError(f"download=True is not available for {name} (it has no official "
+            raise UsageError(f"download=True is not available for {name} (it has no official "
                              "archive to fetch); pass the folder, .zip or .tar as data_dir")
         source = streaming.locate_imagenet100(root) if name == "imagenet100" else root
         return load_streamed(name, source, image_size or 224, workers)
     if download:
         if name == "imagefolder":
-            raise ValueError("download=True is not available for imagefolder (it has no official "
+            raise UsageError("download=True is not available for imagefolder (it has no official "
                              "archive); pass the folder or .zip as data_dir")
         try:
             source = _locate(name, root)

@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 import zipfile
 
+from aaer.errors import DownloadFailed, UsageError
 from .sources import resources_for
 
 _CHUNK = 1 << 20
@@ -45,7 +46,7 @@ def download_file(url: str, dest: str, md5: str, *, timeout: float = 60.0) -> st
             try:
                 response = urllib.request.urlopen(url, timeout=timeout)
             except (urllib.error.URLError, OSError) as e:
-                raise ConnectionError(
+                raise DownloadFailed(
                     f"could not download {url}: {e}. Check the network, or point "
                     f"AAER_DATA_MIRROR at a server holding {os.path.basename(dest)}") from e
             with response:
@@ -56,7 +57,7 @@ def download_file(url: str, dest: str, md5: str, *, timeout: float = 60.0) -> st
             os.fsync(out.fileno())
         actual = digest.hexdigest()
         if actual != md5:
-            raise ValueError(f"checksum mismatch for {url}: expected md5 {md5}, got {actual}; "
+            raise UsageError(f"checksum mismatch for {url}: expected md5 {md5}, got {actual}; "
                              f"the download was discarded")
         os.replace(tmp, dest)
     except BaseException:
@@ -74,9 +75,9 @@ def _inside(root: str, path: str) -> bool:
 
 def _check_member_name(archive: str, name: str, target: str) -> None:
     if os.path.isabs(name) or name.startswith(("/", "\\")):
-        raise ValueError(f"refusing to extract {archive}: member {name!r} has an absolute path")
+        raise UsageError(f"refusing to extract {archive}: member {name!r} has an absolute path")
     if not _inside(target, os.path.join(target, name)):
-        raise ValueError(f"refusing to extract {archive}: member {name!r} would be written "
+        raise UsageError(f"refusing to extract {archive}: member {name!r} would be written "
                          f"outside {target}")
 
 
@@ -87,14 +88,14 @@ def _check_tar(archive: str, tar: tarfile.TarFile, target: str) -> None:
             # a symlink's target is relative to the directory holding the link
             dest = os.path.join(target, os.path.dirname(m.name), m.linkname)
             if os.path.isabs(m.linkname) or not _inside(target, dest):
-                raise ValueError(f"refusing to extract {archive}: symlink {m.name!r} -> "
+                raise UsageError(f"refusing to extract {archive}: symlink {m.name!r} -> "
                                  f"{m.linkname!r} points outside {target}")
         elif m.islnk():
             if os.path.isabs(m.linkname) or not _inside(target, os.path.join(target, m.linkname)):
-                raise ValueError(f"refusing to extract {archive}: hard link {m.name!r} -> "
+                raise UsageError(f"refusing to extract {archive}: hard link {m.name!r} -> "
                                  f"{m.linkname!r} points outside {target}")
         elif not (m.isfile() or m.isdir()):
-            raise ValueError(f"refusing to extract {archive}: member {m.name!r} is a device or "
+            raise UsageError(f"refusing to extract {archive}: member {m.name!r} is a device or "
                              f"fifo, not a file or directory")
 
 
@@ -113,7 +114,7 @@ def safe_extract(archive: str, target: str) -> list[str]:
             try:
                 tar = tarfile.open(archive)
             except tarfile.TarError as e:
-                raise ValueError(f"{archive} is neither a zip nor a tar archive: {e}") from e
+                raise UsageError(f"{archive} is neither a zip nor a tar archive: {e}") from e
             with tar:
                 _check_tar(archive, tar, staging)
                 if hasattr(tarfile, "data_filter"):

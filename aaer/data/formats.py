@@ -2,7 +2,7 @@
 .tar.gz itself), SVHN (MATLAB .mat) and MNIST-style IDX files (plain or .gz).
 
 Each reader returns numpy uint8 images [N, C, H, W] and int64 labels [N], and raises
-ValueError naming the file and what is wrong when the content is not what the format
+UsageError naming the file and what is wrong when the content is not what the format
 promises. Pickles are read with an unpickler that only rebuilds numpy arrays, so a
 tampered file cannot run code.
 """
@@ -20,7 +20,7 @@ import zlib
 
 import numpy as np
 
-from aaer.errors import MissingExtra
+from aaer.errors import MissingExtra, MissingFile, UsageError
 
 CIFAR_LAYOUT = {
     "cifar10": {
@@ -81,23 +81,23 @@ def unpickle(data: bytes, where: str) -> dict:
     try:
         obj = _ArrayUnpickler(io.BytesIO(data), encoding="latin1").load()
     except Exception as e:  # truncated files raise EOFError, garbage raises UnpicklingError etc.
-        raise ValueError(f"{where} is not a readable CIFAR pickle (truncated or corrupt): "
+        raise UsageError(f"{where} is not a readable CIFAR pickle (truncated or corrupt): "
                          f"{type(e).__name__}: {e}") from e
     if not isinstance(obj, dict):
-        raise ValueError(f"{where} holds a {type(obj).__name__}, expected a dict of arrays")
+        raise UsageError(f"{where} holds a {type(obj).__name__}, expected a dict of arrays")
     return {_str(k): v for k, v in obj.items()}
 
 
 def _cifar_batch(d: dict, labels_key: str, where: str) -> tuple[np.ndarray, np.ndarray]:
     if "data" not in d or labels_key not in d:
-        raise ValueError(f"{where} lacks '{'data' if 'data' not in d else labels_key}' "
+        raise UsageError(f"{where} lacks '{'data' if 'data' not in d else labels_key}' "
                          f"(keys found: {sorted(d)})")
     x, y = d["data"], np.asarray(d[labels_key], dtype=np.int64)
     if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072:
         got = f"{x.dtype} {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
-        raise ValueError(f"{where}: 'data' must be uint8 of shape [N, 3072], got {got}")
+        raise UsageError(f"{where}: 'data' must be uint8 of shape [N, 3072], got {got}")
     if y.shape != (x.shape[0],):
-        raise ValueError(f"{where}: {x.shape[0]} images but {y.size} labels")
+        raise UsageError(f"{where}: {x.shape[0]} images but {y.size} labels")
     return x.reshape(-1, 3, 32, 32), y
 
 
@@ -112,7 +112,7 @@ def locate_cifar(name: str, root: str) -> str:
         if os.path.exists(candidate):
             return candidate
     members = ", ".join(lay["train"] + lay["test"] + (lay["meta"],))
-    raise FileNotFoundError(
+    raise MissingFile(
         f"{name} not found in {root}: expected the folder {lay['folder']}/ ({members}) or the "
         f"archive {lay['archive']}; pass download=True (CLI: --download) to fetch it")
 
@@ -126,8 +126,8 @@ def read_cifar(name: str, source: str) -> dict:
         for member in wanted:
             path = os.path.join(source, member)
             if not os.path.isfile(path):
-                raise FileNotFoundError(f"{path} is missing: a {name} folder holds "
-                                        f"{', '.join(wanted)}")
+                raise MissingFile(f"{path} is missing: a {name} folder holds "
+                                  f"{', '.join(wanted)}")
             with open(path, "rb") as f:
                 blobs[member] = (f.read(), path)
         files = [os.path.join(source, m) for m in wanted]
@@ -136,7 +136,7 @@ def read_cifar(name: str, source: str) -> dict:
         files = [source]
     names = unpickle(*blobs[lay["meta"]]).get(lay["names"])
     if names is None:
-        raise ValueError(f"{blobs[lay['meta']][1]} lacks '{lay['names']}'")
+        raise UsageError(f"{blobs[lay['meta']][1]} lacks '{lay['names']}'")
     classes = [_str(n) for n in names]
     split = {}
     for part in ("train", "test"):
@@ -144,7 +144,7 @@ def read_cifar(name: str, source: str) -> dict:
                        for m in lay[part]))
         x, y = np.concatenate(xs), np.concatenate(ys)
         if y.size and (y.min() < 0 or y.max() >= len(classes)):
-            raise ValueError(f"{name} {part} labels span [{y.min()}, {y.max()}] but the meta "
+            raise UsageError(f"{name} {part} labels span [{y.min()}, {y.max()}] but the meta "
                              f"file names {len(classes)} classes")
         split[part] = (x, y)
     return {"train": split["train"], "test": split["test"], "classes": classes, "files": files}
@@ -159,11 +159,11 @@ def _read_tar_members(archive: str, folder: str, wanted: tuple[str, ...]) -> dic
                 if m.isfile() and len(parts) == 2 and parts[0] == folder and parts[1] in wanted:
                     blobs[parts[1]] = (tar.extractfile(m).read(), f"{archive}:{m.name}")
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
-        raise ValueError(f"{archive} is not a readable tar archive (truncated or corrupt): "
+        raise UsageError(f"{archive} is not a readable tar archive (truncated or corrupt): "
                          f"{type(e).__name__}: {e}") from e
     missing = [w for w in wanted if w not in blobs]
     if missing:
-        raise ValueError(f"{archive} lacks {', '.join(folder + '/' + m for m in missing)}")
+        raise UsageError(f"{archive} lacks {', '.join(folder + '/' + m for m in missing)}")
     return blobs
 
 
@@ -173,8 +173,8 @@ SVHN_FILES = ("train_32x32.mat", "test_32x32.mat")
 def locate_svhn(root: str) -> str:
     missing = [f for f in SVHN_FILES if not os.path.isfile(os.path.join(root, f))]
     if missing:
-        raise FileNotFoundError(f"svhn not found in {root}: missing {', '.join(missing)} (the "
-                                f"cropped-digits .mat files); pass download=True (CLI: --download)")
+        raise MissingFile(f"svhn not found in {root}: missing {', '.join(missing)} (the "
+                          f"cropped-digits .mat files); pass download=True (CLI: --download)")
     return root
 
 
@@ -188,16 +188,16 @@ def read_svhn_mat(path: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         mat = scipy.io.loadmat(path)
     except Exception as e:
-        raise ValueError(f"{path} is not a readable MATLAB file: {type(e).__name__}: {e}") from e
+        raise UsageError(f"{path} is not a readable MATLAB file: {type(e).__name__}: {e}") from e
     if "X" not in mat or "y" not in mat:
-        raise ValueError(f"{path} lacks the 'X' and 'y' arrays of SVHN (found {sorted(mat)})")
+        raise UsageError(f"{path} lacks the 'X' and 'y' arrays of SVHN (found {sorted(mat)})")
     x, y = mat["X"], np.asarray(mat["y"]).reshape(-1).astype(np.int64)
     if x.ndim != 4 or x.dtype != np.uint8 or x.shape[2] != 3:
-        raise ValueError(f"{path}: X must be uint8 [H, W, 3, N], got {x.dtype} {x.shape}")
+        raise UsageError(f"{path}: X must be uint8 [H, W, 3, N], got {x.dtype} {x.shape}")
     if x.shape[3] != y.size:
-        raise ValueError(f"{path}: {x.shape[3]} images but {y.size} labels")
+        raise UsageError(f"{path}: {x.shape[3]} images but {y.size} labels")
     if y.size and (y.min() < 1 or y.max() > 10):
-        raise ValueError(f"{path}: labels must be 1..10 (10 = digit 0), found [{y.min()}, {y.max()}]")
+        raise UsageError(f"{path}: labels must be 1..10 (10 = digit 0), found [{y.min()}, {y.max()}]")
     y[y == 10] = 0
     return np.ascontiguousarray(x.transpose(3, 2, 0, 1)), y
 
@@ -221,19 +221,19 @@ def read_idx(path: str) -> np.ndarray:
     except (OSError, EOFError, zlib.error) as e:
         if isinstance(e, FileNotFoundError):
             raise
-        raise ValueError(f"{path} could not be read (corrupt gzip?): {type(e).__name__}: {e}") from e
+        raise UsageError(f"{path} could not be read (corrupt gzip?): {type(e).__name__}: {e}") from e
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path} is not an IDX file: bad magic number {raw[:4].hex() or '(empty)'} "
+        raise UsageError(f"{path} is not an IDX file: bad magic number {raw[:4].hex() or '(empty)'} "
                          f"(expected 0000 08 01 for labels or 0000 08 03 for images)")
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise ValueError(f"{path}: truncated IDX header ({len(raw)} bytes, need {header})")
+        raise UsageError(f"{path}: truncated IDX header ({len(raw)} bytes, need {header})")
     dims = struct.unpack(">" + "I" * ndim, raw[4:header])
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
     if len(raw) - header != expected:
-        raise ValueError(f"{path}: IDX header promises shape {tuple(dims)} = {expected} bytes of "
+        raise UsageError(f"{path}: IDX header promises shape {tuple(dims)} = {expected} bytes of "
                          f"data but the file holds {len(raw) - header} (truncated or corrupt)")
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
 
@@ -253,7 +253,7 @@ def locate_idx(name: str, root: str) -> dict[str, str]:
         if name == "fashion-mnist":
             hint = ("install Debian's copy with `apt-get install -y dataset-fashion-mnist` (into "
                     "/usr/share/datasets/fashion-mnist) or " + hint)
-        raise FileNotFoundError(f"{name} not found in {root}: missing {', '.join(missing)}; {hint}")
+        raise MissingFile(f"{name} not found in {root}: missing {', '.join(missing)}; {hint}")
     return found
 
 
@@ -263,13 +263,13 @@ def read_mnist_like(paths: dict[str, str], classes: list[str]) -> dict:
         xp, yp = paths[f"{prefix}-images-idx3-ubyte"], paths[f"{prefix}-labels-idx1-ubyte"]
         x, y = read_idx(xp), read_idx(yp)
         if x.ndim != 3 or x.dtype != np.uint8:
-            raise ValueError(f"{xp}: expected uint8 images [N, H, W], got {x.dtype} {x.shape}")
+            raise UsageError(f"{xp}: expected uint8 images [N, H, W], got {x.dtype} {x.shape}")
         if y.ndim != 1 or y.dtype != np.uint8:
-            raise ValueError(f"{yp}: expected uint8 labels [N], got {y.dtype} {y.shape}")
+            raise UsageError(f"{yp}: expected uint8 labels [N], got {y.dtype} {y.shape}")
         if x.shape[0] != y.shape[0]:
-            raise ValueError(f"{xp} has {x.shape[0]} images but {yp} has {y.shape[0]} labels")
+            raise UsageError(f"{xp} has {x.shape[0]} images but {yp} has {y.shape[0]} labels")
         if y.size and y.max() >= len(classes):
-            raise ValueError(f"{yp}: label {y.max()} out of range for {len(classes)} classes")
+            raise UsageError(f"{yp}: label {y.max()} out of range for {len(classes)} classes")
         split[part] = (x[:, None], y.astype(np.int64))
     return {"train": split["train"], "test": split["test"], "classes": classes,
             "files": list(paths.values())}

@@ -16,7 +16,7 @@ import zipfile
 
 import numpy as np
 
-from aaer.errors import require
+from aaer.errors import MissingFile, UsageError, require
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 
@@ -48,7 +48,7 @@ class _Tree:
             except (zipfile.BadZipFile, OSError) as e:
                 if isinstance(e, FileNotFoundError):
                     raise
-                raise ValueError(f"{path} is not a readable zip archive: {e}") from e
+                raise UsageError(f"{path} is not a readable zip archive: {e}") from e
             if not listing:
                 return
             names = [n for n in self.zip.namelist() if not any(map(_hidden, n.split("/")[:-1]))]
@@ -118,7 +118,7 @@ def _decode_one(tree: _Tree, rel: str, gray_ok: bool) -> np.ndarray:
                 return np.asarray(img.convert("L") if img.mode == "1" else img)
             return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"{tree.where(rel)} is not a readable image: {e}") from e
+        raise UsageError(f"{tree.where(rel)} is not a readable image: {e}") from e
 
 
 # Decoding is mostly Python-level work inside pillow, so threads do not help; large sets are
@@ -159,7 +159,7 @@ def _decode(tree: _Tree, rels: list[str], gray_ok: bool) -> np.ndarray:
     size = arrays[0].shape[:2]
     for rel, a in zip(rels, arrays):
         if a.shape[:2] != size:
-            raise ValueError(f"{tree.where(rel)} is {a.shape[1]}x{a.shape[0]} but "
+            raise UsageError(f"{tree.where(rel)} is {a.shape[1]}x{a.shape[0]} but "
                              f"{tree.where(rels[0])} is {size[1]}x{size[0]}: all images of a data "
                              f"set must have one size (resize them first)")
     if all(a.ndim == 2 for a in arrays):
@@ -177,31 +177,31 @@ def _images_in(tree: _Tree, folder: str) -> list[str]:
 def read_image_folder(path: str) -> dict:
     """`path/{train,test|val}/<class>/<image>` (directory or .zip); classes sorted by name."""
     if not os.path.exists(path):
-        raise FileNotFoundError(f"image folder {path} does not exist: expected a directory or a "
-                                f".zip holding train/<class>/*.jpg|png and test/<class>/ (or val/)")
+        raise MissingFile(f"image folder {path} does not exist: expected a directory or a "
+                          f".zip holding train/<class>/*.jpg|png and test/<class>/ (or val/)")
     tree = _Tree(path)
     try:
         top = _find_root(tree, "train")
         test_name = "test" if top is not None and top + "test" in tree.dirs else "val"
         if top is None or top + test_name not in tree.dirs:
-            raise FileNotFoundError(
+            raise MissingFile(
                 f"{path} is not an image folder: expected train/<class>/*.jpg|png and "
                 f"test/<class>/ (or val/) at its top or inside one top folder; "
                 f"found {', '.join(tree.children('')[:10]) or 'nothing'}")
         classes = tree.children(top + "train")
         if not classes:
-            raise FileNotFoundError(f"{tree.where(top + 'train')} has no class folders")
+            raise MissingFile(f"{tree.where(top + 'train')} has no class folders")
         index = {c: i for i, c in enumerate(classes)}
         split, used = {}, []
         for part, folder in (("train", "train"), ("test", test_name)):
             rels, labels = [], []
             for c in tree.children(top + folder):
                 if c not in index:
-                    raise ValueError(f"{tree.where(top + folder + '/' + c)}: class {c!r} does not "
+                    raise UsageError(f"{tree.where(top + folder + '/' + c)}: class {c!r} does not "
                                      f"exist in train/ (classes: {', '.join(classes)})")
                 found = _images_in(tree, f"{top}{folder}/{c}")
                 if not found:
-                    raise ValueError(f"{tree.where(top + folder + '/' + c)} holds no "
+                    raise UsageError(f"{tree.where(top + folder + '/' + c)} holds no "
                                      f"{'/'.join(IMAGE_EXTS)} images")
                 rels += found
                 labels += [index[c]] * len(found)
@@ -223,7 +223,7 @@ def locate_tinyimagenet(root: str) -> str:
                       os.path.join(root, "tiny-imagenet-200.zip")):
         if os.path.isfile(os.path.join(candidate, "wnids.txt")) or os.path.isfile(candidate):
             return candidate
-    raise FileNotFoundError(
+    raise MissingFile(
         f"tinyimagenet not found in {root}: expected tiny-imagenet-200/ (wnids.txt, "
         f"train/<wnid>/images/*.JPEG, val/images/*.JPEG, val/val_annotations.txt) or "
         f"tiny-imagenet-200.zip; pass download=True (CLI: --download)")
@@ -234,12 +234,12 @@ def read_tinyimagenet(path: str) -> dict:
     try:
         top = _find_root(tree, "wnids.txt")
         if top is None:
-            raise FileNotFoundError(f"{path} is not Tiny-ImageNet-200: wnids.txt not found")
+            raise MissingFile(f"{path} is not Tiny-ImageNet-200: wnids.txt not found")
         for need in ("val/val_annotations.txt", "train", "val/images"):
             if top + need not in tree.files | tree.dirs:
-                raise FileNotFoundError(f"{tree.where(top + need)} is missing (Tiny-ImageNet-200 "
-                                        f"has wnids.txt, train/<wnid>/images/, val/images/ and "
-                                        f"val/val_annotations.txt)")
+                raise MissingFile(f"{tree.where(top + need)} is missing (Tiny-ImageNet-200 "
+                                  f"has wnids.txt, train/<wnid>/images/, val/images/ and "
+                                  f"val/val_annotations.txt)")
         wnids = tree.read(top + "wnids.txt").decode().split()
         classes = sorted(wnids)
         index = {w: i for i, w in enumerate(classes)}
@@ -247,7 +247,7 @@ def read_tinyimagenet(path: str) -> dict:
         for w in classes:
             found = _images_in(tree, f"{top}train/{w}/images")
             if not found:
-                raise FileNotFoundError(f"{tree.where(f'{top}train/{w}/images')} holds no images")
+                raise MissingFile(f"{tree.where(f'{top}train/{w}/images')} holds no images")
             train_rels += found
             train_y += [index[w]] * len(found)
         test_rels, test_y = [], []
@@ -257,13 +257,13 @@ def read_tinyimagenet(path: str) -> dict:
                 continue
             fields = line.split("\t")
             if len(fields) < 2 or fields[1] not in index:
-                raise ValueError(f"{tree.where(top + 'val/val_annotations.txt')} line {lineno}: "
+                raise UsageError(f"{tree.where(top + 'val/val_annotations.txt')} line {lineno}: "
                                  f"expected '<file>\\t<wnid>...' with a wnid from wnids.txt, "
                                  f"got {line!r}")
             rel = f"{top}val/images/{fields[0]}"
             if rel not in tree.files:
-                raise FileNotFoundError(f"{tree.where(rel)} is listed in val_annotations.txt "
-                                        f"but missing")
+                raise MissingFile(f"{tree.where(rel)} is listed in val_annotations.txt "
+                                  f"but missing")
             test_rels.append(rel)
             test_y.append(index[fields[1]])
         x_all = _decode(tree, train_rels + test_rels, gray_ok=False)

@@ -15,6 +15,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from aaer.errors import UsageError
+
 
 def _epoch_seed(seed: int, epoch: int) -> int:
     digest = hashlib.sha256(f"aaer-batches:{seed}:{epoch}".encode()).digest()
@@ -44,12 +46,12 @@ class LoaderPosition:
     def load_state_dict(self, d: dict) -> None:
         for key in ("seed", "shuffle", "batch_size", "num_examples", "world_size"):
             if key in d and d[key] != getattr(self, key):
-                raise ValueError(f"loader state has {key}={d[key]!r} but this loader has "
+                raise UsageError(f"loader state has {key}={d[key]!r} but this loader has "
                                  f"{key}={getattr(self, key)!r}: resuming would not replay the "
                                  "same batches")
         position = int(d["position"])
         if not 0 <= position <= len(self):
-            raise ValueError(f"loader state position {position} is outside 0..{len(self)}")
+            raise UsageError(f"loader state position {position} is outside 0..{len(self)}")
         self.epoch, self.position = int(d["epoch"]), position
         self._resume_epoch = self.epoch
 
@@ -79,9 +81,9 @@ class BatchLoader(LoaderPosition):
         if len(y) == 0:
             raise ValueError("cannot batch an empty data set (0 examples)")
         if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise UsageError(f"batch_size must be >= 1, got {batch_size}")
         if int(pad) < 0:
-            raise ValueError(f"pad must be >= 0, got {pad}")
+            raise UsageError(f"pad must be >= 0, got {pad}")
         if int(world_size) < 1 or not 0 <= int(rank) < int(world_size):
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         self.batch_size, self.pad, self.flip = int(batch_size), int(pad), bool(flip)
@@ -93,7 +95,7 @@ class BatchLoader(LoaderPosition):
         self.num_examples = len(y)
         self.share = math.ceil(self.num_examples / self.world_size)
         if self.drop_last and self.share < self.batch_size:
-            raise ValueError(f"drop_last with batch_size {batch_size} leaves no batch: each rank "
+            raise UsageError(f"drop_last with batch_size {batch_size} leaves no batch: each rank "
                              f"has only {self.share} examples")
         self._luts: dict = {}
         self.x, self.y, self.on_device = self._place(x_uint8, y.long())

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from aaer.errors import UsageError
+
 
 @dataclass(frozen=True)
 class Resource:
@@ -68,7 +70,7 @@ def resources_for(name: str, mirror: str | None = None) -> tuple[Resource, ...]:
     """The files to fetch for data set `name`, with URLs rewritten to `mirror` if given
     (or if AAER_DATA_MIRROR is set)."""
     if name not in SOURCES:
-        raise ValueError(f"no download source for data set {name!r}; "
+        raise UsageError(f"no download source for data set {name!r}; "
                          f"downloadable: {', '.join(sorted(SOURCES))}")
     mirror = mirror if mirror is not None else os.environ.get("AAER_DATA_MIRROR") or None
     if mirror is None:

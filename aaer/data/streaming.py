@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from aaer.data.loader import LoaderPosition, _epoch_seed
-from aaer.errors import require
+from aaer.errors import MissingFile, UsageError, require
 
 EXTS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp")
 SCALE = (0.08, 1.0)
@@ -58,7 +58,7 @@ class Store:
                 self.names = [n for n in self._zip.namelist() if not n.endswith("/")]
         elif self.kind == "tar":
             if path.endswith((".gz", ".tgz", ".bz2", ".xz")):
-                raise ValueError(f"{path} is a compressed tar, which has no random access to "
+                raise UsageError(f"{path} is a compressed tar, which has no random access to "
                                  "its images; valid: a directory, a .zip or an uncompressed "
                                  ".tar (unpack it, or tar it without compression)")
             if listing:
@@ -66,7 +66,7 @@ class Store:
                     with tarfile.open(path, "r:") as t:
                         members = [m for m in t.getmembers() if m.isfile()]
                 except (tarfile.TarError, OSError) as e:
-                    raise ValueError(f"{path} is not a readable directory, .zip or .tar: "
+                    raise UsageError(f"{path} is not a readable directory, .zip or .tar: "
                                      f"{e}") from None
                 self.offsets = {m.name.lstrip("./"): (m.offset_data, m.size) for m in members}
                 self.names = list(self.offsets)
@@ -140,7 +140,7 @@ def _rgb(store: Store, rel: str):
         img = Image.open(io.BytesIO(store.read(rel)))
         img.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"{store.where(rel)} is not a readable image: {e}") from None
+        raise UsageError(f"{store.where(rel)} is not a readable image: {e}") from None
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
@@ -411,31 +411,31 @@ def locate_imagenet100(root: str) -> str:
             return candidate
         if os.path.isfile(candidate):
             return candidate
-    raise FileNotFoundError(f"{os.path.join(root, 'Imagenet-100', 'wnids.txt')} does not exist: "
-                            "expected <root>/Imagenet-100/{wnids.txt, train/<wnid>/*, "
-                            "val/<wnid>/*}, or that folder as a .zip or .tar")
+    raise MissingFile(f"{os.path.join(root, 'Imagenet-100', 'wnids.txt')} does not exist: "
+                      "expected <root>/Imagenet-100/{wnids.txt, train/<wnid>/*, "
+                      "val/<wnid>/*}, or that folder as a .zip or .tar")
 
 
 def scan(source: str, layout: str):
     """(store, classes, {split: (rels, labels)}) of an ImageNet-100 tree or an image folder."""
     if not os.path.exists(source):
-        raise FileNotFoundError(f"{source} does not exist")
+        raise MissingFile(f"{source} does not exist")
     store = Store(source)
     names = set(store.names)
     marker = "wnids.txt" if layout == "imagenet100" else "train"
     top = _top(names, marker)
     if top is None:
         what = "wnids.txt" if layout == "imagenet100" else "train/<class>/"
-        raise FileNotFoundError(f"{store.where(what)} does not exist: expected "
-                                + ("Imagenet-100/{wnids.txt, train/<wnid>/*, val/<wnid>/*}"
-                                   if layout == "imagenet100" else
-                                   "train/<class>/* and test/<class>/* (or val/)"))
+        raise MissingFile(f"{store.where(what)} does not exist: expected "
+                          + ("Imagenet-100/{wnids.txt, train/<wnid>/*, val/<wnid>/*}"
+                             if layout == "imagenet100" else
+                             "train/<class>/* and test/<class>/* (or val/)"))
     splits = {}
     if layout == "imagenet100":
         text = store.read(top + "wnids.txt").decode("utf-8", "replace")
         wnids = [w.strip() for w in text.splitlines() if w.strip()]
         if not wnids:
-            raise ValueError(f"{store.where(top + 'wnids.txt')} lists no wnid")
+            raise UsageError(f"{store.where(top + 'wnids.txt')} lists no wnid")
         classes = sorted(wnids)
         test_folder = "val"
     else:
@@ -446,12 +446,12 @@ def scan(source: str, layout: str):
         found = _by_class(sorted(names), top + folder)
         extra = sorted(set(found) - set(index))
         if extra:
-            raise ValueError(f"{store.where(top + folder + '/' + extra[0])}: class "
+            raise UsageError(f"{store.where(top + folder + '/' + extra[0])}: class "
                              f"{extra[0]!r} is not among the classes "
                              f"({'wnids.txt' if layout == 'imagenet100' else 'train/'})")
         missing = [c for c in classes if not found.get(c)]
         if missing:
-            raise ValueError(f"{store.where(top + folder + '/' + missing[0])} holds no "
+            raise UsageError(f"{store.where(top + folder + '/' + missing[0])} holds no "
                              f"{'/'.join(EXTS)} image (class {missing[0]!r})")
         rels = [r for c in classes for r in found[c]]
         labels = [index[c] for c in classes for _ in found[c]]

@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from aaer.config import RunConfig, from_flat, resolve
+from aaer.errors import MissingFile, UsageError
 from aaer.monitor import evidence_text
 from aaer.reporting.report import restored_text
 from aaer.runs import Row
@@ -83,7 +84,7 @@ def co_fixture_config(method: str, seed: int, out_dir: str, data_dir=None,
     """The fixture's resolved run (see ``co_fixture_request``)."""
     from aaer.methods import METHODS
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+        raise UsageError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
     return resolve(co_fixture_request(method, seed, out_dir, data_dir, **changes))
 
 
@@ -100,13 +101,13 @@ Get it in one of three ways:
 
 
 def load_fixture_data(data_dir=None, download: bool = False):
-    """Fashion-MNIST for the fixture; FileNotFoundError with the three ways to get it."""
+    """Fashion-MNIST for the fixture; MissingFile with the three ways to get it."""
     from aaer.data import load_dataset
     try:
         return load_dataset(CO_FIXTURE["dataset"], data_dir, download=download)
     except (FileNotFoundError, OSError) as e:
         where = f" in {data_dir}" if data_dir else " at /usr/share/datasets/fashion-mnist"
-        raise FileNotFoundError(DATA_HELP.format(where=where, error=e)) from None
+        raise MissingFile(DATA_HELP.format(where=where, error=e)) from None
 
 
 def _final_probe_pgd(run) -> float:
@@ -222,8 +223,10 @@ def train_side_by_side(cfgs, data, jobs: int, threads: int, stream) -> None:
         printer()
         for c, f in zip(cfgs, futures):
             if f.exception() is not None:
-                raise RuntimeError(f"{c.method.name} run failed (see {c.runtime.out_dir}/"
-                                   f"train.log): {f.exception()}") from f.exception()
+                # a bad data folder stays a user's mistake; anything else is a bug
+                kind = UsageError if isinstance(f.exception(), UsageError) else RuntimeError
+                raise kind(f"{c.method.name} run failed (see {c.runtime.out_dir}/"
+                           f"train.log): {f.exception()}") from f.exception()
 
 
 def run_demo(out_dir: str = "runs/demo", data_dir=None, download: bool = False,

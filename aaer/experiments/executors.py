@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from aaer.errors import require
+from aaer.errors import UsageError, require
 from aaer.io import atomic_write_json, read_json
 from aaer.runs import RunDir
 
@@ -178,7 +178,7 @@ def _need_slurm(*commands: str) -> None:
     import shutil
     missing = [c for c in commands if shutil.which(c) is None]
     if missing:
-        raise ValueError(f"--executor slurm needs Slurm's {', '.join(missing)} on PATH, and "
+        raise UsageError(f"--executor slurm needs Slurm's {', '.join(missing)} on PATH, and "
                          "this machine has none; run `aaer reproduce` on the cluster's login "
                          "node (or see scripts/slurm.sh for a one-node Slurm)")
 
@@ -192,7 +192,7 @@ def _squeue(job_ids: list[str]) -> dict[str, tuple[str, str]]:
     out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T|%N", "-j", ",".join(job_ids)],
                          capture_output=True, text=True)
     if out.returncode != 0 and "Invalid job id" not in out.stderr:
-        raise ValueError(f"squeue failed (exit {out.returncode}): {out.stderr.strip()}; is "
+        raise UsageError(f"squeue failed (exit {out.returncode}): {out.stderr.strip()}; is "
                          "this a Slurm login node with SLURM_CONF pointing at the cluster?")
     known = {}
     for line in out.stdout.splitlines():

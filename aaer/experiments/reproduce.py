@@ -24,7 +24,7 @@ from aaer.config.flags import request_from_argv
 from aaer.config.resolve import resolve
 from aaer.config.schema import FLAT, SETTINGS
 from aaer.experiments.demo import CO_FIXTURE, FIXTURE_SETTINGS
-from aaer.errors import require
+from aaer.errors import MissingFile, UsageError, require
 from aaer.io import atomic_write_bytes
 from aaer.methods.aaer import N_LAMBDAS, RS_LAMBDAS
 from aaer.reporting.report import write_report
@@ -110,7 +110,7 @@ def _toml():
             import tomli
             return tomli
         except ModuleNotFoundError:
-            raise ValueError("TOML suite files need Python >= 3.11 or the tomli package "
+            raise UsageError("TOML suite files need Python >= 3.11 or the tomli package "
                              "(pip install tomli); or write the suite as JSON") from None
 
 
@@ -122,8 +122,8 @@ def user_suite(path: str) -> list[tuple[str, str, float, list[str]]]:
          "flags": ["--lr-max", "0.2"], "method_flags": {"rs-aaer": ["--lamda3", "2.0"]}}
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"suite file {path!r} not found; give a built-in suite "
-                                f"({', '.join(BUILTIN_SUITES)}) or a .json/.toml file")
+        raise MissingFile(f"suite file {path!r} not found; give a built-in suite "
+                          f"({', '.join(BUILTIN_SUITES)}) or a .json/.toml file")
     with open(path, "rb") as f:
         raw = f.read()
     toml = _toml() if path.endswith(".toml") else None
@@ -133,20 +133,20 @@ def user_suite(path: str) -> list[tuple[str, str, float, list[str]]]:
         else:
             spec = json.loads(raw)
     except Exception as e:  # noqa: BLE001 - reported with the file name
-        raise ValueError(f"suite file {path!r} could not be parsed: {e}") from None
+        raise UsageError(f"suite file {path!r} could not be parsed: {e}") from None
     allowed = {"name", "datasets", "models", "methods", "eps", "epochs", "flags",
                "method_flags", "data_dir"}
     unknown = sorted(set(spec) - allowed)
     if unknown:
-        raise ValueError(f"suite file {path!r}: unknown keys {unknown}; valid: {sorted(allowed)}")
+        raise UsageError(f"suite file {path!r}: unknown keys {unknown}; valid: {sorted(allowed)}")
     if not spec.get("methods") or not spec.get("eps"):
-        raise ValueError(f"suite file {path!r} needs non-empty 'methods' and 'eps' lists")
+        raise UsageError(f"suite file {path!r} needs non-empty 'methods' and 'eps' lists")
 
     def strings(key, default):
         v = spec.get(key, default)
         if not isinstance(v, list) or not all(isinstance(x, (str, int, float)) and
                                               not isinstance(x, bool) for x in v):
-            raise ValueError(f"suite file {path!r}: {key!r} must be a list of values, got {v!r}")
+            raise UsageError(f"suite file {path!r}: {key!r} must be a list of values, got {v!r}")
         return v
     for key, default in (("datasets", ["cifar10"]), ("models", ["preactresnet18"]),
                          ("methods", []), ("eps", []), ("flags", [])):
@@ -154,13 +154,13 @@ def user_suite(path: str) -> list[tuple[str, str, float, list[str]]]:
     spec["eps"] = [SETTINGS["method.epsilon"].check(e) if not isinstance(e, str) else e
                    for e in spec["eps"]]
     if any(isinstance(e, str) for e in spec["eps"]):
-        raise ValueError(f"suite file {path!r}: 'eps' must be numbers (1/255 units), got "
+        raise UsageError(f"suite file {path!r}: 'eps' must be numbers (1/255 units), got "
                          f"{spec['eps']!r}")
     if "epochs" in spec:
         spec["epochs"] = SETTINGS["optim.epochs"].check(spec["epochs"])
     mf = spec.get("method_flags", {})
     if not isinstance(mf, dict) or not all(isinstance(v, list) for v in mf.values()):
-        raise ValueError(f"suite file {path!r}: 'method_flags' must map a method to a list of "
+        raise UsageError(f"suite file {path!r}: 'method_flags' must map a method to a list of "
                          f"flags, got {mf!r}")
     rows = []
     for ds in spec.get("datasets", ["cifar10"]):
@@ -212,9 +212,9 @@ def _override(flags: list[str], extra: list[str]) -> list[str]:
 def build_runs(suite: str, seeds: int, scale: str = "full", data_dir: str | None = None,
                extra: list[str] | None = None) -> list[SuiteRun]:
     if seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+        raise UsageError(f"--seeds must be >= 1, got {seeds}")
     if scale not in SCALES:
-        raise ValueError(f"--scale must be one of {SCALES}, got {scale!r}")
+        raise UsageError(f"--scale must be one of {SCALES}, got {scale!r}")
     if suite == "aaer-cifar10":
         rows = aaer_suite("cifar10")
     elif suite == "aaer-cifar100":
@@ -224,7 +224,7 @@ def build_runs(suite: str, seeds: int, scale: str = "full", data_dir: str | None
     elif suite.endswith((".json", ".toml")) or os.path.sep in suite:
         rows = user_suite(suite)
     else:
-        raise ValueError(f"unknown suite {suite!r}; built-in: {', '.join(BUILTIN_SUITES)}, "
+        raise UsageError(f"unknown suite {suite!r}; built-in: {', '.join(BUILTIN_SUITES)}, "
                          "or a path to a .json/.toml suite file")
     tail = scale_flags(scale, suite) + (["--data-dir", data_dir] if data_dir else []) + \
         list(extra or [])
@@ -247,8 +247,8 @@ def check_runs(runs: list[SuiteRun], out_dir: str) -> None:
         argv = run.argv(out_dir)[1:]
         try:
             resolve(request_from_argv(argv))
-        except (ValueError, TypeError) as e:
-            raise ValueError(f"suite run {run.name}: {e}") from None
+        except UsageError as e:
+            raise UsageError(f"suite run {run.name}: {e}") from None
 
 
 # -- summary ------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Training methods, registered by name. Adding a method = one file + one line here."""
 from __future__ import annotations
 
+from aaer.errors import UsageError
 from aaer.methods.aaer import AAER, NAAER, RSAAER, aaer_regularizer
 from aaer.methods.base import Cost, Method, StepContext, StepOutput
 from aaer.methods.cs import FGSMMEPCS, FGSMRSCS
@@ -57,14 +58,13 @@ def list_methods() -> list[str]:
 def create_method(name: str, eps: float, **hparams) -> Method:
     """Build a registered method; hparams left as None take the method's defaults."""
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; valid: {', '.join(METHODS)}")
+        raise UsageError(f"unknown method {name!r}; valid: {', '.join(METHODS)}")
     cls = METHODS[name]
     kwargs = {k: v for k, v in hparams.items() if v is not None}
-    import inspect
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "eps"}
+    accepted = set(cls.keywords())
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
-        raise ValueError(f"method {name!r} does not take {', '.join(unknown)}; "
+        raise UsageError(f"method {name!r} does not take {', '.join(unknown)}; "
                          f"it takes: {', '.join(sorted(accepted)) or 'nothing'}")
     return cls(eps, **kwargs)
 

@@ -23,7 +23,8 @@ import math
 import torch
 
 from aaer.checks import number
-from aaer.methods.base import StepContext, StepOutput, aae_statistics
+from aaer.errors import UsageError
+from aaer.methods.base import StepContext, StepOutput, aae_statistics, with_defaults
 from aaer.methods.fgsm import SingleStepAttack
 
 AAER_MODES = ("reference", "paper")
@@ -68,7 +69,7 @@ def aaer_regularizer(z0, z1, l0, l1, lamda1: float, lamda2: float, lamda3: float
     this process's AAE count.
     """
     if mode not in MODES:
-        raise ValueError(f"AAER mode must be one of {MODES}, got {mode!r}")
+        raise UsageError(f"AAER mode must be one of {MODES}, got {mode!r}")
     z0 = z0.detach().float()
     z1 = z1.float()
     l0 = l0.detach().float()
@@ -111,6 +112,7 @@ class AAER(SingleStepAttack):
                                                   ("Ab L2 Loss", "aaer_var_gap", "%.4f"))
     description = "single-step AT + regulariser on abnormal adversarial examples"
     source = "Lin, Yu, Liu, NeurIPS 2023"
+    lambdas: dict | None = None     # the published (lamda2, lamda3) per (data set, eps)
 
     def __init__(self, eps, alpha=1.0, delta_init="random", clamp=0, warmup_epochs=0.0,
                  lamda1=1.0, lamda2=4.0, lamda3=1.5, mode="reference", norm="linf"):
@@ -118,8 +120,12 @@ class AAER(SingleStepAttack):
         self.lamda1, self.lamda2, self.lamda3 = (number(k, v, low=0) for k, v in (
             ("lamda1", lamda1), ("lamda2", lamda2), ("lamda3", lamda3)))
         if mode not in MODES:
-            raise ValueError(f"AAER mode must be one of {MODES}, got {mode!r}")
+            raise UsageError(f"AAER mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
+
+    @classmethod
+    def published(cls, dataset: str, epsilon: float, norm: str = "linf"):
+        return None if cls.lambdas is None else _published(cls.lambdas, dataset, epsilon, norm)
 
     def hparams(self):
         return {**super().hparams(), "lamda1": self.lamda1, "lamda2": self.lamda2,
@@ -160,29 +166,15 @@ class AAER(SingleStepAttack):
 class RSAAER(AAER):
     name = "rs-aaer"
     description = "RS-AAER: RS-FGSM attack (U(-eps,eps), step 1.25 eps, projected) + AAER"
-
-    def __init__(self, eps, alpha=1.25, delta_init="random", clamp=1, warmup_epochs=0.0,
-                 lamda1=1.0, lamda2=2.5, lamda3=1.5, mode="reference", norm="linf"):
-        super().__init__(eps, alpha, delta_init, clamp, warmup_epochs, lamda1, lamda2,
-                         lamda3, mode, norm)
-
-    @classmethod
-    def published(cls, dataset: str, epsilon: float, norm: str = "linf"):
-        return _published(RS_LAMBDAS, dataset, epsilon, norm)
+    lambdas = RS_LAMBDAS        # the defaults lamda2, lamda3: its cifar10 eps 8 entry
+    __init__ = with_defaults(AAER.__init__, alpha=1.25, clamp=1, lamda2=2.5, lamda3=1.5)
 
 
 class NAAER(AAER):
     name = "n-aaer"
     description = "N-AAER: N-FGSM attack (U(-2eps,2eps), step eps, no projection) + AAER"
-
-    def __init__(self, eps, alpha=1.0, delta_init="random", clamp=0, warmup_epochs=0.0,
-                 lamda1=1.0, lamda2=1.5, lamda3=0.15, mode="reference", norm="linf"):
-        super().__init__(eps, alpha, delta_init, clamp, warmup_epochs, lamda1, lamda2,
-                         lamda3, mode, norm)
-
-    @classmethod
-    def published(cls, dataset: str, epsilon: float, norm: str = "linf"):
-        return _published(N_LAMBDAS, dataset, epsilon, norm)
+    lambdas = N_LAMBDAS         # the defaults lamda2, lamda3: its cifar10 eps 8 entry
+    __init__ = with_defaults(AAER.__init__, alpha=1.0, clamp=0, lamda2=1.5, lamda3=0.15)
 
 
 def _published(table, dataset: str, eps255: float, norm: str = "linf"):

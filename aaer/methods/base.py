@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from aaer.checks import number
 from aaer.errors import UsageError
+from aaer.threat import NORMS, check_norm  # noqa: F401  (NORMS: for methods' importers)
 
 Tensor = torch.Tensor
 
@@ -201,9 +202,7 @@ class Method:
 
     def __init__(self, eps: float, norm: str = "linf"):
         self.eps = number("eps (pixel units, e.g. 8/255)", eps, low=0, low_open=True)
-        if norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-        self.norm = norm
+        self.norm = check_norm(norm)
 
     # -- the recipe --------------------------------------------------------------------
     @classmethod
@@ -226,16 +225,16 @@ class Method:
         return epochs
 
     def strengthen_target(self, change: str = "auto") -> tuple[str, str]:
-        """(change, attribute) a rollback modifies, or ValueError when it cannot apply."""
+        """(change, attribute) a rollback modifies, or UsageError when it cannot apply."""
         if change == "auto" and self.strengthen_by:
             change = next(iter(self.strengthen_by))
         if change in self.strengthen_by:
             return change, self.strengthen_by[change]
         if change == "regularizer":
-            raise ValueError(f"--rollback-change regularizer: method {self.name!r} has no "
+            raise UsageError(f"--rollback-change regularizer: method {self.name!r} has no "
                              f"regulariser weight to raise; valid: "
                              f"{', '.join(self.strengthen_by) or 'none'}")
-        raise ValueError(f"--on-co rollback: method {self.name!r} has no attack step "
+        raise UsageError(f"--on-co rollback: method {self.name!r} has no attack step "
                          "(alpha) to shrink; use --on-co warn or stop")
 
     def strengthen(self, change: str, factors: dict[str, float]) -> dict[str, Any]:
@@ -280,6 +279,30 @@ class Method:
         pass
 
 
+def with_defaults(init: Callable, **defaults) -> Callable:
+    """``init``, a method's constructor, with other defaults for some of its keywords.
+
+    The variants of one method (FGSM, RS-FGSM and N-FGSM; RS- and N-AAER) differ only in
+    their defaults: each is its parent's constructor with its own, so the signature and
+    the checks are written once and ``Method.keywords`` reads the same names.
+    """
+    sig = inspect.signature(init)
+    unknown = sorted(set(defaults) - set(sig.parameters))
+    if unknown:                 # a typo in a variant's definition: a bug, not a setting
+        raise TypeError(f"with_defaults: {init.__qualname__} takes no {', '.join(unknown)}")
+    sig = sig.replace(parameters=[p.replace(default=defaults.get(p.name, p.default))
+                                  for p in sig.parameters.values()])
+
+    def __init__(self, *args, **kwargs):
+        bound = sig.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        init(*bound.args, **bound.kwargs)
+
+    __init__.__signature__ = sig
+    __init__.__doc__ = init.__doc__
+    return __init__
+
+
 # -- single-step primitives ------------------------------------------------------------
 
 def clip_to_box(x: Tensor, delta: Tensor) -> Tensor:
@@ -300,9 +323,7 @@ def uniform_noise(x: Tensor, radius: float) -> Tensor:
     return _like_x(noise, x)
 
 
-# -- the threat model: L-inf or L2 (SPEC §10) ---------------------------------------------
-
-NORMS = ("linf", "l2")
+# -- the threat model: L-inf or L2 (SPEC §10; the norms themselves: aaer.threat) ---------
 
 
 def l2_norms(t: Tensor) -> Tensor:

@@ -29,9 +29,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from aaer.errors import UsageError
 from aaer.methods.base import Cost, StepContext, StepOutput, aae_statistics, ball_noise
-from aaer.methods.fgsm import SingleStepAttack
-from aaer.methods.noise import check_nonnegative, check_positive, noise_settings
+from aaer.methods.noise import check_nonnegative, check_positive
+from aaer.methods.regularised import RegularisedFGSM
 
 
 def published_lamda(eps255: float) -> float:
@@ -67,7 +68,7 @@ def linearity_error(loss_fn, x_a, x_b, x_c, a):
     return (l_c - ((1 - a) * l_a + a * l_b)).pow(2).mean()
 
 
-class ELLE(SingleStepAttack):
+class ELLE(RegularisedFGSM):
     name = "elle"
     description = "FGSM + lamda * local linearity error of the loss on random triplets"
     source = "Abad Rocamora et al., ICLR 2024"
@@ -75,20 +76,8 @@ class ELLE(SingleStepAttack):
     # a rollback after CO raises the linearity weight first
     strengthen_by = {"regularizer": "lamda", "step": "alpha"}
 
-    def __init__(self, eps, lamda=None, noise="zero", alpha=1.0, warmup_epochs=0.0,
-                 norm="linf"):
-        delta_init, clamp = noise_settings(noise)
-        super().__init__(eps, alpha, delta_init, clamp, warmup_epochs, norm)
-        self.noise = noise
-        # published for L-inf radii only; under L2 the eps-8/255 value (L2 0.5 and L-inf
-        # 8/255 are the standard CIFAR pair)
-        eps255 = 8.0 if norm == "l2" else self.eps * 255
-        self.lamda = published_lamda(eps255) if lamda is None else \
-            check_nonnegative("lamda (ELLE weight)", lamda)
-
-    def hparams(self):
-        return {"eps": self.eps, "lamda": self.lamda, "noise": self.noise,
-                "alpha": self.alpha, "warmup_epochs": self.warmup_epochs, "norm": self.norm}
+    weight_name = "ELLE weight"
+    published_lamda = staticmethod(published_lamda)
 
     def cost(self) -> Cost:
         # attack: 1 forward + 1 input backward; training: x_adv (1) + the 3B triplet (3)
@@ -142,7 +131,7 @@ class ELLEA(ELLE):
                                              sensitivity)
         self.decay = check_positive("decay (lamda factor per step without a spike)", decay)
         if self.decay > 1:
-            raise ValueError(f"decay (lamda factor per step without a spike) must be in "
+            raise UsageError(f"decay (lamda factor per step without a spike) must be in "
                              f"(0, 1], got {decay!r}")
         self._host = {"lamda": 0.0, "n": 0.0, "s": 0.0, "ss": 0.0}
         self._dev = None          # the same on the device, float64 0-dim tensors
@@ -189,7 +178,7 @@ class ELLEA(ELLE):
     def load_state_dict(self, state):
         missing = {"lamda", "n", "s", "ss"} - set(state or {})
         if missing:
-            raise ValueError(f"ELLE-A state lacks {sorted(missing)}; expected lamda, n, s, ss "
+            raise UsageError(f"ELLE-A state lacks {sorted(missing)}; expected lamda, n, s, ss "
                              f"(got {sorted(state or {})})")
         self._host = {k: float(state[k]) for k in ("lamda", "n", "s", "ss")}
         self._dev = None

@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 
 from aaer.checks import number
+from aaer.errors import UsageError
 from aaer.methods.base import (Cost, Method, StepContext, StepOutput, aae_statistics,
                                ball_noise, clip_to_box, forward_with_input_grad, project,
-                               unit_step)
+                               unit_step, with_defaults)
 
 DELTA_INITS = ("zero", "random")
 
@@ -40,7 +41,7 @@ class SingleStepAttack(Method):
                  clamp: int = 1, warmup_epochs: float = 0.0, norm: str = "linf"):
         super().__init__(eps, norm)
         if delta_init not in DELTA_INITS:
-            raise ValueError(f"delta_init must be one of {DELTA_INITS}, got {delta_init!r}")
+            raise UsageError(f"delta_init must be one of {DELTA_INITS}, got {delta_init!r}")
         clamp = number("clamp (0: N variant, 1: RS variant)", clamp, integer=True, low=0, high=1)
         self.alpha = number("alpha (step as a multiple of eps)", alpha, low=0, low_open=True)
         self.delta_init = delta_init
@@ -94,27 +95,18 @@ class FGSM(SingleStepAttack):
     name = "fgsm"
     description = "FGSM-AT: zero start, step eps, projected"
     source = "Goodfellow et al. 2015; Wong et al. 2020"
-
-    def __init__(self, eps, alpha=1.0, delta_init="zero", clamp=1, warmup_epochs=0.0,
-                 norm="linf"):
-        super().__init__(eps, alpha, delta_init, clamp, warmup_epochs, norm)
+    __init__ = with_defaults(SingleStepAttack.__init__, alpha=1.0, delta_init="zero", clamp=1)
 
 
 class RSFGSM(SingleStepAttack):
     name = "rs-fgsm"
     description = "RS-FGSM: U(-eps,eps) start, step 1.25 eps, projected"
     source = "Wong, Rice, Kolter, ICLR 2020"
-
-    def __init__(self, eps, alpha=1.25, delta_init="random", clamp=1, warmup_epochs=0.0,
-                 norm="linf"):
-        super().__init__(eps, alpha, delta_init, clamp, warmup_epochs, norm)
+    # SingleStepAttack's defaults are RS-FGSM's: alpha 1.25, random start, clamp 1
 
 
 class NFGSM(SingleStepAttack):
     name = "n-fgsm"
     description = "N-FGSM: U(-2eps,2eps) start, step eps, no projection"
     source = "de Jorge et al., NeurIPS 2022"
-
-    def __init__(self, eps, alpha=1.0, delta_init="random", clamp=0, warmup_epochs=0.0,
-                 norm="linf"):
-        super().__init__(eps, alpha, delta_init, clamp, warmup_epochs, norm)
+    __init__ = with_defaults(SingleStepAttack.__init__, alpha=1.0, delta_init="random", clamp=0)

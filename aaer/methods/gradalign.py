@@ -23,8 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from aaer.methods.base import Cost, StepContext, StepOutput, aae_statistics, ball_noise
-from aaer.methods.fgsm import SingleStepAttack
-from aaer.methods.noise import check_nonnegative, noise_settings
+from aaer.methods.regularised import RegularisedFGSM
 
 
 def published_lamda(eps255: float) -> float:
@@ -52,7 +51,7 @@ def gradalign_penalty(g1, g2):
     return ((1 - cos) * v).sum() / v.sum().clamp(min=1.0)
 
 
-class GradAlign(SingleStepAttack):
+class GradAlign(RegularisedFGSM):
     name = "gradalign"
     description = "FGSM + lamda * (1 - cos(grad at x, grad at x + U(-eps,eps)))"
     source = "Andriushchenko & Flammarion, NeurIPS 2020"
@@ -62,20 +61,8 @@ class GradAlign(SingleStepAttack):
     # a rollback after CO raises the alignment weight first
     strengthen_by = {"regularizer": "lamda", "step": "alpha"}
 
-    def __init__(self, eps, lamda=None, noise="zero", alpha=1.0, warmup_epochs=0.0,
-                 norm="linf"):
-        delta_init, clamp = noise_settings(noise)
-        super().__init__(eps, alpha, delta_init, clamp, warmup_epochs, norm)
-        self.noise = noise
-        # published for L-inf radii only; under L2 the eps-8/255 value (L2 0.5 and L-inf
-        # 8/255 are the standard CIFAR pair)
-        eps255 = 8.0 if norm == "l2" else self.eps * 255
-        self.lamda = published_lamda(eps255) if lamda is None else \
-            check_nonnegative("lamda (GradAlign weight)", lamda)
-
-    def hparams(self):
-        return {"eps": self.eps, "lamda": self.lamda, "noise": self.noise,
-                "alpha": self.alpha, "warmup_epochs": self.warmup_epochs, "norm": self.norm}
+    weight_name = "GradAlign weight"
+    published_lamda = staticmethod(published_lamda)
 
     def cost(self) -> Cost:
         if self.lamda == 0:

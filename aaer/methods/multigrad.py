@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from aaer.errors import UsageError
 from aaer.methods.base import (Cost, StepContext, StepOutput, clip_to_box,
                                forward_with_input_grad, uniform_noise)
 from aaer.methods.fgsm import SingleStepAttack
@@ -49,7 +50,7 @@ class MultiGrad(SingleStepAttack):
                  warmup_epochs=0.0, norm="linf"):
         super().__init__(eps, alpha, "zero", 1, warmup_epochs, norm)
         if norm == "l2":
-            raise ValueError(f"{self.name} works on the signs of the input gradient's "
+            raise UsageError(f"{self.name} works on the signs of the input gradient's "
                              "coordinates (an L-inf construction); it has no L2 form: use "
                              "--norm linf, or an L2 method (fgsm, rs-fgsm, n-fgsm, rs-aaer, "
                              "n-aaer, gradalign, elle, elle-a, pgd, free)")
@@ -57,12 +58,12 @@ class MultiGrad(SingleStepAttack):
         agree = self.samples if agree is None else agree
         if isinstance(agree, bool) or not isinstance(agree, (int, float)) \
                 or agree != int(agree) or not (self.samples / 2 < agree <= self.samples):
-            raise ValueError(f"agree (signs that must agree) must be an integer in "
+            raise UsageError(f"agree (signs that must agree) must be an integer in "
                              f"({self.samples / 2:g}, {self.samples}] for samples="
                              f"{self.samples}, got {agree!r}")
         self.agree = int(agree)
         if batched not in (True, False, 0, 1):
-            raise ValueError(f"batched must be true (one pass on S*B examples) or false "
+            raise UsageError(f"batched must be true (one pass on S*B examples) or false "
                              f"(S separate passes), got {batched!r}")
         self.batched = bool(batched)
 

@@ -12,13 +12,14 @@ noise instead of its own default. The three starts are the ones of fgsm.py:
 from __future__ import annotations
 
 from aaer.checks import number
+from aaer.errors import UsageError
 
 NOISES = {"zero": ("zero", 1), "rs": ("random", 1), "n": ("random", 0)}
 
 
 def noise_settings(noise: str) -> tuple[str, int]:
     if noise not in NOISES:
-        raise ValueError(f"noise must be one of {tuple(NOISES)} (zero: FGSM start, rs: "
+        raise UsageError(f"noise must be one of {tuple(NOISES)} (zero: FGSM start, rs: "
                          f"U(-eps,eps) and projection, n: U(-2eps,2eps), no projection), "
                          f"got {noise!r}")
     return NOISES[noise]

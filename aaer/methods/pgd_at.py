@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from aaer.errors import UsageError
 from aaer.methods.base import (Cost, Method, StepContext, StepOutput, clip_to_box,
                                ball_noise, forward_with_input_grad, project, unit_step)
 from aaer.methods.noise import check_count, check_positive
@@ -58,9 +59,9 @@ class PGDAT(Method):
         self.step255 = None if step255 is None else check_positive(
             "step255 (PGD step in 1/255 units)", step255)
         if delta_init not in DELTA_INITS:
-            raise ValueError(f"delta_init must be one of {DELTA_INITS}, got {delta_init!r}")
+            raise UsageError(f"delta_init must be one of {DELTA_INITS}, got {delta_init!r}")
         if attack_mode not in ATTACK_MODES:
-            raise ValueError(f"attack_mode must be one of {ATTACK_MODES} (model mode "
+            raise UsageError(f"attack_mode must be one of {ATTACK_MODES} (model mode "
                              f"during the attack), got {attack_mode!r}")
         self.delta_init = delta_init
         self.attack_mode = attack_mode

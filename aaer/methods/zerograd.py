@@ -11,6 +11,7 @@ computed by sorting, so it also works for inputs larger than torch.quantile acce
 """
 from __future__ import annotations
 
+from aaer.errors import UsageError
 from aaer.methods.base import Cost, StepContext, StepOutput, aae_statistics
 from aaer.methods.fgsm import SingleStepAttack
 from aaer.methods.noise import noise_settings
@@ -47,17 +48,17 @@ class ZeroGrad(SingleStepAttack):
         delta_init, clamp = noise_settings(noise)
         super().__init__(eps, alpha, delta_init, clamp, warmup_epochs, norm)
         if norm == "l2":
-            raise ValueError(f"{self.name} works on the signs of the input gradient's "
+            raise UsageError(f"{self.name} works on the signs of the input gradient's "
                              "coordinates (an L-inf construction); it has no L2 form: use "
                              "--norm linf, or an L2 method (fgsm, rs-fgsm, n-fgsm, rs-aaer, "
                              "n-aaer, gradalign, elle, elle-a, pgd, free)")
         try:
             q = float(q)
         except (TypeError, ValueError):
-            raise ValueError(f"q (quantile of |grad| to zero) must be in [0, 1], got {q!r}") \
+            raise UsageError(f"q (quantile of |grad| to zero) must be in [0, 1], got {q!r}") \
                 from None
         if not (0.0 <= q <= 1.0):
-            raise ValueError(f"q (quantile of |grad| to zero) must be in [0, 1], got {q!r}")
+            raise UsageError(f"q (quantile of |grad| to zero) must be in [0, 1], got {q!r}")
         self.q = q
         self.noise = noise
 

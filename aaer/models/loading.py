@@ -2,7 +2,7 @@
 
 Accepts the bare lineage format (conv1.weight, ...), Normalized's 'net.' prefix,
 DataParallel/DDP's 'module.' and torch.compile's '_orig_mod.' (in any nesting), then
-loads strictly. On a mismatch the ValueError lists missing / unexpected keys and shape
+loads strictly. On a mismatch the UsageError lists missing / unexpected keys and shape
 differences, and names the create_model(...) call the state dict would fit when one of
 the registered architectures does.
 """
@@ -14,6 +14,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
+from aaer.errors import UsageError
 from .normalize import Normalized
 from .registry import create_model, family_of, list_models
 
@@ -47,14 +48,14 @@ def _strip_prefixes(state: Dict[str, torch.Tensor], expected: set) -> Dict[str, 
 
 def _check_tensors(state) -> None:
     if not isinstance(state, Mapping):
-        raise ValueError(f"state must be a dict of tensors (a state_dict), got {type(state).__name__}")
+        raise UsageError(f"state must be a dict of tensors (a state_dict), got {type(state).__name__}")
     if not state:
-        raise ValueError("state is an empty dict; expected a state_dict with the network's parameters")
+        raise UsageError("state is an empty dict; expected a state_dict with the network's parameters")
     not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
         nested = [k for k in _CONTAINER_KEYS if isinstance(state.get(k), Mapping)]
         hint = f"; it looks like a checkpoint container: pass state[{nested[0]!r}]" if nested else ""
-        raise ValueError(
+        raise UsageError(
             f"state must map parameter names to tensors, but these entries are not tensors: "
             f"{not_tensors[:_SHOW]}{hint}"
         )
@@ -144,5 +145,5 @@ def load_state_dict_into(net: nn.Module, state: dict) -> None:
         guess = _guess_architecture(state)
         if guess:
             parts.append(f"it fits {guess}")
-        raise ValueError("; ".join(parts))
+        raise UsageError("; ".join(parts))
     target.load_state_dict(state, strict=True)

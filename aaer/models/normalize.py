@@ -12,6 +12,7 @@ from typing import Sequence, Union
 import torch
 import torch.nn as nn
 
+from aaer.errors import UsageError
 from .registry import create_model
 
 Stats = Union[Sequence[float], torch.Tensor]
@@ -20,9 +21,9 @@ Stats = Union[Sequence[float], torch.Tensor]
 def _as_channel_stats(what: str, values: Stats) -> torch.Tensor:
     t = torch.as_tensor(values, dtype=torch.float32).detach().clone().flatten()
     if t.numel() == 0:
-        raise ValueError(f"{what} must have one value per channel, got an empty {what}")
+        raise UsageError(f"{what} must have one value per channel, got an empty {what}")
     if not torch.isfinite(t).all():
-        raise ValueError(f"{what} must be finite, got {t.tolist()}")
+        raise UsageError(f"{what} must be finite, got {t.tolist()}")
     return t.view(1, -1, 1, 1)
 
 
@@ -34,12 +35,12 @@ class Normalized(nn.Module):
         mean_t = _as_channel_stats("mean", mean)
         std_t = _as_channel_stats("std", std)
         if mean_t.shape != std_t.shape:
-            raise ValueError(
+            raise UsageError(
                 f"mean and std need the same number of channels, got {mean_t.shape[1]} "
                 f"({mean_t.flatten().tolist()}) and {std_t.shape[1]} ({std_t.flatten().tolist()})"
             )
         if (std_t <= 0).any():
-            raise ValueError(f"std must be positive in every channel, got {std_t.flatten().tolist()}")
+            raise UsageError(f"std must be positive in every channel, got {std_t.flatten().tolist()}")
         self.net = net
         self.register_buffer("mean", mean_t, persistent=False)
         self.register_buffer("std", std_t, persistent=False)
@@ -47,7 +48,7 @@ class Normalized(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         channels = self.mean.shape[1]
         if x.dim() != 4 or (channels != 1 and x.shape[1] != channels):
-            raise ValueError(
+            raise UsageError(
                 f"Normalized expects images shaped [N, {channels}, H, W] with pixels in [0, 1], "
                 f"got shape {tuple(x.shape)}"
             )
@@ -62,5 +63,5 @@ def build(name: str, num_classes: int, in_channels: int, image_size: int, mean: 
     for what, values in (("mean", mean), ("std", std)):
         n = torch.as_tensor(values).numel()
         if n not in (1, in_channels):
-            raise ValueError(f"{what} has {n} values but in_channels is {in_channels}; give {in_channels} values (or 1)")
+            raise UsageError(f"{what} has {n} values but in_channels is {in_channels}; give {in_channels} values (or 1)")
     return Normalized(create_model(name, num_classes, in_channels, image_size), mean, std)

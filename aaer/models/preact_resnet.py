@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from aaer.errors import UsageError
 from .registry import register_model
 
 _SHORTCUT_SOURCES = ("input", "preact")
@@ -53,13 +54,13 @@ class PreActResNet18(nn.Module):
                  shortcut_from: str = "input"):
         super().__init__()
         if shortcut_from not in _SHORTCUT_SOURCES:
-            raise ValueError(f"shortcut_from must be one of {_SHORTCUT_SOURCES}, got {shortcut_from!r}")
+            raise UsageError(f"shortcut_from must be one of {_SHORTCUT_SOURCES}, got {shortcut_from!r}")
         side = image_size
         for _ in range(3):  # layer2..layer4 halve the side
             side = _conv3x3_out(side, 2)
         pooled = side // 4  # the lineage's fixed avg_pool2d(4)
         if pooled < 1:
-            raise ValueError(
+            raise UsageError(
                 f"image_size {image_size} is too small for preactresnet18: the final feature map is "
                 f"{side}x{side}, smaller than its 4x4 average pool; use image_size >= 25"
             )

@@ -13,6 +13,8 @@ from typing import Callable, Dict, List, Tuple
 
 import torch.nn as nn
 
+from aaer.errors import UsageError
+
 Constructor = Callable[[int, int, int], nn.Module]
 
 _REGISTRY: Dict[str, Constructor] = {}
@@ -60,10 +62,10 @@ def families() -> List[str]:
 
 
 def check_model_name(name: str) -> None:
-    """ValueError naming the registered models when ``name`` is none of them."""
+    """UsageError naming the registered models when ``name`` is none of them."""
     if name not in _REGISTRY and family_of(name) is None:
         more = "".join(f" or {d}" for d in families())
-        raise ValueError(f"unknown --model {name!r}; valid: {', '.join(list_models())}{more}")
+        raise UsageError(f"unknown --model {name!r}; valid: {', '.join(list_models())}{more}")
 
 
 def list_models() -> List[str]:
@@ -73,7 +75,7 @@ def list_models() -> List[str]:
 
 def _check_positive_int(what: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+        raise UsageError(f"{what} must be a positive integer, got {value!r}")
 
 
 def create_model(name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> nn.Module:
@@ -88,4 +90,4 @@ def create_model(name: str, num_classes: int = 10, in_channels: int = 3, image_s
         match, factory = found
         return factory(match, num_classes, in_channels, image_size)
     more = "".join(f" (any {d} also works)" for d in families())
-    raise ValueError(f"unknown model name {name!r}; registered models: {list_models()}{more}")
+    raise UsageError(f"unknown model name {name!r}; registered models: {list_models()}{more}")

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from aaer.errors import UsageError
 from .registry import register_model, register_model_family
 
 
@@ -59,11 +60,11 @@ class WideResNet(nn.Module):
                  drop_rate: float = 0.0):
         super().__init__()
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 10 or (depth - 4) % 6 != 0:
-            raise ValueError(f"WideResNet depth must be 6n+4 with n >= 1 (10, 16, 22, 28, 34, 40, ...), got {depth!r}")
+            raise UsageError(f"WideResNet depth must be 6n+4 with n >= 1 (10, 16, 22, 28, 34, 40, ...), got {depth!r}")
         if isinstance(widen_factor, bool) or not isinstance(widen_factor, int) or widen_factor < 1:
-            raise ValueError(f"WideResNet widen factor must be a positive integer, got {widen_factor!r}")
+            raise UsageError(f"WideResNet widen factor must be a positive integer, got {widen_factor!r}")
         if not 0.0 <= drop_rate < 1.0:
-            raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate!r}")
+            raise UsageError(f"drop_rate must be in [0, 1), got {drop_rate!r}")
         n = (depth - 4) // 6
         widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         self.conv1 = nn.Conv2d(in_channels, widths[0], kernel_size=3, stride=1, padding=1, bias=False)

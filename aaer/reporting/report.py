@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from aaer.errors import require
+from aaer.errors import UsageError, require
 from aaer.evaluation import eps_text
 from aaer.io import atomic_write_bytes
 from aaer.monitor import KEPT_IN_CO, evidence_text
@@ -382,7 +382,7 @@ def write_report(run_dirs: list[str], out_dir: str | None = None,
     "runs": [Run, ...]}.
     """
     if not run_dirs:
-        raise ValueError("give at least one run directory")
+        raise UsageError("give at least one run directory")
     require("matplotlib", "matplotlib", None, "plotting a report")
     if tensorboard:
         require_tensorboard()
