@@ -21,11 +21,11 @@ import torch
 
 from aaer.config.commands import EvalCommand
 from aaer.config.resolve import checked, resolve_eval
-from aaer.config.schema import pixel_eps
 from aaer.config.settings import Source
 from aaer.errors import MissingFile, UsageError
 from aaer.export import read_exported
 from aaer.runs import CONFIG, MODEL, RunDir, aa_state_name, eval_name
+from aaer.threat import pixel_eps
 
 
 @dataclass

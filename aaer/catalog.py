@@ -105,6 +105,8 @@ PROTOCOLS = ('lineage', 'lineage-exact', 'wong', 'gradalign-1k', 'aaer', 'fastat
 
 AA_VERSIONS = ('standard', 'rand', 'plus', 'custom')
 
+ATTACKS = ('clean', 'fgsm', 'pgd', 'autoattack', 'cr')
+
 AAER_MODES = ('reference', 'paper')
 
 DELTA_INITS = ('zero', 'random')

@@ -125,31 +125,14 @@ def cmd_eval(ns: argparse.Namespace) -> int:
 # -- the other commands --------------------------------------------------------------------
 
 def cmd_list(what: str) -> int:
+    """`aaer methods | models | datasets`, from the catalog (aaer/catalog.py): no torch."""
+    from aaer import catalog
     if what == "methods":
-        from aaer.methods import METHODS
-
-        def kv(d):
-            return ", ".join(f"{k}={v}" for k, v in d.items())
-        for name, cls in METHODS.items():
-            m = cls(8 / 255)
-            c = m.cost()
-            replays = f" x{m.replays} replays" if m.replays > 1 else ""
-            print(f"{name:<10} fwd {c.forward} bwd {c.backward}{replays}"
-                  f"{' double-backprop' if c.double_backprop else ''}  {cls.description} "
-                  f"[{cls.source}]")
-            for preset, hp in cls.presets.items():
-                print(f"{'':<12}preset {preset}: {kv(hp)}")
-            overrides = dict(cls.train_overrides)
-            if m.epochs_for(30) != 30:
-                overrides["epochs"] = m.epochs_rule
-            if overrides:
-                print(f"{'':<12}training: {kv(overrides)}")
+        print("\n".join(line for lines in catalog.METHOD_LINES.values() for line in lines))
     elif what == "models":
-        from aaer.models import list_models
-        print("\n".join(list_models()))
+        print("\n".join(catalog.MODELS))
     elif what == "datasets":
-        from aaer.data import DATASETS
-        print("\n".join(DATASETS))
+        print("\n".join(catalog.DATASETS))
     return 0
 
 
@@ -286,7 +269,7 @@ def main(argv=None, prog: str = "aaer", seed_script: bool = False) -> int:
         if command in HANDLERS:
             return HANDLERS[command](command_settings(COMMANDS[command], ns))
         return cmd_list(command)
-    except (UsageError, ValueError, FileNotFoundError) as e:   # TRANSITION: UsageError only
+    except UsageError as e:                  # a user's mistake: DamagedFile, MissingFile, ...
         print(f"{prog}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except TrainingInterrupted as e:

@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Any
 
 from aaer.config import FLAT, RunConfig, from_flat, resolve, validate
-from aaer.config.schema import pixel_eps
 from aaer.config.settings import UNSET, Source
 from aaer.engine import Trainer
 from aaer.engine.preflight import check_data, check_data_dir, check_resume
@@ -22,6 +21,7 @@ from aaer.errors import DamagedFile, UsageError
 from aaer.evaluation import evaluate, format_table, get_protocol
 from aaer.monitor import build_monitor
 from aaer.selection import build_validator
+from aaer.threat import pixel_eps
 from aaer.reporting.tensorboard import LiveWriter
 from aaer.runs import CHECKPOINT, RunDir
 

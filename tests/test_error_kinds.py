@@ -202,6 +202,19 @@ INTERNAL = {
     ("aaer/attacks/autoattack.py", "x is empty"),
     ("aaer/attacks/square.py", "Square needs image batches"),
     ("aaer/experiments/executors.py", "aaer train for "),          # a failed run: exit 1
+    # method state read back from a checkpoint or rewind point: build_trainer turns a
+    # mismatch into DamagedFile naming checkpoint.pt; inside the method it is a contract
+    ("aaer/methods/base.py", "per-example state has slots "),
+    ("aaer/methods/base.py", "per-example state "),
+    ("aaer/methods/cs.py", ""),                                   # ... lacks u, beta, ...
+    ("aaer/methods/liet.py", "liet state lacks 'li'"),
+    ("aaer/methods/uap.py", ""),                                  # ... state lacks / differ
+    ("aaer/methods/uap.py", "fgsm-fuap state "),
+    # a method's own code: a parameter it names, the loop's loans, a bank's image shape
+    ("aaer/methods/base.py", "no parameter named "),
+    ("aaer/methods/lap.py", ""),                                  # the context lends no optimiser
+    ("aaer/methods/liet.py", "liet: the label information holds images of shape "),
+    ("aaer/methods/prior.py", "factor label smoothing needs at least 2 classes"),
 }
 
 
@@ -250,7 +263,7 @@ def test_every_plain_error_in_these_modules_is_a_listed_internal_invariant():
                           "invariant is listed in INTERNAL:\n" + "\n".join(unlisted))
     stale = [e for e in INTERNAL if not any(f == e[0] and m.startswith(e[1]) for f, m in found)]
     assert not stale, f"listed but no longer raised: {stale}"
-    assert len(found) == len(INTERNAL) == 18
+    assert len(found) == 31      # three entries above cover two or three sites each
 
 
 def test_the_raise_finder_finds_a_plain_value_error():

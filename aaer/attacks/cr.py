@@ -76,6 +76,7 @@ import torch.nn.functional as F
 
 from aaer.attacks.apgd import bview, check_inputs, check_norm_eps, check_positive_int
 from aaer.attacks.checks import check_eval_mode, fit_n_target_classes
+from aaer.errors import UsageError
 
 Tensor = torch.Tensor
 
@@ -114,7 +115,7 @@ class CRAttack:
     def __init__(self, model, norm="Linf", eps=8 / 255, n_iter=150, decay_steps=30,
                  n_restarts=5, n_target_classes=None, alpha=None, seed=0, device=None):
         if norm == "L2":
-            raise ValueError(f"norm='L2' is not supported: {L_INF_ONLY}; use pgd or "
+            raise UsageError(f"norm='L2' is not supported: {L_INF_ONLY}; use pgd or "
                              "autoattack under L2")
         self.model = model
         self.norm = norm
@@ -122,14 +123,14 @@ class CRAttack:
         self.n_iter = check_positive_int("n_iter", n_iter)
         self.decay_steps = check_positive_int("decay_steps", decay_steps)
         if decay_steps < 3:
-            raise ValueError(f"decay_steps={decay_steps!r} must be >= 3 (a cycle has a "
+            raise UsageError(f"decay_steps={decay_steps!r} must be >= 3 (a cycle has a "
                              "relaxed, a constrained and a perturbed third)")
         self.n_restarts = check_positive_int("n_restarts", n_restarts)
         self.n_target_classes = None if n_target_classes is None else \
             check_positive_int("n_target_classes", n_target_classes)
         self.alpha = self.eps if alpha is None else check_norm_eps("Linf", alpha)
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed={seed!r} must be an integer >= 0")
+            raise UsageError(f"seed={seed!r} must be an integer >= 0")
         self.seed = seed
         self.device = device
         self.forwards = self.backwards = None
@@ -188,7 +189,7 @@ class CRAttack:
             z = self._logits(x0)
         self.forwards += 1
         if z.shape[1] < 2:
-            raise ValueError(f"the CR attack needs at least 2 classes, the model has "
+            raise UsageError(f"the CR attack needs at least 2 classes, the model has "
                              f"{z.shape[1]}")
         best = x0.clone()
         live = (margin(z, y) > 0).nonzero().squeeze(1)
@@ -280,7 +281,7 @@ class CRAttack:
         check_inputs(x, y)
         if isinstance(batch_index, bool) or not isinstance(batch_index, int) \
                 or batch_index < 0:
-            raise ValueError(f"batch_index={batch_index!r} must be an integer >= 0")
+            raise UsageError(f"batch_index={batch_index!r} must be an integer >= 0")
         check_eval_mode(self.model)
         x_in = x
         device = torch.device(self.device) if self.device is not None else x.device

@@ -87,7 +87,7 @@ def get_protocol(name: str, norm: str = "linf", **overrides) -> Protocol:
     if norm != "linf":
         for a in overrides.get("attacks") or p.attacks:
             if a in LINF_ONLY:
-                raise ValueError(f"attack {a!r} cannot run under --norm {norm}: "
+                raise UsageError(f"attack {a!r} cannot run under --norm {norm}: "
                                  f"{LINF_ONLY[a]}; leave it out (--attacks "
                                  f"{','.join(b for b in p.attacks if b not in LINF_ONLY)})")
     if norm == "l2" and p.pgd_step255 is not None and overrides.get("pgd_step255") is None:

@@ -68,7 +68,7 @@ def defaults_by_table() -> dict[str, list[tuple[str, object]]]:
 
 
 def render() -> str:
-    from aaer.attacks.protocols import AA_VERSIONS, PROTOCOLS
+    from aaer.attacks.protocols import AA_VERSIONS, ATTACKS, PROTOCOLS
     from aaer.data.datasets import DATASETS
     from aaer.methods import METHODS
     from aaer.methods.aaer import AAER_MODES
@@ -81,6 +81,7 @@ def render() -> str:
         "DATASETS": tuple(DATASETS),
         "PROTOCOLS": tuple(PROTOCOLS),
         "AA_VERSIONS": tuple(AA_VERSIONS),
+        "ATTACKS": tuple(ATTACKS),
         "AAER_MODES": tuple(AAER_MODES),
         "DELTA_INITS": tuple(DELTA_INITS),
         "DEFAULTS_BY": defaults_by_table(),

@@ -10,10 +10,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from aaer.attacks.protocols import AA_VERSIONS, ATTACKS, PROTOCOLS
+from aaer import catalog
 from aaer.config.schema import NORMS, SETTINGS
 from aaer.config.settings import Setting, field_of, setting
 
+# names of aaer.attacks.protocols, through the torch-free catalog (every --help reads them)
+AA_VERSIONS, ATTACKS, PROTOCOLS = catalog.AA_VERSIONS, catalog.ATTACKS, catalog.PROTOCOLS
 SCALES = ("full", "small", "tiny")
 EXECUTORS = ("local", "slurm")
 AA_BACKENDS = ("native", "official")

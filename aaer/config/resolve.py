@@ -27,12 +27,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from aaer.config.schema import FLAT, L2_EPS_MAX, METHOD_KEYWORDS, SETTINGS, RunConfig
+from aaer.config.schema import FLAT, METHOD_KEYWORDS, SETTINGS, RunConfig
 from aaer.config.settings import UNSET, Source, settings_of
-from aaer.data.datasets import training_defaults
 from aaer.errors import UsageError
-from aaer.methods import METHODS, create_method
-from aaer.methods.aaer import SEED_DEFAULTS, seed_method
+from aaer.threat import check_l2_radius
 
 EXPLICIT = Source("explicit", Source.EXPLICIT)
 DEFAULT = Source("default", Source.DEFAULT)
@@ -57,8 +55,12 @@ def method_kwargs(cfg: RunConfig) -> dict[str, Any]:
     return kw
 
 
+# The leaves (methods, data sets) are imported where they are used: resolving needs torch,
+# the schema and every `--help` do not (aaer.config imports this module).
+
 def build_method(name: str, eps: float, kwargs: dict[str, Any]):
-    """The method, or ValueError naming the method and the settings it refused."""
+    """The method, or UsageError naming the method and the settings it refused."""
+    from aaer.methods import create_method
     shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
     try:
         return create_method(name, eps, **kwargs)
@@ -77,6 +79,7 @@ def complete_method(cfg: RunConfig, kw: dict[str, tuple[Any, str]] | None = None
               if cfg.get(p) not in (UNSET, None)}
         options = cfg.method.options if cfg.method.options is not UNSET else {}
         kw.update({k: (v, label) for k, v in options.items()})
+    from aaer.methods import METHODS
     sources = cfg.sources if sources is None else sources
     name = cfg.method.name
     accepted = set(METHODS[name].keywords())
@@ -107,6 +110,9 @@ def resolve(request: RunConfig, *, custom_data: bool = False) -> RunConfig:
     ``custom_data``: the data set is a Dataset object the caller passes to training, so
     ``data.dataset`` is its free-form name rather than one of aaer's data sets.
     """
+    from aaer.data.datasets import training_defaults
+    from aaer.methods import METHODS
+    from aaer.methods.aaer import SEED_DEFAULTS, seed_method
     cfg = request.copy()
     sources = {p: _given_source(request.sources.get(p)) for p in request.given()}
     _check_given(cfg, custom_data)
@@ -221,14 +227,6 @@ def resolve(request: RunConfig, *, custom_data: bool = False) -> RunConfig:
     return cfg
 
 
-def check_l2_epsilon(epsilon: float, norm) -> None:
-    """An L2 radius is in pixel units: a value past L2_EPS_MAX is most likely 1/255 units."""
-    if norm == "l2" and epsilon > L2_EPS_MAX:
-        raise UsageError(f"invalid --epsilon {epsilon!r} with --norm l2: the L2 radius is in "
-                         f"pixel units, e.g. 0.5 (128/255 = 0.502), at most {L2_EPS_MAX:g}; "
-                         f"{epsilon:g}/255 would be --epsilon {epsilon / 255:.4g}")
-
-
 def checked(request):
     """A command's request (a settings dataclass, what was not given UNSET) with every given
     value checked: bad input is refused before any file is read."""
@@ -256,7 +254,7 @@ def resolve_eval(request, known: dict[str, tuple[Any, Source]]):
         else:
             v, src = s.default, DEFAULT
         values[name], sources[name] = s.check(v), src
-    check_l2_epsilon(values["epsilon"], values["norm"])
+    check_l2_radius(values["epsilon"], values["norm"])
     return dataclasses.replace(request, **values), sources
 
 
@@ -269,7 +267,7 @@ def validate(cfg: RunConfig, *, custom_data: bool = False) -> None:
         if not (custom_data and path == "data.dataset"):
             cfg.set(path, s.check(v))
     o, m = cfg.optim, cfg.monitor
-    check_l2_epsilon(cfg.method.epsilon, cfg.method.norm)
+    check_l2_radius(cfg.method.epsilon, cfg.method.norm)
     if o.lr_max < o.lr_min:
         raise UsageError(f"invalid --lr-max/--lr-min {(o.lr_max, o.lr_min)!r}: need "
                          "lr-max > 0 and 0 <= lr-min <= lr-max")

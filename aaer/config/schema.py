@@ -21,17 +21,18 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
-from aaer.attacks.protocols import PROTOCOLS
+from aaer import catalog
 from aaer.config.settings import UNSET, Setting, setting, settings_of
-from aaer.data.datasets import DATASETS, canonical_name
 from aaer.errors import UsageError
-from aaer.methods import METHODS
-from aaer.methods.aaer import AAER_MODES
-from aaer.methods.base import NORMS
-from aaer.methods.fgsm import DELTA_INITS
-from aaer.models.registry import check_model_name
+from aaer.threat import NORMS, pixel_eps
+
+# the registries' names come from aaer/catalog.py (generated from them, checked by a test),
+# so that the schema, and with it every --help, needs no torch; the checks below read the
+# live registries (a model or method registered at run time is valid)
+PROTOCOLS = catalog.PROTOCOLS
+DATASETS = catalog.DATASETS
+AAER_MODES = catalog.AAER_MODES
+DELTA_INITS = catalog.DELTA_INITS
 
 SEED_MAX = 2 ** 32 - 1
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -49,12 +50,14 @@ MODEL_ALIASES = {"PreActResNet18": "preactresnet18", "WideResNet": "wrn-34-10"}
 
 
 def _model_name(name: str) -> str:
+    from aaer.models.registry import check_model_name
     name = MODEL_ALIASES.get(name, name)
     check_model_name(name)
     return name
 
 
 def _method_name(name):
+    from aaer.methods import METHODS
     if name is not None and name not in METHODS:
         raise UsageError(f"unknown --method {name!r}; valid: {', '.join(METHODS)}")
     return name
@@ -72,6 +75,7 @@ def _protocol(name):
 def check_device(name: str) -> str:
     if name == "auto":
         return name
+    import torch
     try:
         dev = torch.device(name)
     except (RuntimeError, TypeError) as e:
@@ -86,7 +90,15 @@ def check_device(name: str) -> str:
 
 
 def _dataset_name(name: str) -> str:
+    from aaer.data.datasets import canonical_name
     return canonical_name(name)
+
+
+def by_table(flat: str, default) -> str:
+    """The help text of a default that data sets or methods change: the schema's value,
+    then each table's (aaer/catalog.py's DEFAULTS_BY, read from the tables themselves)."""
+    changes = catalog.DEFAULTS_BY.get(flat, [])
+    return "; ".join([str(default)] + [f"{who} {value}" for who, value in changes])
 
 
 @dataclass
@@ -109,8 +121,9 @@ class DataConfig:
                                      "of mixed sizes): RandomResizedCrop to this size for "
                                      "training, Resize(size*8/7) + CenterCrop(size) for "
                                      "testing", type=int, low=8, optional=True,
-                                     default_text="imagenet100: 224; imagefolder: the images' "
-                                     "own size, not streamed", older_runs=None)
+                                     default_text=by_table(
+                                         "image_size", "an imagefolder's own size, not "
+                                         "streamed"), older_runs=None)
     workers: int | None = setting(None, "processes decoding streamed images (0: the training "
                                   "process itself)", type=int, low=0, optional=True,
                                   resumable=True, default_text="min(8, CPU cores)",
@@ -120,7 +133,8 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = setting("preactresnet18", "model name (see `aaer models`; PreActResNet18 and "
-                        "WideResNet are accepted as aliases)", dest="model", extra=_model_name)
+                        "WideResNet are accepted as aliases)", dest="model", extra=_model_name,
+                        default_text=by_table("model", "preactresnet18"))
 
 
 @dataclass
@@ -155,7 +169,8 @@ class MethodConfig:
                         "gradient); paper = CE term with gradient through l1", dest="aaer_mode",
                         choices=AAER_MODES, optional=True, default_text="reference")
     warmup_epochs: float = setting(None, "linear warm-up of the attack step over N epochs",
-                                   type=float, optional=True, default_text="0; SVHN 5")
+                                   type=float, optional=True,
+                                   default_text=by_table("warmup_epochs", 0))
     preset: str | None = setting(None, "a method preset (see `aaer methods`); "
                                  "<dataset>-eps<N> presets apply by themselves when they exist",
                                  optional=True, default_text="none")
@@ -167,7 +182,7 @@ class MethodConfig:
 @dataclass
 class OptimConfig:
     epochs: int = setting(30, "training epochs", type=int, low=1, aliases=("--epoch",),
-                          default_text="30; SVHN 15")
+                          default_text=by_table("epochs", 30))
     batch_size: int = setting(128, "batch size (under torchrun the global batch)", type=int,
                               low=1)
     lr_schedule: str = setting("cyclic", "learning-rate schedule: cyclic (PyTorch CyclicLR "
@@ -177,11 +192,11 @@ class OptimConfig:
                                "Benchmark's)", choices=LR_SCHEDULES)
     lr_min: float = setting(0.0, "lowest learning rate", type=float, low=0)
     lr_max: float = setting(0.2, "peak learning rate", type=float, low=0, low_open=True,
-                            default_text="0.2; SVHN 0.05; GradAlign 0.3")
+                            default_text=by_table("lr_max", 0.2))
     lr_peak: float = setting(0.5, "cyclic and onecycle: where the peak is, as a fraction of "
                              "training",
                              type=float, low=0, high=1, low_open=True, high_open=True,
-                             default_text="0.5; SVHN 0.4")
+                             default_text=by_table("lr_peak", "0.5 (onecycle 0.3)"))
     momentum: float = setting(0.9, "SGD momentum", type=float, low=0, high=1, high_open=True)
     weight_decay: float = setting(5e-4, "SGD weight decay", type=float, low=0)
     seed: int = setting(0, "seeds python, numpy, torch and the data order", type=int, low=0,
@@ -354,16 +369,6 @@ class RunConfig:
     def copy(self) -> "RunConfig":
         return RunConfig(**{k: dataclasses.replace(getattr(self, k)) for k in SECTIONS},
                          sources=dict(self.sources))
-
-
-# L2 radii in use are a few pixel units at most (CIFAR 0.5, ImageNet 3.0); a larger value
-# is most likely an L-inf-style 1/255 number
-L2_EPS_MAX = 16.0
-
-
-def pixel_eps(epsilon: float, norm) -> float:
-    """--epsilon in pixel units: epsilon / 255 for L-inf, epsilon itself for L2."""
-    return float(epsilon) if norm == "l2" else float(epsilon) / 255.0
 
 
 def _plain(v):

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from aaer.checks import number
 from aaer.errors import UsageError
-from aaer.threat import NORMS, check_norm  # noqa: F401  (NORMS: for methods' importers)
+from aaer.threat import check_norm
 
 Tensor = torch.Tensor
 

@@ -76,6 +76,7 @@ from __future__ import annotations
 import torch
 
 from aaer.checks import number
+from aaer.errors import UsageError
 from aaer.methods.base import (Cost, Method, StepContext, StepOutput, forward_with_input_grad,
                                uniform_noise)
 from aaer.methods.noise import check_count, check_nonnegative, check_positive
@@ -97,12 +98,12 @@ def check_milestones(milestones) -> list:
     if isinstance(milestones, (int, float)) and not isinstance(milestones, bool):
         milestones = [milestones]
     if not isinstance(milestones, (list, tuple)):
-        raise ValueError(f"invalid milestones {milestones!r}: must be a list of epochs, e.g. "
+        raise UsageError(f"invalid milestones {milestones!r}: must be a list of epochs, e.g. "
                          "[100, 105]")
     out = [number("milestones (learning-rate milestones, in epochs)", m, low=0, low_open=True)
            for m in milestones]
     if out != sorted(out):
-        raise ValueError(f"invalid milestones {milestones!r}: must be increasing")
+        raise UsageError(f"invalid milestones {milestones!r}: must be increasing")
     return [int(m) if float(m).is_integer() else m for m in out]
 
 
@@ -223,7 +224,7 @@ class FGSMMEPCS(ConvergeSmooth):
                                         epochs_reset, minimum=1)
         for k, v in (("initialize", initialize), ("reg_single", reg_single)):
             if not isinstance(v, bool):
-                raise ValueError(f"invalid {k} {v!r}: must be true or false")
+                raise UsageError(f"invalid {k} {v!r}: must be true or false")
         self.initialize, self.reg_single = initialize, reg_single
         self.lamda = check_nonnegative("lamda (weight of MSE(z_adv, z_prior), reg_single)",
                                        lamda)

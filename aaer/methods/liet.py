@@ -173,7 +173,7 @@ class LIET(Method):
         self.min_mask_ratio = check_nonnegative("min_mask_ratio", min_mask_ratio)
         self.max_mask_ratio = check_nonnegative("max_mask_ratio", max_mask_ratio)
         if not self.min_mask_ratio <= self.max_mask_ratio <= 1:
-            raise ValueError(f"invalid mask ratios min {min_mask_ratio!r}, max "
+            raise UsageError(f"invalid mask ratios min {min_mask_ratio!r}, max "
                              f"{max_mask_ratio!r}: need 0 <= min_mask_ratio <= "
                              "max_mask_ratio <= 1")
         self.li_update = check_count("li_update (batches between LI updates)", li_update)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from aaer.errors import UsageError
 from aaer.methods.base import MemorySlot, uniform_noise
 
 Tensor = torch.Tensor
@@ -39,7 +40,7 @@ PRIOR_INITS = ("random", "zero")
 
 def check_init(delta_init) -> str:
     if delta_init not in PRIOR_INITS:
-        raise ValueError(f"invalid delta_init {delta_init!r}: must be one of "
+        raise UsageError(f"invalid delta_init {delta_init!r}: must be one of "
                          f"{', '.join(PRIOR_INITS)} (the initial prior: +-min(alpha, eps) "
                          "random signs, or 0)")
     return delta_init
