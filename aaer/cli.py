@@ -44,6 +44,9 @@ def train_request(ns: argparse.Namespace, *, seed_script: bool = False):
     from aaer.config.schema import SETTINGS
     from aaer.config.settings import UNSET
     request = request_from_args(ns)
+    if getattr(ns, "config", None):             # a recipe file; the flags win over it
+        from aaer.config.recipe import merge, request_from_file
+        request = merge(request_from_file(ns.config), request)
     if seed_script and request.data.dataset is UNSET:
         out = request.runtime.out_dir
         out = SETTINGS["runtime.out_dir"].default if out is UNSET else out
@@ -80,6 +83,14 @@ def cmd_train(ns: argparse.Namespace, seed_script: bool = False) -> int:
     out = request.runtime.out_dir
     _print_results(SETTINGS["runtime.out_dir"].default if out is UNSET else out, results)
     _co_outcome(results)
+    return 0
+
+
+def cmd_config(ns: argparse.Namespace) -> int:
+    """`aaer config show [--config FILE] [run flags]`: the resolved run as a YAML recipe."""
+    from aaer.config import resolve
+    from aaer.config.recipe import to_yaml
+    print(to_yaml(resolve(train_request(ns))), end="")
     return 0
 
 
@@ -235,6 +246,8 @@ HELP = {
              "Fashion-MNIST)", "Train the CO fixture (Fashion-MNIST, small CNN, eps 70/255) "
              "with RS-FGSM and RS-AAER, one seed each, then write report.md and plots to "
              "--out-dir and print whether CO happened, in which run."),
+    "config": ("show a run's resolved settings and their sources (a recipe for --config)",
+               None),
 }
 
 
@@ -245,7 +258,7 @@ def build_parser(prog: str = "aaer") -> argparse.ArgumentParser:
     for name, cls in COMMANDS.items():
         help_text, description = HELP[name]
         c = sub.add_parser(name, help=help_text, description=description or help_text)
-        if name == "train":
+        if name in ("train", "config"):
             add_run_flags(c)
         add_command_flags(c, cls)
     for what in ("methods", "models", "datasets"):
@@ -266,6 +279,8 @@ def main(argv=None, prog: str = "aaer", seed_script: bool = False) -> int:
             return cmd_train(ns, seed_script=seed_script)
         if command == "eval":
             return cmd_eval(ns)
+        if command == "config":
+            return cmd_config(ns)
         if command in HANDLERS:
             return HANDLERS[command](command_settings(COMMANDS[command], ns))
         return cmd_list(command)

@@ -84,7 +84,7 @@ ROLLBACK_FLAGS = ["--dataset", "cifar10", "--model", MODEL, "--method", "rs-aaer
                   "--batch-size", "16", "--lr-max", "0.05", "--eval-protocol", "none",
                   "--no-progress", "--device", "cpu", "--probe-n", "4", "--on-co", "rollback"]
 # best at epoch 1, CO confirmed at epoch 3 (patience 2): back to epoch 1; healthy after
-SCRIPT = "0.25,0.5,0.125,0.125,0.5,0.5,0.5,0.5;0.25,0.375,0.5,0.5,0.5,0.5,0.5,0.5"
+PROBES = "0.25,0.5,0.125,0.125,0.5,0.5,0.5,0.5;0.25,0.375,0.5,0.5,0.5,0.5,0.5,0.5"
 
 
 @pytest.mark.slow
@@ -97,7 +97,7 @@ def test_rollback_under_two_gloo_processes_matches_one_process(tmp_path):
     write_cifar10(str(data), np.random.default_rng(0), per_batch=16, n_test=4)
     flags = [*ROLLBACK_FLAGS, "--data-dir", str(data), "--epochs", "5"]
     script = SCRIPT
-    env = {PROBES_ENV: SCRIPT}
+    env = {PROBES_ENV: PROBES}
     one, two = tmp_path / "one", tmp_path / "two"
     _run([sys.executable, script, "worker", *flags, "--out-dir", str(one)], tmp_path, env)
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
@@ -132,7 +132,7 @@ def test_divergence_after_a_rollback_under_two_gloo_processes_stops_with_the_bes
     two = tmp_path / "two"
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
           "2", script, "worker", *flags, "--out-dir", str(two)], tmp_path,
-         {PROBES_ENV: SCRIPT, BLOW_UP_ENV: "1"})
+         {PROBES_ENV: PROBES, BLOW_UP_ENV: "1"})
     mon = json.loads((two / "results.json").read_text())["monitor"]
     assert mon["outcome_kind"] == "not-rescued" and mon["stopped"]["reason"] == "diverged"
     assert mon["stopped"]["restored_from"] == {"epoch": 1, "step": 10, "pgd": 0.5}

@@ -31,13 +31,28 @@ def like(path: str, **changes) -> dataclasses.Field:
 
 @dataclass
 class TrainCommand:
-    """`aaer train`'s one setting beyond the run's."""
+    """`aaer train`'s settings beyond the run's."""
 
     resume: str | None = setting(None, "continue the run in RUN_DIR from its checkpoint.pt, "
                                  "exactly where it stopped; its settings come from its "
                                  f"config.json (only these may be given: {RESUMABLE})",
                                  optional=True,
                                  metavar="RUN_DIR", default_text="off")
+    config: str | None = setting(None, "a recipe file (.json, .toml, .yaml; nested by the "
+                                 "schema's sections or flat by flag names) or a run's "
+                                 "config.json; flags given beside it win", optional=True,
+                                 metavar="FILE", default_text="none")
+
+
+@dataclass
+class ConfigCommand:
+    """`aaer config show`: a run's resolved settings, with their sources, as a recipe."""
+
+    action: str = setting(None, "show: print the resolved settings of the run flags (and "
+                          "--config) with each value's source, as YAML that --config reads",
+                          positional=True, choices=("show",), flag="ACTION", metavar="show")
+    config: str | None = setting(None, "a recipe file or a run's config.json to start from",
+                                 optional=True, metavar="FILE", default_text="none")
 
 
 @dataclass
@@ -185,5 +200,6 @@ class ReportCommand:
 
 
 COMMANDS = {"train": TrainCommand, "eval": EvalCommand, "reproduce": ReproduceCommand,
-            "demo": DemoCommand, "export": ExportCommand, "report": ReportCommand}
+            "demo": DemoCommand, "export": ExportCommand, "report": ReportCommand,
+            "config": ConfigCommand}
 __all__ = ["COMMANDS", "Setting", "like", *(c.__name__ for c in COMMANDS.values())]

@@ -212,7 +212,8 @@ def resolve(request: RunConfig, *, custom_data: bool = False) -> RunConfig:
     # the method with everything it takes
     method = complete_method(cfg, kw, sources)
     epochs = method.epochs_for(cfg.optim.epochs)
-    if epochs != cfg.optim.epochs:
+    # a run's config.json given as a recipe holds the epochs the rule already gave
+    if epochs != cfg.optim.epochs and sources["optim.epochs"].kind != Source.RUN_CONFIG:
         sources["optim.epochs"] = Source(f"{sources['optim.epochs']} {cfg.optim.epochs}, "
                                          f"trained as {epochs} ({method.epochs_rule})",
                                          Source.METHOD)

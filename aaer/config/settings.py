@@ -67,9 +67,12 @@ class Source(str):
     RESUME = "resume"                # changed when the run resumed
     OLDER_RUN = "older-run"          # a run written before the setting existed
     RULE = "rule"                    # follows from another setting
+    CONFIG_FILE = "config-file"      # a recipe file (--config)
+    RUN_CONFIG = "run-config"        # a run's config.json given as a recipe: resolved values
     RECORDED = "recorded"            # read back from a file that kept only the text
     KINDS = (EXPLICIT, REQUEST, DEFAULT, METHOD_DEFAULT, NOT_USED, BY_KEY, PUBLISHED, PRESET,
-             METHOD, DATASET, SEED_SCRIPT, INFERRED, RESUME, OLDER_RUN, RULE, RECORDED)
+             METHOD, DATASET, SEED_SCRIPT, INFERRED, RESUME, OLDER_RUN, RULE, CONFIG_FILE,
+             RUN_CONFIG, RECORDED)
     # sources a run's log need not state: the user knows them, or they say nothing
     QUIET = (EXPLICIT, DEFAULT, METHOD_DEFAULT, NOT_USED, BY_KEY)
 
