@@ -51,7 +51,8 @@ def model_files(path: str) -> ModelFiles:
         state, meta = read_exported(weights)
         src = Source(f"export metadata of {os.path.basename(weights)}", Source.REQUEST)
         known = {k: (meta.get(k), src) for k in ("dataset", "model", "epsilon", "data_dir",
-                                                 "norm") if meta.get(k) is not None}
+                                                 "norm", "model_args", "normalization")
+                 if meta.get(k) is not None}
         return ModelFiles(weights, None, known, meta, state)
     run_dir = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     run = RunDir(run_dir)
@@ -61,7 +62,8 @@ def model_files(path: str) -> ModelFiles:
     src = Source(f"the run's config.json ({run_dir})", Source.REQUEST)
     known = {"dataset": cfg.data.dataset, "model": cfg.model.name,
              "epsilon": cfg.method.epsilon, "data_dir": cfg.data.data_dir,
-             "norm": cfg.method.norm}
+             "norm": cfg.method.norm, "model_args": cfg.model.kwargs,
+             "normalization": cfg.model.normalization}
     return ModelFiles(weights, run_dir, {k: (v, src) for k, v in known.items()
                                          if v is not None})
 
@@ -85,11 +87,12 @@ def read_state(files: ModelFiles) -> dict[str, torch.Tensor]:
     return state
 
 
-def build_model(files: ModelFiles, model_name: str, data) -> torch.nn.Module:
+def build_model(files: ModelFiles, model_name: str, data, model_args: dict | None = None,
+                normalization: str = "dataset") -> torch.nn.Module:
     """The named architecture for ``data`` with the weights of ``files`` (the normalisation
-    an export was trained with, else the data set's)."""
-    from aaer.models import build, load_state_dict_into
-    mean, std = data.mean, data.std
+    an export was trained with, else ``normalization`` of the data set's statistics)."""
+    from aaer.models import build, input_stats, load_state_dict_into
+    mean, std = input_stats(normalization, data.mean, data.std, data.in_channels)
     if files.exported is not None:
         meta = files.exported
         if meta["num_classes"] != data.num_classes:
@@ -97,7 +100,8 @@ def build_model(files: ModelFiles, model_name: str, data) -> torch.nn.Module:
                              f"the data set {data.name} has {data.num_classes}; valid: "
                              f"--dataset {meta['dataset']} (or one with as many classes)")
         mean, std = meta["mean"], meta["std"]
-    model = build(model_name, data.num_classes, data.in_channels, data.image_size, mean, std)
+    model = build(model_name, data.num_classes, data.in_channels, data.image_size, mean, std,
+                  model_args)
     try:
         load_state_dict_into(model.net, read_state(files))
     except ValueError as e:
@@ -118,6 +122,7 @@ def load_model(path: str, *, dataset=None, model: str | None = None, data_dir=No
     from aaer.data import load_dataset
     files = model_files(path)
     known = {k: v for k, (v, _) in files.known.items()}
+    args, normalization = known.get("model_args") or {}, known.get("normalization", "dataset")
     if dataset is None or isinstance(dataset, str):
         name = dataset or known.get("dataset")
         if name is None:
@@ -128,7 +133,7 @@ def load_model(path: str, *, dataset=None, model: str | None = None, data_dir=No
     if name is None:
         raise UsageError(f"{path}: no config.json or export metadata says which model it is; "
                          "pass model=")
-    return build_model(files, name, dataset).to(device).eval()
+    return build_model(files, name, dataset, args, normalization).to(device).eval()
 
 
 def evaluate_checkpoint(request: EvalCommand):
@@ -153,7 +158,7 @@ def evaluate_checkpoint(request: EvalCommand):
     try:
         device = dist_info.device if dist_info.enabled else resolve_device(a.device)
         data = load_dataset(a.dataset, a.data_dir, download=a.download)
-        model = build_model(files, a.model, data).to(device).eval()
+        model = build_model(files, a.model, data, a.model_args, a.normalization).to(device).eval()
         out = a.out or os.path.join(files.run_dir or ".", eval_name(protocol.name))
         # a killed AutoAttack resumes from here on the same command; deleted when complete
         aa_state = os.path.join(os.path.dirname(os.path.abspath(out)),

@@ -73,11 +73,14 @@ def render() -> str:
     from aaer.methods import METHODS
     from aaer.methods.aaer import AAER_MODES
     from aaer.methods.fgsm import DELTA_INITS
-    from aaer.models import list_models
+    from aaer.models import NORMALIZATIONS, list_models
+    from aaer.models.registry import families
     values = {
         "METHODS": tuple(METHODS),
         "METHOD_LINES": method_lines(),
         "MODELS": tuple(list_models()),
+        "MODEL_FAMILIES": tuple(families()),
+        "NORMALIZATIONS": tuple(NORMALIZATIONS),
         "DATASETS": tuple(DATASETS),
         "PROTOCOLS": tuple(PROTOCOLS),
         "AA_VERSIONS": tuple(AA_VERSIONS),

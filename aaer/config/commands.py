@@ -66,6 +66,8 @@ class EvalCommand:
     data_dir: str | None = like("data.data_dir", default_text="the run's, else ./data/<dataset>")
     download: bool = like("data.download")
     model: str = like("model.name", default_text="the run's config.json, else preactresnet18")
+    model_args: dict = like("model.kwargs", default_text="the run's, else none")
+    normalization: str = like("model.normalization", default_text="the run's, else dataset")
     epsilon: float = like("method.epsilon", default_text="the run's, else 8")
     norm: str = like("method.norm", help="threat model of the evaluation: linf or l2",
                      default=NORMS[0], optional=False, default_text="the run's, else linf")

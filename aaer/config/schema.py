@@ -132,9 +132,19 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = setting("preactresnet18", "model name (see `aaer models`; PreActResNet18 and "
-                        "WideResNet are accepted as aliases)", dest="model", extra=_model_name,
+    name: str = setting("preactresnet18", "model name: a registered one (see `aaer models`; "
+                        "PreActResNet18 and WideResNet are accepted as aliases), or " +
+                        " or ".join(catalog.MODEL_FAMILIES), dest="model", extra=_model_name,
                         default_text=by_table("model", "preactresnet18"))
+    kwargs: dict = setting({}, "an argument of a package.module:factory or timm:<name> model, "
+                           "e.g. --model-arg width=64", type=dict, flag="--model-arg",
+                           dest="model_args", metavar="KEY=VALUE", default_text="none",
+                           older_runs={})
+    normalization: str = setting("dataset", "what the model subtracts and divides its input "
+                                 "by: the data set's mean/std, none (a network that "
+                                 "normalises itself; the FastAT Benchmark's models), or "
+                                 "ImageNet's", choices=catalog.NORMALIZATIONS,
+                                 older_runs="dataset")
 
 
 @dataclass

@@ -29,13 +29,13 @@ def check_data_dir(cfg: RunConfig) -> None:
 
 
 def check_model_fits(model: str, num_classes: int, in_channels: int, height: int,
-                     width: int) -> None:
+                     width: int, kwargs: dict | None = None) -> None:
     """Build the model on the meta device and push a batch of these images through it."""
 
-    def fits(name: str) -> str | None:
+    def fits(name: str, kw: dict) -> str | None:
         try:
             with torch.device("meta"):
-                net = create_model(name, num_classes, in_channels, height).eval()
+                net = create_model(name, num_classes, in_channels, height, **kw).eval()
                 z = net(torch.empty(2, in_channels, height, width))
             if tuple(z.shape) != (2, num_classes):
                 return f"it gives outputs of shape {tuple(z.shape)}, not (2, {num_classes})"
@@ -43,9 +43,9 @@ def check_model_fits(model: str, num_classes: int, in_channels: int, height: int
             return str(e).strip().splitlines()[0]
         return None
 
-    problem = fits(model)
+    problem = fits(model, kwargs or {})
     if problem is not None:
-        ok = [m for m in list_models() if m != model and fits(m) is None]
+        ok = [m for m in list_models() if m != model and fits(m, {}) is None]
         raise UsageError(f"--model {model!r} does not fit the {in_channels}x{height}x{width} "
                          f"images of this data set: {problem}; valid for these images: "
                          f"{', '.join(ok) or 'none of the registered models'}")
@@ -89,7 +89,7 @@ def _check_checkpoint(cfg: RunConfig, dataset, train, ckpt: dict[str, Any]) -> N
                          "with")
     c, h, w = dataset.train_x.shape[1:]
     with torch.device("meta"):
-        net = create_model(cfg.model.name, dataset.num_classes, c, h)
+        net = create_model(cfg.model.name, dataset.num_classes, c, h, **cfg.model.kwargs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")   # copying into meta tensors is a no-op by design
         try:
@@ -130,7 +130,8 @@ def check_data(cfg: RunConfig, dataset) -> None:
         raise UsageError(f"data set {dataset.name} has {dataset.num_classes} class; "
                          "classification needs at least 2")
     c, h, w = dataset.train_x.shape[1:]
-    check_model_fits(cfg.model.name, dataset.num_classes, int(c), int(h), int(w))
+    check_model_fits(cfg.model.name, dataset.num_classes, int(c), int(h), int(w),
+                     cfg.model.kwargs)
 
 
 def check_resume(cfg: RunConfig, dataset, ckpt: dict[str, Any], train) -> None:

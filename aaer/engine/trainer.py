@@ -102,7 +102,7 @@ class Trainer:
     def __init__(self, cfg: RunConfig, dataset, run: RunDir, *, train_set=None, monitor=None,
                  validator=None, final_eval: Callable | None = None, listeners=()):
         from aaer.data import augmentation_for, make_loader, streamed
-        from aaer.models import build
+        from aaer.models import build, input_stats
 
         self.cfg, self.run, self.dataset = cfg, run, dataset
         self.monitor, self.final_eval, self.listeners = monitor, final_eval, list(listeners)
@@ -122,8 +122,10 @@ class Trainer:
         self.train_x, self.train_y = train_set
         if cfg.monitor.aae_per_class:
             self.method.aae_num_classes = ds.num_classes
+        self.input_mean, self.input_std = input_stats(cfg.model.normalization, ds.mean, ds.std,
+                                                      ds.in_channels)
         self.model = build(cfg.model.name, ds.num_classes, ds.in_channels, ds.image_size,
-                           ds.mean, ds.std).to(self.device)
+                           self.input_mean, self.input_std, cfg.model.kwargs).to(self.device)
         self.channels_last = use_channels_last(rt.channels_last, self.model, self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -563,6 +565,9 @@ class Trainer:
                                       "streamed": True} if self.streamed else
                      {"crop_pad": self.pad, "hflip": self.flip}},
             "model_params": sum(p.numel() for p in self.model.parameters()),
+            # what the model's normalisation layer subtracts and divides by (--normalization)
+            "model_input": {"normalization": self.cfg.model.normalization,
+                            "mean": list(self.input_mean), "std": list(self.input_std)},
             "iters_per_epoch": len(self.loader), "total_steps": self.total_steps,
             "environment": environment(self.device),
             "performance": {"precision": self.prec.name, "channels_last": self.channels_last,

@@ -58,10 +58,37 @@ class Normalized(nn.Module):
         return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
 
 
-def build(name: str, num_classes: int, in_channels: int, image_size: int, mean: Stats, std: Stats) -> Normalized:
-    """create_model(name, ...) wrapped in Normalized(mean, std); mean/std need in_channels values (or 1)."""
+NORMALIZATIONS = ("dataset", "none", "imagenet")
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def input_stats(normalization: str, mean: Stats, std: Stats, in_channels: int):
+    """(mean, std) the model normalises its input with (--normalization): the data set's
+    (``mean``, ``std``), none (0 and 1: a network that normalises itself, or none at all, as
+    the FastAT Benchmark's), or ImageNet's (for architectures built for it)."""
+    if normalization == "dataset":
+        def values(v):
+            return tuple(float(x) for x in (v.flatten().tolist() if isinstance(v, torch.Tensor)
+                                            else v))
+        return values(mean), values(std)
+    if normalization == "none":
+        return (0.0,) * in_channels, (1.0,) * in_channels
+    if normalization == "imagenet":
+        if in_channels != 3:
+            raise UsageError(f"--normalization imagenet is for RGB images; these have "
+                             f"{in_channels} channel(s); valid: dataset, none")
+        return IMAGENET
+    raise UsageError(f"invalid --normalization {normalization!r}; valid: "
+                     f"{', '.join(NORMALIZATIONS)}")
+
+
+def build(name: str, num_classes: int, in_channels: int, image_size: int, mean: Stats, std: Stats,
+          kwargs: dict | None = None) -> Normalized:
+    """create_model(name, ..., **kwargs) wrapped in Normalized(mean, std); mean/std need
+    in_channels values (or 1)."""
     for what, values in (("mean", mean), ("std", std)):
         n = torch.as_tensor(values).numel()
         if n not in (1, in_channels):
             raise UsageError(f"{what} has {n} values but in_channels is {in_channels}; give {in_channels} values (or 1)")
-    return Normalized(create_model(name, num_classes, in_channels, image_size), mean, std)
+    return Normalized(create_model(name, num_classes, in_channels, image_size, **(kwargs or {})),
+                      mean, std)

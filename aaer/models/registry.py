@@ -8,6 +8,7 @@ lineage). The registry imports no architecture.
 """
 from __future__ import annotations
 
+import inspect
 import re
 from typing import Callable, Dict, List, Tuple
 
@@ -78,16 +79,25 @@ def _check_positive_int(what: str, value) -> None:
         raise UsageError(f"{what} must be a positive integer, got {value!r}")
 
 
-def create_model(name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> nn.Module:
-    """Build the bare network registered as `name` (input must already be normalised)."""
+def create_model(name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 32,
+                 **kwargs) -> nn.Module:
+    """Build the bare network registered as `name` (input must already be normalised).
+    ``kwargs``: arguments of a family's factory (a model of one's own, a timm model); a
+    single registered name takes none."""
     _check_positive_int("num_classes", num_classes)
     _check_positive_int("in_channels", in_channels)
     _check_positive_int("image_size", image_size)
     if name in _REGISTRY:
+        if kwargs:
+            raise UsageError(f"--model {name} takes no --model-arg (given: {sorted(kwargs)}); "
+                             "model arguments go to a package.module:factory or timm model")
         return _REGISTRY[name](num_classes, in_channels, image_size)
     found = family_of(name)
     if found:
         match, factory = found
-        return factory(match, num_classes, in_channels, image_size)
+        if kwargs and not any(p.kind is p.VAR_KEYWORD
+                              for p in inspect.signature(factory).parameters.values()):
+            raise UsageError(f"--model {name} takes no --model-arg (given: {sorted(kwargs)})")
+        return factory(match, num_classes, in_channels, image_size, **kwargs)
     more = "".join(f" (any {d} also works)" for d in families())
     raise UsageError(f"unknown model name {name!r}; registered models: {list_models()}{more}")
