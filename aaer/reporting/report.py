@@ -24,7 +24,7 @@ import os
 from typing import Any
 
 from aaer.errors import UsageError, require
-from aaer.evaluation import eps_text
+from aaer.evaluation import eps_text, eval_protocol_text
 from aaer.io import atomic_write_bytes
 from aaer.monitor import KEPT_IN_CO, evidence_text
 from aaer.reporting.tensorboard import require_tensorboard, write_tensorboard
@@ -46,21 +46,6 @@ def _labels(runs: list[Run]) -> None:
 
 def _fmt(x, nd=4) -> str:
     return "-" if x is None else f"{x:.{nd}f}"
-
-
-def eval_protocol_text(evaluation: dict) -> str:
-    """'lineage: PGD-50-10, step 2/255, uniform start, n=10000, seed 0' for one report."""
-    proto = evaluation.get("protocol", {})
-    pgd = evaluation.get("results", {}).get("pgd")
-    norm = evaluation.get("norm", "linf")
-    parts = [proto.get("name", "?") + (" (L2)" if norm == "l2" else "")]
-    if pgd is not None:
-        parts.append(f"PGD-{pgd['steps']}-{pgd['restarts']} step "
-                     f"{eps_text(pgd['alpha'], norm).replace(' (L2)', '')}"
-                     f" ({pgd.get('selection', 'worst')} restart rule)")
-    parts.append(f"FGSM zero start, eps {eps_text(evaluation.get('eps', 0), norm)}")
-    parts.append(f"n={evaluation.get('n')}, seed {evaluation.get('seed')}")
-    return ", ".join(parts)
 
 
 def probe_protocol_text(run: Run) -> str:
