@@ -139,12 +139,15 @@ def cells(run: Run) -> list[tuple[str, str, str]]:
         a = acc.get(attack)
         out.append(("-", "", "not evaluated") if a is None else (_pct(a), repr(a), proto))
     kind = run.outcome()
-    if kind is None:
+    co = run.co_epoch()
+    if not run.finished:                 # the monitor's verdict comes with results.json
+        out.append(("unfinished" + ("" if co is None else f" (CO epoch {co})"), "",
+                    "no results.json yet"))
+    elif kind is None:
         out.append(("no monitor", "", "trained without the CO monitor's probe (--probe-n)"))
     else:
         mon = res.get("monitor") or {}
         text = mon.get("outcome") or OUTCOME_WORDS[kind]
-        co = run.co_epoch()
         if co is not None and kind is not Outcome.NO_CO:
             text += f" (CO epoch {co})"
         out.append((text, str(OUTCOME_ORDER.index(kind)), kind.value))
