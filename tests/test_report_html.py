@@ -321,3 +321,13 @@ def test_report_html_in_headless_chromium(report, tmp_path):
     if artefacts:
         os.makedirs(artefacts, exist_ok=True)
         shutil.copy(shot, os.path.join(artefacts, "report_html.png"))
+
+
+def test_non_finite_numbers_are_shown_as_missing(tmp_path):
+    d = finish(make_run(str(tmp_path / "r"), "rs-fgsm", CO_RUN),
+               evaluation(float("nan"), float("inf")), (float("nan"), float("-inf")))
+    run = load_run(d)
+    run.label = "r"
+    row = Page(render_html([run], [], d)).body[0]
+    assert [(c["text"], c["data-sort"]) for c in row[7:9]] == [("-", ""), ("-", "")]
+    assert [(c["text"], c["data-sort"]) for c in row[12:]] == [("-", ""), ("-", "")]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 import os
 import time
 from urllib.parse import quote
@@ -109,8 +110,11 @@ def run_href(run: Run, out_dir: str) -> str:
     return "./" if rel == "." else quote(rel.replace(os.sep, "/")) + "/"
 
 
-def _pct(x) -> str:
-    return f"{100 * x:.2f}"
+def _number(x) -> float | None:
+    """A finite number from results.json, else None (shown and sorted as missing)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+        return None
+    return float(x)
 
 
 def _seconds(s: float) -> str:
@@ -121,45 +125,53 @@ def _seconds(s: float) -> str:
     return f"{s / 3600:.2f} h"
 
 
-def cells(run: Run) -> list[tuple[str, str, str]]:
-    """The run's row as (text shown, sort key, title) per column of COLUMNS after 'run';
-    an empty sort key is a missing value."""
+Cell = tuple[str, str, str, str]      # text shown, sort key ('' = missing), title, CSS class
+
+
+def co_cell(run: Run) -> Cell:
+    """What became of the run's CO: the monitor's own sentence (or its kind's words), the
+    CO epoch; sorted by OUTCOME_ORDER."""
+    co = run.co_epoch()
+    if not run.finished:                 # the monitor's verdict comes with results.json
+        return ("unfinished" + ("" if co is None else f" (CO epoch {co})"), "",
+                "no results.json yet", "")
+    kind = run.outcome()
+    if kind is None:
+        return "no monitor", "", "trained without the CO monitor's probe (--probe-n)", ""
+    text = run.results["monitor"].get("outcome") or OUTCOME_WORDS[kind]
+    if co is not None and kind is not Outcome.NO_CO:
+        text += f" (CO epoch {co})"
+    good = kind in (Outcome.NO_CO, Outcome.RESCUED)
+    return text, str(OUTCOME_ORDER.index(kind)), kind.value, "co-good" if good else "co-bad"
+
+
+def cells(run: Run) -> list[Cell]:
+    """The run's row, one Cell per column of COLUMNS after 'run'."""
     c = run.settings
     res = run.results or {}
     ev = res.get("evaluation") or {}
-    acc = {a: r.get("acc") for a, r in (ev.get("results") or {}).items()}
     proto = eval_protocol_text(ev) if ev else ""
     norm = str(c.method.norm)
     eps = pixel_eps(c.method.epsilon, norm)
-    out = [(run.method, run.method, ""), (str(c.model.name), str(c.model.name), ""),
-           (str(c.data.dataset), str(c.data.dataset), ""),
-           (eps_text(eps, norm).replace(" (L2)", ""), repr(eps), ""),
-           (norm, norm, ""), (str(run.seed), str(run.seed), "")]
+    out = [(run.method, run.method, "", ""), (str(c.model.name), str(c.model.name), "", ""),
+           (str(c.data.dataset), str(c.data.dataset), "", ""),
+           (eps_text(eps, norm).replace(" (L2)", ""), repr(eps), "", "num"),
+           (norm, norm, "", ""), (str(run.seed), str(run.seed), "", "num")]
     for attack in ("clean", "pgd", "autoattack"):
-        a = acc.get(attack)
-        out.append(("-", "", "not evaluated") if a is None else (_pct(a), repr(a), proto))
-    kind = run.outcome()
-    co = run.co_epoch()
-    if not run.finished:                 # the monitor's verdict comes with results.json
-        out.append(("unfinished" + ("" if co is None else f" (CO epoch {co})"), "",
-                    "no results.json yet"))
-    elif kind is None:
-        out.append(("no monitor", "", "trained without the CO monitor's probe (--probe-n)"))
-    else:
-        mon = res.get("monitor") or {}
-        text = mon.get("outcome") or OUTCOME_WORDS[kind]
-        if co is not None and kind is not Outcome.NO_CO:
-            text += f" (CO epoch {co})"
-        out.append((text, str(OUTCOME_ORDER.index(kind)), kind.value))
-    out.append((f"{len(run.rows)}/{c.optim.epochs}", str(len(run.rows)), "epochs run / planned"))
+        a = _number(((ev.get("results") or {}).get(attack) or {}).get("acc"))
+        out.append(("-", "", "not evaluated", "num") if a is None
+                   else (f"{100 * a:.2f}", repr(a), proto, "num"))
+    out.append(co_cell(run))
+    out.append((f"{len(run.rows)}/{c.optim.epochs}", str(len(run.rows)), "epochs run / planned",
+                "num"))
     cost = res.get("cost") or {}
-    secs = cost.get("train_seconds", res.get("train_seconds"))
-    out.append(("unfinished", "", "no results.json yet") if secs is None
-               else (_seconds(secs), repr(secs), f"{secs:.1f} s of training"))
-    mem = cost.get("peak_memory_gb")
-    out.append(("-", "", "not recorded") if mem is None
-               else (f"{mem:.2f}", repr(mem), str(cost.get("memory") or cost.get("device_name")
-                                                  or "")))
+    secs = _number(cost.get("train_seconds", res.get("train_seconds")))
+    out.append(("unfinished" if not run.finished else "-", "", "no training time recorded",
+                "num") if secs is None
+               else (_seconds(secs), repr(secs), f"{secs:.1f} s of training", "num"))
+    mem = _number(cost.get("peak_memory_gb"))
+    out.append(("-", "", "not recorded", "num") if mem is None
+               else (f"{mem:.2f}", repr(mem), str(cost.get("memory") or ""), "num"))
     return out
 
 
@@ -173,7 +185,6 @@ COLUMNS = (("run", "run", "text", "ascending"), ("method", "method", "text", "as
            ("co", "CO outcome", "num", "ascending"), ("epochs", "epochs", "num", "ascending"),
            ("time", "wall time", "num", "ascending"),
            ("memory", "peak memory (GB)", "num", "ascending"))
-NUMERIC_SHOWN = {"eps", "seed", "clean", "pgd", "autoattack", "epochs", "time", "memory"}
 
 
 def table_html(runs: list[Run], out_dir: str) -> list[str]:
@@ -185,11 +196,8 @@ def table_html(runs: list[Run], out_dir: str) -> list[str]:
     for run in runs:
         row = [f'<td data-sort="{esc(run.label)}"><a href="{esc(run_href(run, out_dir))}">'
                f"{esc(run.label)}</a></td>"]
-        for (cid, *_), (text, key, title) in zip(COLUMNS[1:], cells(run)):
-            cls = ["num"] if cid in NUMERIC_SHOWN else []
-            if cid == "co" and key:
-                cls.append("co-good" if key in ("0", "1") else "co-bad")
-            attrs = f' class="{" ".join(cls)}"' if cls else ""
+        for text, key, title, css in cells(run):
+            attrs = f' class="{css}"' if css else ""
             attrs += f' title="{esc(title)}"' if title else ""
             row.append(f'<td data-sort="{esc(key)}"{attrs}>{esc(text)}</td>')
         lines.append("<tr>" + "".join(row) + "</tr>")
