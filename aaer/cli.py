@@ -213,12 +213,14 @@ def cmd_reproduce(a) -> int:
 
 def cmd_report(a) -> int:
     from aaer.reporting.report import co_text, write_report
-    rep = write_report(a.run_dirs, a.out, tensorboard=a.tensorboard)
+    rep = write_report(a.run_dirs, a.out, tensorboard=a.tensorboard, html=a.html)
     for r in rep["runs"]:
         print(co_text(r).replace("**", ""))
     print(f"report: {rep['report']}")
     for p in rep["plots"]:
         print(f"plot:   {p}")
+    if rep["html"]:
+        print(f"html:   {rep['html']}")
     if rep["tensorboard"]:
         print(f"tensorboard: tensorboard --logdir {rep['tensorboard']}")
     return 0

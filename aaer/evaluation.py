@@ -274,6 +274,22 @@ def eps_text(eps: float, norm: str = "linf") -> str:
     return f"{eps * 255:.4g}/255" if norm == "linf" else f"{eps:.4g} (L2)"
 
 
+def eval_protocol_text(evaluation: dict) -> str:
+    """One evaluation report's protocol in words, e.g. 'lineage, PGD-50-10 step 2/255 (worst
+    restart rule), FGSM zero start, eps 8/255, n=10000, seed 0' (report.md, report.html)."""
+    proto = evaluation.get("protocol", {})
+    pgd = evaluation.get("results", {}).get("pgd")
+    norm = evaluation.get("norm", "linf")
+    parts = [proto.get("name", "?") + (" (L2)" if norm == "l2" else "")]
+    if pgd is not None:
+        parts.append(f"PGD-{pgd['steps']}-{pgd['restarts']} step "
+                     f"{eps_text(pgd['alpha'], norm).replace(' (L2)', '')}"
+                     f" ({pgd.get('selection', 'worst')} restart rule)")
+    parts.append(f"FGSM zero start, eps {eps_text(evaluation.get('eps', 0), norm)}")
+    parts.append(f"n={evaluation.get('n')}, seed {evaluation.get('seed')}")
+    return ", ".join(parts)
+
+
 def format_table(report: dict) -> str:
     """A small human-readable table of one evaluation report."""
     lines = [f"protocol {report['protocol']['name']}: eps "

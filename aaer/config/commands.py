@@ -193,12 +193,17 @@ class ExportCommand:
 class ReportCommand:
     run_dirs: list = setting(None, "run directories to compare", positional=True, nargs="+",
                              flag="RUN_DIR", metavar="RUN_DIR")
-    out: str | None = setting(None, "where report.md and the PNGs go", optional=True,
+    out: str | None = setting(None, "where report.md, the PNGs (and report.html) go",
+                              optional=True,
                               default_text="the run directory for one run, the runs' common "
                               "parent for several")
     tensorboard: bool = setting(False, "also write TensorBoard event files to <out>/"
                                 "tensorboard/<run> (view: tensorboard --logdir "
                                 "<out>/tensorboard)", type=bool)
+    html: bool = setting(False, "also write report.html: one self-contained page (no network "
+                         "needed) with the results table, sortable by any column and "
+                         "filterable by method, each run linked to its folder, and the plots "
+                         "embedded", type=bool)
 
 
 COMMANDS = {"train": TrainCommand, "eval": EvalCommand, "reproduce": ReproduceCommand,

@@ -16,7 +16,9 @@ which every number names its protocol, the CO evidence and the per-epoch data.
 Plots use matplotlib's headless Agg backend. Epochs count from 0, as in train.log.
 
 With ``tensorboard=True`` it also writes each run's epochs as TensorBoard events
-(aaer.reporting.tensorboard): ``tensorboard --logdir <out>/tensorboard``.
+(aaer.reporting.tensorboard): ``tensorboard --logdir <out>/tensorboard``; with ``html=True``
+``report.html``, one self-contained page with the sortable results table and the plots
+(aaer.reporting.html).
 """
 from __future__ import annotations
 
@@ -24,13 +26,19 @@ import os
 from typing import Any
 
 from aaer.errors import UsageError, require
-from aaer.evaluation import eps_text
+from aaer.evaluation import eps_text, eval_protocol_text
 from aaer.io import atomic_write_bytes
 from aaer.monitor import KEPT_IN_CO, evidence_text
+from aaer.reporting.html import render_html
 from aaer.reporting.tensorboard import require_tensorboard, write_tensorboard
 from aaer.runs import Row, Run, load_run
 
 PLOTS = ("probe_accuracy.png", "aae_count.png", "lr.png")
+PLOT_CAPTIONS = {"probe_accuracy.png": "Probe accuracy per epoch (clean, FGSM, PGD)",
+                 "aae_count.png": "Abnormal adversarial examples per epoch",
+                 "lr.png": "Learning rate",
+                 "by_method.png": "Per method: mean over seeds (range shaded) of probe PGD "
+                                  "accuracy and AAEs"}
 
 
 def _labels(runs: list[Run]) -> None:
@@ -46,21 +54,6 @@ def _labels(runs: list[Run]) -> None:
 
 def _fmt(x, nd=4) -> str:
     return "-" if x is None else f"{x:.{nd}f}"
-
-
-def eval_protocol_text(evaluation: dict) -> str:
-    """'lineage: PGD-50-10, step 2/255, uniform start, n=10000, seed 0' for one report."""
-    proto = evaluation.get("protocol", {})
-    pgd = evaluation.get("results", {}).get("pgd")
-    norm = evaluation.get("norm", "linf")
-    parts = [proto.get("name", "?") + (" (L2)" if norm == "l2" else "")]
-    if pgd is not None:
-        parts.append(f"PGD-{pgd['steps']}-{pgd['restarts']} step "
-                     f"{eps_text(pgd['alpha'], norm).replace(' (L2)', '')}"
-                     f" ({pgd.get('selection', 'worst')} restart rule)")
-    parts.append(f"FGSM zero start, eps {eps_text(evaluation.get('eps', 0), norm)}")
-    parts.append(f"n={evaluation.get('n')}, seed {evaluation.get('seed')}")
-    return ", ".join(parts)
 
 
 def probe_protocol_text(run: Run) -> str:
@@ -347,15 +340,10 @@ def render_markdown(runs: list[Run], plots: list[str], out_dir: str) -> str:
     lines += [f"- {co_text(r)}" for r in runs]
 
     lines += ["", "## Plots", ""]
-    captions = {"probe_accuracy.png": "Probe accuracy per epoch (clean, FGSM, PGD)",
-                "aae_count.png": "Abnormal adversarial examples per epoch",
-                "lr.png": "Learning rate",
-                "by_method.png": "Per method: mean over seeds (range shaded) of probe PGD "
-                                 "accuracy and AAEs"}
     for p in plots:
         name = os.path.basename(p)
         rel = os.path.relpath(p, out_dir)
-        lines += [f"![{captions.get(name, name)}]({rel})", ""]
+        lines += [f"![{PLOT_CAPTIONS.get(name, name)}]({rel})", ""]
 
     lines += ["## Per-epoch data", ""]
     for r in runs:
@@ -374,12 +362,14 @@ def render_markdown(runs: list[Run], plots: list[str], out_dir: str) -> str:
 
 
 def write_report(run_dirs: list[str], out_dir: str | None = None,
-                 tensorboard: bool = False) -> dict[str, Any]:
-    """Write report.md and the plots (and TensorBoard events) for ``run_dirs``.
+                 tensorboard: bool = False, html: bool = False) -> dict[str, Any]:
+    """Write report.md and the plots (and TensorBoard events, and report.html) for
+    ``run_dirs``.
 
     ``out_dir`` defaults to the run directory for one run and to the runs' common parent
-    directory for several. Returns {"report": path, "plots": [...], "tensorboard": dir|None,
-    "runs": [Run, ...]}.
+    directory for several. ``html``: also report.html, one self-contained page (the sortable
+    results table and the plots; aaer.reporting.html). Returns {"report": path, "plots":
+    [...], "html": path|None, "tensorboard": dir|None, "runs": [Run, ...]}.
     """
     if not run_dirs:
         raise UsageError("give at least one run directory")
@@ -398,9 +388,14 @@ def write_report(run_dirs: list[str], out_dir: str | None = None,
     md = render_markdown(runs, plots, out_dir)
     report = os.path.join(out_dir, "report.md")
     atomic_write_bytes(report, md.encode())
+    page = None
+    if html:
+        page = os.path.join(out_dir, "report.html")
+        atomic_write_bytes(page, render_html(runs, plots, out_dir, PLOT_CAPTIONS).encode())
     tb_dir = None
     if tensorboard:
         tb_dir = os.path.join(out_dir, "tensorboard")
         for r in runs:
             write_tensorboard(r.rows, os.path.join(tb_dir, r.label.replace(os.sep, "_")))
-    return {"report": report, "plots": plots, "tensorboard": tb_dir, "runs": runs}
+    return {"report": report, "plots": plots, "html": page, "tensorboard": tb_dir,
+            "runs": runs}
