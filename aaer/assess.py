@@ -136,6 +136,41 @@ def load_model(path: str, *, dataset=None, model: str | None = None, data_dir=No
     return build_model(files, name, dataset, args, normalization).to(device).eval()
 
 
+def evaluate(model, *, dataset="cifar10", data_dir: str | None = None, epsilon: float = 8.0,
+             norm: str = "linf", protocol: str = "autoattack", n_eval: int | None = None,
+             batch_size: int | None = None, device: str = "auto", seed: int = 0,
+             precision: str = "fp32") -> dict[str, Any]:
+    """Evaluate a model under a named protocol; the report (numbers with their protocol).
+
+    ``model``: an nn.Module taking pixels in [0, 1] (normalising them itself) and returning
+    logits, or a path load_model reads (a run directory, model.pt, a lineage .pth, an
+    export); ``dataset``: a name (its test split is loaded from ``data_dir``) or a loaded
+    aaer.data.Dataset; ``epsilon`` as --epsilon writes it (8 = 8/255 for L-inf); every
+    setting is checked as `aaer eval`'s are. The model is put in eval mode.
+    """
+    from aaer.config.settings import settings_of
+    from aaer.data import Dataset, load_dataset
+    from aaer.engine import resolve_device
+    from aaer.evaluation import evaluate as run_protocol, get_protocol
+    given = {"epsilon": epsilon, "norm": norm, "protocol": protocol, "n_eval": n_eval,
+             "batch_size": batch_size, "device": device, "seed": seed,
+             "eval_precision": precision, "data_dir": data_dir}
+    checks = dict(settings_of(EvalCommand))
+    a = {k: checks[k].check(v) for k, v in given.items()}
+    device = resolve_device(a["device"])
+    if isinstance(model, (str, os.PathLike)):
+        model = load_model(os.fspath(model), dataset=dataset, data_dir=a["data_dir"])
+    if not isinstance(model, torch.nn.Module):
+        raise UsageError(f"aaer.evaluate takes an nn.Module or a path, got "
+                         f"{type(model).__name__}")
+    data = dataset if isinstance(dataset, Dataset) else \
+        load_dataset(checks["dataset"].check(dataset), a["data_dir"])
+    p = get_protocol(a["protocol"], norm=a["norm"], n_eval=a["n_eval"])
+    return run_protocol(model.to(device).eval(), data.test_x, data.test_y,
+                        pixel_eps(a["epsilon"], a["norm"]), p, batch_size=a["batch_size"],
+                        device=device, seed=a["seed"], precision=a["eval_precision"])
+
+
 def evaluate_checkpoint(request: EvalCommand):
     """``aaer eval``: (report, path written) on the process that reports, (None, None) on the
     others under torchrun."""

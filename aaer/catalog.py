@@ -106,7 +106,7 @@ NORMALIZATIONS = ('dataset', 'none', 'imagenet')
 DATASETS = ('cifar10', 'cifar100', 'svhn', 'tinyimagenet', 'imagenet100', 'imagefolder', 'mnist',
  'fashion-mnist')
 
-PROTOCOLS = ('lineage', 'lineage-exact', 'wong', 'gradalign-1k', 'aaer', 'fastat', 'quick')
+PROTOCOLS = ('lineage', 'lineage-exact', 'wong', 'gradalign-1k', 'aaer', 'fastat', 'autoattack', 'quick')
 
 AA_VERSIONS = ('standard', 'rand', 'plus', 'custom')
 

@@ -61,7 +61,7 @@ def train_request(ns: argparse.Namespace, *, seed_script: bool = False):
 
 def config_from_args(ns: argparse.Namespace, *, seed_script: bool = False):
     """The flat TrainConfig of `aaer train`'s parsed flags (resolved when trained)."""
-    from aaer.train import TrainConfig
+    from aaer.training import TrainConfig
     return TrainConfig.from_request(train_request(ns, seed_script=seed_script))
 
 
@@ -73,7 +73,7 @@ def _print_results(out_dir: str, results: dict) -> None:
 
 
 def cmd_train(ns: argparse.Namespace, seed_script: bool = False) -> int:
-    from aaer.train import train
+    from aaer.training import train
     if getattr(ns, "resume", None):
         return cmd_resume(ns)
     request = train_request(ns, seed_script=seed_script)
@@ -104,7 +104,7 @@ def _co_outcome(results: dict) -> None:
 
 def cmd_resume(ns: argparse.Namespace) -> int:
     from aaer.config.schema import FLAT
-    from aaer.train import resume
+    from aaer.training import resume
     values = given(ns)
     run_dir = values.pop("resume")
     resumable = [(n, s) for n, (_, s) in FLAT.items() if s.resumable]

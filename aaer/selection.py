@@ -1,7 +1,7 @@
 """Validation and model selection (--val-n N, --select last|best-val-pgd): the FastAT
 Benchmark's protocol (fzjcdt/FastAT_Benchmark, fast_at/at_base.py and each method's loop).
 
-The last N images of the training set are held out (never trained on: aaer.train builds the
+The last N images of the training set are held out (never trained on: aaer.training builds the
 training set without them) as a validation set. After every epoch the model is validated
 in eval mode: clean accuracy, FGSM (zero start, step eps) and PGD-10 with step 2/255 from
 one uniform random start (the benchmark's torchattacks PGD(eps, alpha=2/255, steps=10)),

@@ -71,7 +71,7 @@ def reference_pgd(model, x, y, eps, alpha, steps, restarts, gen):
 def robust_model(args):
     from aaer.data import load_dataset
     from aaer.models import build, load_state_dict_into
-    from aaer.train import TrainConfig, train
+    from aaer.training import TrainConfig, train
 
     settings = dict(dataset="fashion-mnist", model="small-cnn", method="rs-fgsm",
                     epsilon=args.eps * 255, epochs=args.epochs, n_train=10000,

@@ -100,7 +100,7 @@ def random_cifar(n, seed=0, size=32, channels=3):
 
 def make_trainer(model, method, batch_size, device, out_dir, epochs=1, n=None, **kw):
     """aaer's Trainer on random CIFAR-shaped data (no files besides its run directory)."""
-    from aaer.train import TrainConfig, build_trainer
+    from aaer.training import TrainConfig, build_trainer
     n = n or 4 * batch_size
     cfg = TrainConfig(out_dir=out_dir, model=model, method=method, epochs=epochs,
                       batch_size=batch_size, eval_protocol=None, progress=False,

@@ -23,7 +23,7 @@ LAYERS = [
     (5, ("aaer.evaluation",)),
     (6, ("aaer.monitor", "aaer.selection")),
     (7, ("aaer.reporting", "aaer.export")),
-    (8, ("aaer.train", "aaer.assess")),
+    (8, ("aaer.training", "aaer.assess")),
     (9, ("aaer.experiments",)),
     (10, ("aaer.cli", "aaer.__main__")),
 ]

@@ -14,7 +14,7 @@ import torch
 from aaer.cli import build_parser, main, train_request
 from aaer.errors import TrainingInterrupted, UsageError
 from aaer.models import build, create_model, input_stats
-from aaer.train import build_trainer, resume
+from aaer.training import build_trainer, resume
 from tests.helpers.files import write_cifar10
 from tests.helpers.tiny import signal_at
 

@@ -18,7 +18,7 @@ from aaer.cli import build_parser, train_request
 from aaer.config import SETTINGS, RunConfig, from_flat, resolve
 from aaer.config.flags import request_from_argv
 from aaer.methods import METHODS
-from aaer.train import TrainConfig
+from aaer.training import TrainConfig
 
 DATASETS = ("cifar10", "cifar100", "svhn")
 
@@ -135,7 +135,7 @@ def test_non_numbers_and_out_of_range_are_refused_by_name(flat, flag):
 
 
 def test_provenance_in_config_json(tmp_path):
-    from aaer.train import train
+    from aaer.training import train
     from tests.helpers.tiny import tiny_dataset
     out = tmp_path / "run"
     data = tiny_dataset(32, 16, classes=4, name="tiny", learnable=True)
@@ -227,7 +227,7 @@ def _stopped_after_epoch_0(tmp_path, method):
     import numpy as np
 
     from aaer.cli import config_from_args, main
-    from aaer.train import build_trainer
+    from aaer.training import build_trainer
     from tests.helpers.files import write_cifar10
     data = tmp_path / "data"
     write_cifar10(str(data), np.random.default_rng(0), per_batch=8, n_test=6)

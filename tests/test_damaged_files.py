@@ -32,7 +32,7 @@ def runs(tmp_path_factory):
     assert main(["export", "--run", str(root / "done"), "--out",
                  str(root / "done.safetensors")]) == 0
     from aaer.cli import build_parser, config_from_args
-    from aaer.train import build_trainer
+    from aaer.training import build_trainer
     ns = build_parser().parse_args(["train", *common, "--epochs", "2", "--eval-protocol",
                                     "none", "--out-dir", str(root / "open")])
     t = build_trainer(config_from_args(ns))

@@ -17,7 +17,7 @@ from aaer.methods import METHODS
 from aaer.methods.base import (Cost, Method, MemorySlot, StepOutput, clip_to_box,
                                forward_with_input_grad, project)
 from aaer.runs import read_checkpoint
-from aaer.train import TrainConfig, build_trainer, resume, train
+from aaer.training import TrainConfig, build_trainer, resume, train
 from tests.helpers.tiny import scripted_probes, signal_at, tiny_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")

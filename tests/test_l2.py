@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from aaer.attacks.pgd import fgsm, pgd
 from aaer.methods import METHODS, StepContext, create_method
 from aaer.methods.base import ball_noise, project, unit_step
-from aaer.train import TrainConfig
+from aaer.training import TrainConfig
 from tests.helpers.tiny import TinyNet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

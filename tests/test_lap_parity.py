@@ -268,7 +268,7 @@ def test_the_training_loop_runs_the_official_iteration(tmp_path):
     small-cnn equal the transcription run on a copy of the trainer's model, with the
     official CyclicLR built by hand (step_size_up = step_size_down = lr_steps / 2)."""
     from aaer.data import Dataset
-    from aaer.train import TrainConfig, build_trainer
+    from aaer.training import TrainConfig, build_trainer
 
     torch.use_deterministic_algorithms(True)
     g = torch.Generator().manual_seed(0)

@@ -2,7 +2,7 @@
 
 Each mechanism is checked against an independent computation (closed forms, torch.quantile,
 separately computed gradients, a hand-written replay loop), then every registered method
-runs a short training through aaer.train.train.
+runs a short training through aaer.training.train.
 """
 import json
 import math
@@ -383,7 +383,7 @@ def test_hparams_round_trip_and_presets_construct(name):
 
 @pytest.mark.parametrize("name", list(METHODS))
 def test_every_method_trains_end_to_end(name, tmp_path):
-    from aaer.train import TrainConfig, train
+    from aaer.training import TrainConfig, train
     hp = {"steps": 2} if name == "pgd" else {"replays": 2} if name == "free" else {}
     cfg = TrainConfig(out_dir=str(tmp_path / name), model="small-cnn", method=name,
                       method_hparams=hp, epsilon=8.0, epochs=2, batch_size=16, lr_max=0.05,

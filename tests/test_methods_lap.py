@@ -236,7 +236,7 @@ def test_published_betas_are_the_readme_commands(name):
 
 
 def test_resolve_gives_the_published_recipe():
-    from aaer.train import TrainConfig
+    from aaer.training import TrainConfig
     r = TrainConfig(method="r-lap", epsilon=16, dataset="cifar10").resolve()
     assert (r.method.options["beta"], r.method.options["gamma"]) == (0.05, 0.3)
     assert r.sources["method.options.beta"] == "published cifar10 eps 16"

@@ -549,7 +549,7 @@ def test_resume_inside_a_reset_epoch_and_with_cs_firing_is_bitwise(name, hp, tmp
     in it must still be reset after the resume) and the CS term fires from epoch 1 on (its
     u, beta and the epoch's running sums come back from the checkpoint)."""
     from aaer.runs import read_checkpoint
-    from aaer.train import TrainConfig, build_trainer, resume, train
+    from aaer.training import TrainConfig, build_trainer, resume, train
     from tests.helpers.tiny import same_state as _same, tiny_dataset
     ds = tiny_dataset(n_train=32, n_test=8, size=8, classes=4, learnable=True)
     cfg = lambda out: TrainConfig(out_dir=str(out), model="small-cnn", method=name,

@@ -10,7 +10,7 @@ import torch
 from aaer.errors import TrainingInterrupted
 from aaer.methods import METHODS
 from aaer.runs import read_checkpoint
-from aaer.train import TrainConfig, build_trainer, resume, train
+from aaer.training import TrainConfig, build_trainer, resume, train
 from tests.helpers.tiny import same_state, tiny_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -416,7 +416,7 @@ def test_published_recipes_and_their_sources():
     assert GAT.published("cifar100", 8)[0]["l2_reg"] == 10.0
     assert SSAT.train_overrides == {"lr_max": 0.3}
     assert NuAT.train_overrides == {} and GAT.train_overrides == {}
-    from aaer.train import TrainConfig
+    from aaer.training import TrainConfig
     r = TrainConfig(method="gat", dataset="mnist", epsilon=76.5).resolve()
     assert r.method.options["mul_at"] == 0.52 and r.method.options["attack_term"] == "all"
     assert r.sources["method.options.l2_reg"] == "published mnist eps 76.5"

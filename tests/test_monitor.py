@@ -9,7 +9,7 @@ import torch
 from aaer.data.datasets import Dataset
 from aaer.methods.base import aae_statistics, summarize_aae
 from aaer.monitor import CORule, evidence_text, select_probe_data
-from aaer.train import TrainConfig, build_trainer
+from aaer.training import TrainConfig, build_trainer
 from tests.helpers.tiny import scripted_probes
 
 
@@ -480,7 +480,7 @@ def test_rollback_survives_a_resume(tmp_path, monkeypatch):
     with pytest.raises(Killed):
         trainer.fit()
     trainer.close()
-    from aaer.train import resume
+    from aaer.training import resume
     res = resume(cfg.out_dir, dataset=_dataset())
     assert res["monitor"]["rollbacks"][0]["param"] == "alpha"
     assert res["monitor"]["outcome"] == ref["monitor"]["outcome"]

@@ -11,7 +11,7 @@ from aaer.methods import METHODS, StepContext, create_method
 from aaer.methods.base import Cost, forward_with_input_grad, uniform_noise
 from aaer.models import build
 from aaer.engine.precision import Precision, maybe_compile, use_channels_last
-from aaer.train import TrainConfig, build_trainer
+from aaer.training import TrainConfig, build_trainer
 from tests.helpers.tiny import TinyNet
 
 EPS = 8 / 255

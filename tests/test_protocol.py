@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from aaer.train import TrainConfig, train
+from aaer.training import TrainConfig, train
 from tests.helpers.tiny import tiny_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -70,7 +70,7 @@ def test_validation_images_are_never_in_a_training_batch(tmp_path):
     """--val-n 8 of 40 images: the validation set is the last 8 training images (the
     benchmark's split), no training batch ever holds one (every step's training-set indices
     are below 32), and every epoch's row holds the validation numbers."""
-    from aaer.train import build_trainer
+    from aaer.training import build_trainer
     ds = _data(n_train=40)
     t = build_trainer(_cfg(tmp_path, "v", epochs=2, val_n=8), ds)
     seen = []
@@ -114,7 +114,7 @@ def test_best_val_pgd_selects_as_the_benchmark_does(tmp_path, monkeypatch):
     selected weights are epoch 2's last weights, saved as model_selected.pt, and both models
     are evaluated. Rules out preferring the averaged model on ties, selecting on clean
     accuracy, and keeping the last epoch."""
-    from aaer.train import build_trainer
+    from aaer.training import build_trainer
     _scripted_validation(monkeypatch, [(0.5, 0.3), (0.5, 0.1), (0.5, 0.2), (0.5, 0.4),
                                        (0.6, 0.4), (0.5, 0.4), (0.5, 0.1), (0.6, 0.4)])
     t = build_trainer(_cfg(tmp_path, "s", epochs=4, val_n=8, weight_average=0.5,

@@ -189,7 +189,7 @@ def test_seed_band_and_by_method_plot(tmp_path):
 def test_train_writes_tensorboard_events_live(tmp_path):
     """`--tensorboard` writes each epoch (and each probe, by optimiser step) while the run
     trains: the events are there after every epoch, read with TensorBoard's own reader."""
-    from aaer.train import TrainConfig, build_trainer
+    from aaer.training import TrainConfig, build_trainer
     from tests.helpers.tiny import tiny_dataset
     out = tmp_path / "run"
     tr = build_trainer(TrainConfig(method="rs-aaer", model="small-cnn", epochs=3, batch_size=16,

@@ -24,7 +24,7 @@ from aaer.engine.checkpoint import rng_state, set_rng_state
 from aaer.errors import TrainingInterrupted
 from aaer.runs import CHECKPOINT_FORMAT as FORMAT
 from aaer.runs import read_checkpoint, write_checkpoint
-from aaer.train import build_trainer, train
+from aaer.training import build_trainer, train
 from tests.helpers.files import write_cifar10
 from tests.helpers.tiny import (assert_same_weights, read_rows, signal_at, tiny_config,
                                 tiny_dataset)
@@ -265,7 +265,7 @@ def test_autoattack_interrupted_in_the_final_evaluation_resumes_from_its_state(t
     """`aaer train` keeps AutoAttack's state in the run directory: a run killed during the
     final evaluation resumes there (no training repeated) and ends with the same numbers."""
     import aaer.attacks.autoattack as aa_mod
-    from aaer.train import resume
+    from aaer.training import resume
     data = tiny_dataset(n_test=12)
     kw = dict(method="rs-fgsm", method_hparams={}, epochs=1, eval_protocol="aaer", n_eval=12,
               eval_batch_size=4)

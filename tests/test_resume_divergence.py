@@ -14,7 +14,7 @@ from aaer.runs import read_checkpoint
 from aaer.cli import main
 from aaer.methods import METHODS, RSFGSM
 from aaer.engine import close_logger
-from aaer.train import build_trainer, train
+from aaer.training import build_trainer, train
 from tests.helpers.files import write_cifar10
 from tests.helpers.tiny import assert_same_weights, read_rows, tiny_config, tiny_dataset
 

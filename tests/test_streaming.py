@@ -255,7 +255,7 @@ def test_a_streamed_run_killed_mid_epoch_resumes_to_the_same_weights(tree, tmp_p
     import signal
 
     from aaer.errors import TrainingInterrupted
-    from aaer.train import TrainConfig, build_trainer, train
+    from aaer.training import TrainConfig, build_trainer, train
     from tests.helpers.tiny import signal_at
     ds = load_dataset("imagenet100", str(tree), image_size=16, workers=2)
 

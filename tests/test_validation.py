@@ -20,7 +20,7 @@ from aaer.runs import read_checkpoint, write_checkpoint
 from aaer.cli import main
 from aaer.models import create_model
 from aaer.engine import close_logger
-from aaer.train import build_trainer
+from aaer.training import build_trainer
 from tests.helpers.files import snapshot, write_cifar10, write_idx_set
 
 

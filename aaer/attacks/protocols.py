@@ -71,6 +71,9 @@ PROTOCOLS = {
                        "clean, PGD-50 step 2/255 from one random start, CR (150 iterations, "
                        "5 rounds, ceil(ln C) targets) and AutoAttack standard (L-inf at eps), "
                        "full test set"),
+    "autoattack": Protocol("autoattack", attacks=("clean", "autoattack"),
+                           description="clean and AutoAttack standard only (RobustBench's "
+                           "benchmark), full test set"),
     "quick": Protocol("quick", pgd_steps=10, pgd_restarts=1, n_eval=1000,
                       description="PGD-10-1 step eps/4 on the first 1000 points (a fast check, "
                       "not a publishable number)"),

@@ -1,6 +1,6 @@
 """From the settings a user gave to the run that trains: ``resolve`` and ``validate``.
 
-Every door (the CLI, ``aaer.train.TrainConfig``, AAER.py, ``aaer demo``, ``aaer reproduce``)
+Every door (the CLI, ``aaer.training.TrainConfig``, AAER.py, ``aaer demo``, ``aaer reproduce``)
 builds a request (aaer.config.schema.RunConfig with the rest UNSET) and calls ``resolve``.
 The precedence, highest first:
 

@@ -12,7 +12,7 @@
 A ``RunConfig`` is either a *request* (settings a user gave; the rest UNSET) or a
 *resolved* run (every setting filled in by ``aaer.config.resolve``, with ``sources``
 saying where each value came from). Each setting has a flat name, its CLI dest and the
-keyword of the flat ``aaer.train.TrainConfig`` (``epochs``, ``lamda3``, ``probe_n``, ...);
+keyword of the flat ``aaer.training.TrainConfig`` (``epochs``, ``lamda3``, ``probe_n``, ...);
 flags are ``--`` + the flat name with dashes unless a setting names its own.
 """
 from __future__ import annotations

@@ -7,7 +7,7 @@ ask of the loop it declares: per-example state (``memory_spec``: kept by trainin
 index, checkpointed), a perturbation of the weights inside its step (``ctx.weights``: put
 back before the optimiser step, or left in), the engine's averaged model
 (``uses_averaged_model``, --weight-average). It knows no CO rule and no evaluation protocol
-either: the door (aaer.train) hands it a monitor, whose decisions it applies (continue,
+either: the door (aaer.training) hands it a monitor, whose decisions it applies (continue,
 warn, stop, roll back with a named change the method makes), a final evaluation to call,
 and listeners (TensorBoard) that hear each epoch and probe. Everything it writes goes
 through the run directory (aaer.runs.RunDir).

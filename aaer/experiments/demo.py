@@ -25,7 +25,7 @@ from aaer.errors import MissingFile, UsageError
 from aaer.monitor import evidence_text
 from aaer.reporting.report import restored_text
 from aaer.runs import Row
-from aaer.train import train
+from aaer.training import train
 
 FIXTURE_EPSILON = 70.0          # about 0.275 in pixel units (1/255 units, as every --epsilon)
 

@@ -10,7 +10,7 @@ import torch
 
 from aaer.data.datasets import Dataset
 from aaer.monitor import COMonitor
-from aaer.train import TrainConfig
+from aaer.training import TrainConfig
 
 
 class TinyNet(torch.nn.Module):

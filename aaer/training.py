@@ -1,6 +1,6 @@
 """The Python door to training: ``train``, ``resume`` and the flat ``TrainConfig``.
 
-    from aaer.train import TrainConfig, train
+    from aaer.training import TrainConfig, train
     train(TrainConfig(method="rs-aaer", epsilon=16, dataset="cifar10"))
 
 ``train`` takes a ``TrainConfig`` (flat keywords, the API of aaer 0.1), an
