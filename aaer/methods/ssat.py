@@ -45,7 +45,8 @@ L2 counterpart in the paper or code.
 
 The FastAT Benchmark's SSAT (fzjcdt/FastAT_Benchmark ``fast_at/ssat.py``) runs the attack
 forward in train mode (BatchNorm updated by the noisy batch, the correct mask from
-train-mode logits) and uses label-smoothed CE; aaer follows the official code.
+train-mode logits) and uses label-smoothed CE (aaer: ``--label-smoothing 0.4``); aaer
+follows the official code.
 Statistics: the share of examples trained clean, the share stopped at a checkpoint
 k < c, and the mean L-inf size of x_train - x (the official log's "Eps" column).
 AAE statistics are not logged: z0 (eval mode, at x0) and the training forward (train
