@@ -189,11 +189,17 @@ def test_the_partition_of_methods_is_the_intended_one():
                         "fgsm-cuap", "fgsm-fuap", "liet"}
 
 
+# every Python-level way to read a tensor's value on the host (as tests/test_precision.py)
+SYNCS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "nonzero",
+         "cpu", "numpy")
+
+
 @pytest.mark.parametrize("name", SMOOTHABLE)
 def test_every_cross_entropy_of_a_step_is_smoothed(name, tmp_path, monkeypatch):
     """Through the engine (the trainer sets S on the method): each F.cross_entropy the
     method's step computes carries label_smoothing 0.4, and there are as many as the method
-    has losses (a CE left plain, or one missing, fails)."""
+    has losses (a CE left plain, or one missing, fails); the smoothed step still never
+    reads a tensor on the host."""
     cfg = TrainConfig(out_dir=str(tmp_path / "run"), model="small-cnn", method=name,
                       method_hparams=LIGHTER.get(name, {}), epochs=1, batch_size=8,
                       eval_protocol=None, progress=False, device="cpu", label_smoothing=0.4)
@@ -206,10 +212,17 @@ def test_every_cross_entropy_of_a_step_is_smoothed(name, tmp_path, monkeypatch):
         seen.append(kwargs.get("label_smoothing", 0.0))
         return real(*args, **kwargs)
 
+    def trap(sync):
+        def f(self, *a, **k):
+            raise AssertionError(f"host sync: Tensor.{sync} called inside train_step")
+        return f
+
     x, y = tr.train_x[:8].float() / 255, tr.train_y[:8]
-    monkeypatch.setattr(F, "cross_entropy", spy)
-    out = tr.train_step(x, y, tr.context(0, 0, torch.arange(8)))
-    monkeypatch.undo()
+    with monkeypatch.context() as mp:
+        mp.setattr(F, "cross_entropy", spy)
+        for sync in SYNCS:
+            mp.setattr(torch.Tensor, sync, trap(sync))
+        out = tr.train_step(x, y, tr.context(0, 0, torch.arange(8)))
     assert torch.isfinite(out.loss)
     assert seen == [0.4] * CE_CALLS.get(name, 2)
 
