@@ -280,6 +280,7 @@ def validate(cfg: RunConfig, *, custom_data: bool = False) -> None:
     if m.probe_every and not m.probe_n:
         raise UsageError(f"--probe-every {m.probe_every} needs the CO probe: set --probe-n N")
     method = build_method(cfg.method.name, cfg.eps, method_kwargs(cfg))
+    method.set_label_smoothing(o.label_smoothing)      # refused by own-smoothing methods
     if m.on_co == "rollback":
         method.strengthen_target(m.rollback_change)
     if cfg.evaluation.select == "best-val-pgd" and not cfg.data.val_n:

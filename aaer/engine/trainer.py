@@ -113,6 +113,7 @@ class Trainer:
         self.device = self.dist.device if self.dist.enabled else resolve_device(rt.device)
         self.prec = Precision(rt.precision, self.device)
         self.method: Method = create_method(cfg.method.name, cfg.eps, **method_kwargs(cfg))
+        self.method.set_label_smoothing(opt.label_smoothing)
         ds = dataset
         seed_everything(opt.seed)
         if train_set is None:
@@ -591,6 +592,10 @@ class Trainer:
                       "device %s", self.method.name, self.method.hparams(), self.cfg.model.name,
                       sum(p.numel() for p in self.model.parameters()), self.dataset.name,
                       self.train_x.shape[0], self.dataset.test_x.shape[0], self.device)
+        if self.method.smoothing:
+            self.log.info("label smoothing %g: every cross-entropy on the true labels in the "
+                          "%s step (attack, regulariser, training loss); Train Loss is the "
+                          "smoothed loss", self.method.smoothing, self.method.name)
         self.log.info("%s", " \t ".join(["Epoch", "Seconds", "LR", "Train Loss", "Train Acc"] +
                                          [h for h, _, _ in self.method.log_columns]))
 

@@ -15,6 +15,12 @@ Two modes:
 
 ``aaer_regularizer`` is usable on its own in any training loop: give it the logits and
 per-example losses of the two forward passes of a single-step attack.
+
+With ``--label-smoothing S`` l0 and l1 are the smoothed losses (the attack ascends the
+loss the model descends), so the AAE test l0 > l1 and CEvar are on them too. The FastAT
+Benchmark's AAER (``fast_at/aaer.py``) never smooths: its attack, AAE test and training
+loss use plain CE although it builds a smoothed criterion (docs/methods/fastat-benchmark.md,
+"Label smoothing per method").
 """
 from __future__ import annotations
 

@@ -25,7 +25,6 @@ Train accuracy is measured on z1 (aaer's convention; the official scripts log no
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from aaer.errors import UsageError
 from aaer.methods.base import Cost, Method, StepContext, StepOutput, bernoulli_noise
@@ -89,7 +88,7 @@ class CleanAnchored(Method):
             model.eval()
             x0 = x0.detach().requires_grad_(True)
             z0 = model(x0).float()
-            objective = F.cross_entropy(z0, y, reduction="sum")
+            objective = self.ce(z0, y, "sum")
             if guided and lam != 0:
                 objective = objective + lam * y.shape[0] * self.distance(zc, z0, batch_sum)
             (g,) = torch.autograd.grad(objective, x0)
@@ -106,7 +105,7 @@ class CleanAnchored(Method):
         x_adv, _ = self.attack(model, x, y, lam, guided, ctx.batch_sum)
         z1 = model(x_adv)
         zc = model(x)
-        ce = F.cross_entropy(zc.float(), y)
+        ce = self.ce(zc.float(), y)
         d = self.distance(zc.float(), z1.float(), ctx.batch_sum)
         B = y.shape[0]
         stats = {f"{self.prefix}_distance_sum": d.detach() * B,

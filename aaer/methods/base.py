@@ -199,6 +199,14 @@ class Method:
     log_columns: tuple[tuple[str, str, str], ...] = ()
     # the step reads the engine's averaged model (ctx.averaged): --weight-average must be on
     uses_averaged_model: bool = False
+    # label smoothing S of every cross-entropy on the true labels inside the step (the
+    # attack's, a regulariser's, the training loss): target (1 - S) one-hot + S / K, PyTorch's
+    # ``label_smoothing``. Set through ``set_label_smoothing`` (the trainer: --label-smoothing);
+    # every CE goes through ``ce`` or ``forward_with_input_grad(..., smoothing)``
+    smoothing: float = 0.0
+    # the name of the hyper-parameter with which the method smooths its labels itself
+    # (FGSM-PGI's factor, FGSM-UAP's label_smoothing, ...): it refuses --label-smoothing > 0
+    own_label_smoothing: str = ""
 
     def __init__(self, eps: float, norm: str = "linf"):
         self.eps = number("eps (pixel units, e.g. 8/255)", eps, low=0, low_open=True)
@@ -249,6 +257,27 @@ class Method:
     def apply_change(self, record: dict[str, Any]) -> None:
         """Re-apply a change ``strengthen`` made (a resumed run continues with it)."""
         setattr(self, record["param"], record["new"])
+
+    # -- label smoothing -----------------------------------------------------------------
+    def set_label_smoothing(self, s: float) -> None:
+        """Smooth every CE on the true labels of the step by ``s`` in [0, 1) (the run's
+        --label-smoothing). A method that smooths its labels itself refuses s > 0: smoothing
+        twice would go unnoticed (the FastAT Benchmark does it to FGSM-MEP-CS, FGSM-RS-CS
+        and FGSM-PCO)."""
+        s = number("--label-smoothing", s, low=0, high=1, high_open=True)
+        if s > 0 and self.own_label_smoothing:
+            key = self.own_label_smoothing
+            raise UsageError(f"--method {self.name} smooths its labels itself ({key} "
+                             f"{getattr(self, key):g}); set it with --set {key}=..., not "
+                             f"--label-smoothing (got {s:g})")
+        self.smoothing = s
+
+    def ce(self, z: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
+        """Cross-entropy of logits ``z`` on the true labels ``y``, label-smoothed by the
+        run's ``smoothing``: (1 - S) CE + S mean_k(-log softmax(z)_k). ``z`` is taken in the
+        precision the caller gives (callers pass z.float()); S = 0 is torch's plain CE, bit
+        for bit."""
+        return F.cross_entropy(z, y, reduction=reduction, label_smoothing=self.smoothing)
 
     # -- the interface -------------------------------------------------------------
     def step(self, model, x: Tensor, y: Tensor, ctx: StepContext) -> StepOutput:
@@ -360,16 +389,17 @@ def project(delta: Tensor, radius, norm: str) -> Tensor:
     return delta * torch.clamp(radius / n.clamp_min(1e-12), max=1.0)
 
 
-def forward_with_input_grad(model, x_in: Tensor, y: Tensor):
+def forward_with_input_grad(model, x_in: Tensor, y: Tensor, smoothing: float = 0.0):
     """Forward at x_in, per-example CE, and the gradient of mean CE w.r.t. the input only.
 
+    ``smoothing``: the CE's label smoothing (``Method.smoothing``; 0: plain CE).
     ``torch.autograd.grad`` with the input as the only target skips the weight-gradient
     kernels that ``loss.backward()`` would run and then throw away (SPEC §2).
     Returns (logits, per-example loss, grad); logits and loss are detached.
     """
     x_in = x_in.detach().requires_grad_(True)
     z = model(x_in)
-    l = F.cross_entropy(z.float(), y, reduction="none")
+    l = F.cross_entropy(z.float(), y, reduction="none", label_smoothing=smoothing)
     if z.dtype == torch.float16:
         # fp16 backward of a batch mean underflows (per-pixel grads ~1e-7): differentiate
         # the sum, then divide, as GradScaler does for weight gradients

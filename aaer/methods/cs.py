@@ -112,6 +112,7 @@ class ConvergeSmooth(Method):
 
     single_step = True
     strengthen_by = {"step": "alpha", "regularizer": "w2"}
+    own_label_smoothing = "factor"      # its factor targets: --label-smoothing is refused
     log_columns = (("Ab NUM", "aae_count", "%d"), ("CS fired", "cs_fired", "%.3f"))
 
     def __init__(self, eps, alpha, factor, gamma, ratio, w2, stride, milestones, norm):

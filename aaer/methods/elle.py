@@ -27,7 +27,6 @@ kept as count, sum and sum of squares (float64), and survives a resume via state
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from aaer.errors import UsageError
 from aaer.methods.base import Cost, StepContext, StepOutput, aae_statistics, ball_noise
@@ -87,7 +86,7 @@ class ELLE(RegularisedFGSM):
         x_a, x_b, x_c, a = sample_triplet(x, self.eps * w, self.norm)
         y3 = y.repeat(3)
         return linearity_error(
-            lambda xs: F.cross_entropy(model(xs).float(), y3, reduction="none"),
+            lambda xs: self.ce(model(xs).float(), y3, "none"),
             x_a, x_b, x_c, a)
 
     def current_lamda(self, device):

@@ -13,7 +13,6 @@ projection), 0 = N variant (noise radius 2 eps, no projection).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from aaer.checks import number
 from aaer.errors import UsageError
@@ -76,12 +75,12 @@ class SingleStepAttack(Method):
         grad is the (constant) input gradient at the start point x + eta."""
         eps, w = self.eps, self.warmup(ctx)
         eta = clip_to_box(x, self.initial_noise(x))
-        z0, l0, grad = forward_with_input_grad(model, x + eta, y)
+        z0, l0, grad = forward_with_input_grad(model, x + eta, y, self.smoothing)
         delta = eta + self.alpha * eps * w * self.step_direction(grad)
         if self.clamp:
             delta = project(delta, eps * w, self.norm)
         z1 = model((x + delta).clamp(0.0, 1.0))
-        l1 = F.cross_entropy(z1.float(), y, reduction="none")
+        l1 = self.ce(z1.float(), y, "none")
         return z0, l0, z1, l1, grad
 
     def step(self, model, x, y, ctx: StepContext) -> StepOutput:

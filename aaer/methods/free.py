@@ -29,7 +29,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from aaer.methods.base import Cost, Method, StepContext, StepOutput, project, unit_step
 from aaer.methods.noise import check_count, check_positive
@@ -92,7 +91,7 @@ class FreeAT(Method):
         self.apply_pending()
         delta = self._buffer_for(x).clone().requires_grad_(True)
         z = model((x + delta).clamp(0.0, 1.0))
-        loss = F.cross_entropy(z.float(), y)
+        loss = self.ce(z.float(), y)
         self._leaf = delta
         return StepOutput(loss=loss, logits=z.detach(), stats={})
 

@@ -54,8 +54,8 @@ average give the global batch's.
 The FastAT Benchmark's GAT (fzjcdt/FastAT_Benchmark ``fast_at/gat.py``) has a bug: on
 even batches its attack loss is the cross-entropy of the softmax PROBABILITIES (CE of
 softmax(softmax(z0))), a different, weaker direction; aaer follows the official code
-(CE on logits). It also uses label-smoothed CE and leaves the first clean forward of an
-epoch in eval mode after validation.
+(CE on logits). It also uses label-smoothed CE (aaer: ``--label-smoothing 0.4``) and
+leaves the first clean forward of an epoch in eval mode after validation.
 """
 from __future__ import annotations
 

@@ -20,7 +20,6 @@ As in the authors' code:
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from aaer.methods.base import Cost, StepContext, StepOutput, aae_statistics, ball_noise
 from aaer.methods.regularised import RegularisedFGSM
@@ -75,7 +74,7 @@ class GradAlign(RegularisedFGSM):
         loss = l1.mean()
         if self.lamda > 0:
             x2 = (x + ball_noise(x, self.eps, self.norm)).requires_grad_(True)
-            l2 = F.cross_entropy(model(x2).float(), y)
+            l2 = self.ce(model(x2).float(), y)
             (g2,) = torch.autograd.grad(l2, x2, create_graph=True)
             cos, valid = gradient_cosine(g1, g2)
             v = valid.float()

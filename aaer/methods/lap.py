@@ -69,7 +69,6 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from aaer.checks import number
 from aaer.errors import UsageError
@@ -221,7 +220,7 @@ class LAP(Method):
             raise UsageError(f"--method {self.name} does not train under --precision fp16: "
                              "its own optimiser step would need the run's loss scaler; "
                              "valid: fp32, bf16")
-        l0 = F.cross_entropy(_at_least_fp32(z0), y, reduction="none")
+        l0 = self.ce(_at_least_fp32(z0), y, "none")
 
         # the official proxy: the weights and the optimiser state after the first forward
         w = [p.detach().clone() for _, p in named]
@@ -246,7 +245,7 @@ class LAP(Method):
                         restore=self.lap_mode == "restore")
 
         z1 = model((x + delta).clamp(0.0, 1.0))
-        l1 = F.cross_entropy(_at_least_fp32(z1), y, reduction="none")
+        l1 = self.ce(_at_least_fp32(z1), y, "none")
         return StepOutput(loss=l1.mean(), logits=z1.detach(),
                           stats={"lap_start_loss_sum": l0.detach().sum()})
 

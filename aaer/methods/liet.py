@@ -157,6 +157,8 @@ class LIET(Method):
     single_step = True
     strengthen_by = {"regularizer": "lamda", "step": "alpha"}
     log_columns = (("Ab NUM", "aae_count", "%d"), ("JS", "liet_js", "%.4f"))
+    # its non-uniform label smoothing (NLS): --label-smoothing is refused
+    own_label_smoothing = "label_smoothing"
     # the authors' EMA (tau 0.9995, evaluated); the step does not read it
 
     def __init__(self, eps, lamda=100.0, label_smoothing=0.6, min_mask_ratio=0.1,

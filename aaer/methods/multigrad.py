@@ -20,7 +20,6 @@ at its start point x, and adding one would cost a pass and move BatchNorm statis
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from aaer.errors import UsageError
 from aaer.methods.base import (Cost, StepContext, StepOutput, clip_to_box,
@@ -81,12 +80,12 @@ class MultiGrad(SingleStepAttack):
         if self.batched:
             xs = x.repeat(S, *([1] * (x.dim() - 1)))
             xs = xs + clip_to_box(xs, uniform_noise(xs, self.eps))
-            _, _, g = forward_with_input_grad(model, xs, y.repeat(S))
+            _, _, g = forward_with_input_grad(model, xs, y.repeat(S), self.smoothing)
             return g.view(S, *x.shape)
         grads = []
         for _ in range(S):
             eta = clip_to_box(x, uniform_noise(x, self.eps))
-            _, _, g = forward_with_input_grad(model, x + eta, y)
+            _, _, g = forward_with_input_grad(model, x + eta, y, self.smoothing)
             grads.append(g)
         return torch.stack(grads)
 
@@ -95,7 +94,7 @@ class MultiGrad(SingleStepAttack):
         direction, keep = sign_agreement(self.sample_gradients(model, x, y), self.agree)
         delta = (self.alpha * eps * w * direction).clamp(-eps * w, eps * w)
         z1 = model((x + delta).clamp(0.0, 1.0))
-        l1 = F.cross_entropy(z1.float(), y, reduction="none")
+        l1 = self.ce(z1.float(), y, "none")
         stats = {"multigrad_kept_sum": keep.flatten(1).float().mean(1).sum()}
         return StepOutput(loss=l1.mean(), logits=z1.detach(), stats=stats)
 

@@ -51,8 +51,8 @@ the loss); ``--rollback-change step`` shrinks alpha. L2: refused (Bernoulli star
 cube's vertices, sign step, no published L2 setting).
 
 The FastAT Benchmark's NuAT (fzjcdt/FastAT_Benchmark ``fast_at/nu_at.py``) runs the attack
-forward in train mode, uses label-smoothed CE, Nuc_max 4.0 with NuAT-WA's ramp, batch
-128; aaer follows the official NuAT code.
+forward in train mode, uses label-smoothed CE (aaer: ``--label-smoothing 0.4``), Nuc_max
+4.0 with NuAT-WA's ramp, batch 128; aaer follows the official NuAT code.
 """
 from __future__ import annotations
 

@@ -79,6 +79,7 @@ class FGSMPCO(Method):
     single_step = True
     strengthen_by = {"regularizer": "lamda", "step": "alpha"}
     log_columns = (("Ab NUM", "aae_count", "%d"), ("PCO reg", "pco_reg", "%.4f"))
+    own_label_smoothing = "factor"      # its factor targets: --label-smoothing is refused
 
     def __init__(self, eps, alpha=1.0, beta=1.5, lamda=10.0, factor=0.6, delta_init="random",
                  norm="linf"):

@@ -16,7 +16,6 @@ The step is ``alpha`` * eps (default eps/4) or, when ``step255`` is given, step2
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from aaer.errors import UsageError
 from aaer.methods.base import (Cost, Method, StepContext, StepOutput, clip_to_box,
@@ -28,8 +27,9 @@ DELTA_INITS = ("random", "zero")
 
 
 def pgd_perturbation(model, x, y, eps: float, step: float, steps: int,
-                     random_start: bool = True, norm: str = "linf"):
-    """K-step PGD on mean CE in the ``norm`` ball, every example moved every step.
+                     random_start: bool = True, norm: str = "linf", smoothing: float = 0.0):
+    """K-step PGD on mean CE (label-smoothed by ``smoothing``) in the ``norm`` ball, every
+    example moved every step.
 
     Returns (delta, losses): losses[k] is the per-example CE at delta_k, k = 0..K-1
     (from the attack's own forward passes, detached).
@@ -37,7 +37,7 @@ def pgd_perturbation(model, x, y, eps: float, step: float, steps: int,
     delta = clip_to_box(x, ball_noise(x, eps, norm)) if random_start else torch.zeros_like(x)
     losses = []
     for _ in range(steps):
-        _, l, g = forward_with_input_grad(model, x + delta, y)
+        _, l, g = forward_with_input_grad(model, x + delta, y, smoothing)
         losses.append(l)
         delta = clip_to_box(x, project(delta + step * unit_step(g, norm), eps, norm))
     return delta.detach(), losses
@@ -93,11 +93,11 @@ class PGDAT(Method):
         try:
             delta, losses = pgd_perturbation(model, x, y, self.eps, self.step_size,
                                              self.steps, self.delta_init == "random",
-                                             self.norm)
+                                             self.norm, self.smoothing)
         finally:
             model.train(was_training)
         z = model((x + delta).clamp(0.0, 1.0))
-        l = F.cross_entropy(z.float(), y, reduction="none")
+        l = self.ce(z.float(), y, "none")
         stats = {"pgd_start_loss_sum": losses[0].sum()}
         return StepOutput(loss=l.mean(), logits=z.detach(), stats=stats)
 

@@ -125,6 +125,7 @@ class FGSMPGI(Method):
     single_step = True
     strengthen_by = {"regularizer": "lamda", "step": "alpha"}
     log_columns = (("Ab NUM", "aae_count", "%d"), ("PGI reg", "pgi_reg", "%.4f"))
+    own_label_smoothing = "factor"      # its factor targets: --label-smoothing is refused
 
     def __init__(self, eps, alpha=1.0, lamda=10.0, momentum_decay=0.3, epochs_reset=40,
                  factor=0.6, delta_init="random", norm="linf"):

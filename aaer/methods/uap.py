@@ -176,6 +176,8 @@ class UAPAttack(Method):
     single_step = True
     log_columns = (("Ab NUM", "aae_count", "%d"),)
     strengthen_by = {"regularizer": "lamda", "step": "alpha"}
+    # its own label_smoothing (0.4, PyTorch's form, in ``ce``): --label-smoothing is refused
+    own_label_smoothing = "label_smoothing"
     # the authors' EMA (tau 0.9995, evaluated); the step does not read it
 
     def __init__(self, eps, lamda=10.0, uap_scale=1.25, momentum_decay=0.3,
@@ -244,6 +246,8 @@ class UAPAttack(Method):
         self.momentum = self.momentum.to(x.device)
 
     def ce(self, z, y, reduction="mean"):
+        """CE smoothed by the method's own ``label_smoothing`` (in place of Method.ce's run
+        setting, which it refuses)."""
         return F.cross_entropy(z.float(), y, label_smoothing=self.label_smoothing,
                                reduction=reduction)
 
