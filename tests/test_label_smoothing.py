@@ -20,7 +20,7 @@ from aaer.methods import METHODS, StepContext, create_method
 from aaer.methods.aaer import aaer_regularizer
 from aaer.methods.base import clip_to_box, forward_with_input_grad, uniform_noise
 from aaer.runs import read_checkpoint
-from aaer.train import TrainConfig, build_trainer, resume, train
+from aaer.training import TrainConfig, build_trainer, resume, train
 from tests.helpers.linear import Linear, batch
 from tests.helpers.tiny import TinyNet, same_state, tiny_dataset
 
