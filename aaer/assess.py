@@ -102,11 +102,10 @@ def build_model(files: ModelFiles, model_name: str, data, model_args: dict | Non
         mean, std = meta["mean"], meta["std"]
     model = build(model_name, data.num_classes, data.in_channels, data.image_size, mean, std,
                   model_args)
+    state = read_state(files)
     try:
-        load_state_dict_into(model.net, read_state(files))
-    except ValueError as e:
-        if isinstance(e, UsageError):
-            raise
+        load_state_dict_into(model.net, state)
+    except ValueError as e:              # a state dict of another architecture or data set
         raise UsageError(f"--checkpoint {files.weights!r} does not fit --model {model_name} "
                          f"for {data.name} ({data.num_classes} classes, {data.in_channels} "
                          f"channels): {e}") from None
