@@ -1,6 +1,8 @@
 """The CO fixture's warn / rollback table and lamda grid as one resumable campaign.
 
     python benchmarks/co_fixture_campaign.py --out runs [--seeds 10] [--jobs 2]
+    python benchmarks/co_fixture_campaign.py --out runs --seeds 5 --no-grid --no-twins \
+        --methods ssat,nuat,gat          # other methods, warn runs only
     python benchmarks/co_policy_table.py runs/co-warn runs/co-rollback
     python benchmarks/aaer_fixture_analysis.py runs/co-warn --grid runs/co-grid
 
@@ -10,7 +12,9 @@ finishes whole seeds first, minus the rollback twins that are the same computati
 warn run: a rollback run differs from its warn run only once the monitor flags CO or the
 last probe is a CO candidate, so a twin starts only for a warn run that did either (the
 table marks the others "="). ``jobs`` runs at a time with cores/jobs torch threads each;
-killed and started again, it skips finished runs and resumes interrupted ones.
+killed and started again, it skips finished runs and resumes interrupted ones. Each run's
+CPU seconds (user + system, from os.wait4: a measure a loaded machine does not inflate as
+much as the wall clock) go to <run>.usage.json beside its log.
 
 Order: per seed of the first five, the five methods' warn runs, each rollback twin as soon
 as its warn run has finished; the N-AAER lamda3 3.0 grid (seeds 0-4); the other seeds;
@@ -28,7 +32,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from aaer.experiments.reproduce import fixture_flags  # noqa: E402
+from aaer.experiments.reproduce import METHOD_LABELS, fixture_flags  # noqa: E402
 
 METHODS = (("fgsm", "FGSM"), ("rs-fgsm", "RS-FGSM"), ("n-fgsm", "N-FGSM"),
            ("rs-aaer", "RS-AAER"), ("n-aaer", "N-AAER"))
@@ -56,10 +60,15 @@ def main() -> int:
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--no-grid", action="store_true")
+    p.add_argument("--no-twins", action="store_true", help="warn runs only")
+    p.add_argument("--methods", help="comma list of methods (default: the fixture's five: "
+                   + ", ".join(m for m, _ in METHODS) + ")")
     p.add_argument("--grid", action="append", metavar="METHOD=LAMDA3",
                    help="only these grid points (e.g. N-AAER=3.0; repeatable); default: all "
                    "of " + ", ".join(f"{lab}={l3}" for _, lab, l3 in GRID))
     a = p.parse_args()
+    methods = METHODS if not a.methods else \
+        tuple((m, METHOD_LABELS.get(m, m)) for m in a.methods.split(","))
     chosen = GRID
     if a.grid:
         chosen = tuple(g for g in GRID if f"{g[1]}={g[2]}" in a.grid)
@@ -79,7 +88,7 @@ def main() -> int:
         return d, argv, (kind, method, label, seed)
 
     def warn(seed):
-        return [job("warn", m, lab, seed) for m, lab in METHODS]
+        return [job("warn", m, lab, seed) for m, lab in methods]
 
     def grid(spec):
         return [] if a.no_grid or spec not in chosen else \
@@ -97,7 +106,8 @@ def main() -> int:
     for j in order:
         if not finished(j[0]):
             queue.append(j)
-        elif j[2][0] == "warn" and needs_twin(j[0]) and not finished(twin(j[2])[0]):
+        elif j[2][0] == "warn" and not a.no_twins and needs_twin(j[0]) and \
+                not finished(twin(j[2])[0]):
             twins.append(twin(j[2]))
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // a.jobs))}
     running: dict[str, tuple] = {}
@@ -118,14 +128,19 @@ def main() -> int:
             say(f"start {kind[0]} {os.path.basename(d)}")
         time.sleep(2)
         for d, (proc, kind, t0, log) in list(running.items()):
-            if proc.poll() is None:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid == 0:
                 continue
+            proc.returncode = os.waitstatus_to_exitcode(status)
             del running[d]
             log.close()
+            with open(d + ".usage.json", "w") as f:
+                json.dump({"wall_s": round(time.time() - t0, 1),
+                           "cpu_s": round(usage.ru_utime + usage.ru_stime, 1)}, f)
             ok = proc.returncode == 0
             say(f"{'done' if ok else f'FAILED (exit {proc.returncode}, see {d}.log)'} "
                 f"{kind[0]} {os.path.basename(d)} ({time.time() - t0:.0f} s)")
-            if ok and kind[0] == "warn" and needs_twin(d):
+            if ok and kind[0] == "warn" and not a.no_twins and needs_twin(d):
                 twins.append(twin(kind))
     say("all done")
     return 0

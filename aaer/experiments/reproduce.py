@@ -36,7 +36,11 @@ SUITE_BASELINES = ("rs-fgsm", "n-fgsm", "gradalign", "zerograd", "multigrad", "p
 METHOD_LABELS = {"rs-fgsm": "RS-FGSM", "n-fgsm": "N-FGSM", "fgsm": "FGSM",
                  "gradalign": "GradAlign", "zerograd": "ZeroGrad", "multigrad": "MultiGrad",
                  "pgd": "PGD-AT", "free": "Free-AT", "elle": "ELLE", "elle-a": "ELLE-A",
-                 "rs-aaer": "RS-AAER", "n-aaer": "N-AAER"}
+                 "rs-aaer": "RS-AAER", "n-aaer": "N-AAER", "ssat": "SSAT", "nuat": "NuAT",
+                 "gat": "GAT", "fgsm-pgi": "FGSM-PGI", "fgsm-mep-cs": "FGSM-MEP-CS",
+                 "fgsm-rs-cs": "FGSM-RS-CS", "fgsm-pco": "FGSM-PCO", "fgsm-uap": "FGSM-UAP",
+                 "fgsm-cuap": "FGSM-CUAP", "fgsm-fuap": "FGSM-FUAP", "liet": "LIET",
+                 "v-lap": "V-LAP", "r-lap": "R-LAP", "n-lap": "N-LAP"}
 
 
 @dataclass
