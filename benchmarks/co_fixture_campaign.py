@@ -59,6 +59,7 @@ def main() -> int:
     p.add_argument("--out", default="runs", help="parent of co-warn/, co-rollback/, co-grid/")
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--threads", type=int, help="torch threads per run (default: cores / jobs)")
     p.add_argument("--no-grid", action="store_true")
     p.add_argument("--no-twins", action="store_true", help="warn runs only")
     p.add_argument("--methods", help="comma list of methods (default: the fixture's five: "
@@ -109,7 +110,8 @@ def main() -> int:
         elif j[2][0] == "warn" and not a.no_twins and needs_twin(j[0]) and \
                 not finished(twin(j[2])[0]):
             twins.append(twin(j[2]))
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // a.jobs))}
+    threads = a.threads or max(1, (os.cpu_count() or 1) // a.jobs)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     running: dict[str, tuple] = {}
 
     def say(msg):
