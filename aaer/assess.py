@@ -10,6 +10,9 @@ What a model's own files say comes first among the defaults: a run directory's c
 through the schema and ``aaer.config.resolve.resolve_eval`` as training's do (explicit
 settings, then the model's files, then the schema's defaults), and the report keeps every
 value with its source. Under torchrun every process evaluates its share of the points.
+``model_card``: also a RobustBench model card of the evaluation (aaer.reporting.model_card),
+refused before any work unless the protocol runs AutoAttack standard on the full test set
+and the model's files say how it was trained.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from aaer.config.resolve import checked, resolve_eval
 from aaer.config.settings import Source
 from aaer.errors import MissingFile, UsageError
 from aaer.export import read_exported
+from aaer.reporting.model_card import check_full_test_set, check_protocol, model_card
 from aaer.runs import CONFIG, MODEL, RunDir, aa_state_name, eval_name
 from aaer.threat import pixel_eps
 
@@ -37,6 +41,8 @@ class ModelFiles:
     known: dict[str, tuple[Any, Source]]      # evaluation settings the files tell
     exported: dict[str, Any] | None = None    # an export's metadata
     state: dict[str, torch.Tensor] | None = None   # an export's tensors (already read)
+    # how it was trained (method, epochs, seed, epsilon, norm), when its files say
+    training: dict[str, Any] | None = None
 
 
 def model_files(path: str) -> ModelFiles:
@@ -53,7 +59,12 @@ def model_files(path: str) -> ModelFiles:
         known = {k: (meta.get(k), src) for k in ("dataset", "model", "epsilon", "data_dir",
                                                  "norm", "model_args", "normalization")
                  if meta.get(k) is not None}
-        return ModelFiles(weights, None, known, meta, state)
+        method = meta.get("method")
+        training = None if not isinstance(method, dict) or not method.get("name") else {
+            "method": method["name"], "epochs": (meta.get("training") or {}).get("epochs"),
+            "seed": (meta.get("training") or {}).get("seed"), "epsilon": meta.get("epsilon"),
+            "norm": meta.get("norm")}
+        return ModelFiles(weights, None, known, meta, state, training)
     run_dir = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     run = RunDir(run_dir)
     if not run.exists(CONFIG):
@@ -64,8 +75,10 @@ def model_files(path: str) -> ModelFiles:
              "epsilon": cfg.method.epsilon, "data_dir": cfg.data.data_dir,
              "norm": cfg.method.norm, "model_args": cfg.model.kwargs,
              "normalization": cfg.model.normalization}
+    training = {"method": cfg.method.name, "epochs": cfg.optim.epochs, "seed": cfg.optim.seed,
+                "epsilon": cfg.method.epsilon, "norm": cfg.method.norm}
     return ModelFiles(weights, run_dir, {k: (v, src) for k, v in known.items()
-                                         if v is not None})
+                                         if v is not None}, training=training)
 
 
 def read_state(files: ModelFiles) -> dict[str, torch.Tensor]:
@@ -170,6 +183,23 @@ def evaluate(model, *, dataset="cifar10", data_dir: str | None = None, epsilon: 
                         device=device, seed=a["seed"], precision=a["eval_precision"])
 
 
+def check_card(path: str, protocol, files: ModelFiles) -> None:
+    """May ``aaer eval --model-card`` write a card? AutoAttack standard (the full test set
+    is checked once the data are loaded), the training method known, the folder there."""
+    check_protocol(protocol)
+    if files.training is None:
+        raise UsageError(f"--model-card needs the training method: --checkpoint "
+                         f"{files.weights!r} has no run config.json or export metadata beside "
+                         "it; valid: a run directory, its model.pt, or an export by `aaer "
+                         "export`")
+    folder = os.path.dirname(os.path.abspath(path))
+    problem = "is a directory" if os.path.isdir(path) else \
+        None if os.path.isdir(folder) else f"its folder {folder!r} does not exist"
+    if problem:
+        raise UsageError(f"--model-card {path!r}: {problem}; valid: a file in an existing "
+                         "folder")
+
+
 def evaluate_checkpoint(request: EvalCommand):
     """``aaer eval``: (report, path written) on the process that reports, (None, None) on the
     others under torchrun."""
@@ -188,10 +218,14 @@ def evaluate_checkpoint(request: EvalCommand):
                             aa_attacks=split(a.aa_attacks))
     if "autoattack" in protocol.attacks and a.aa_backend == "official":
         official_autoattack()
+    if a.model_card:                          # refused before any work
+        check_card(a.model_card, protocol, files)
     dist_info = distributed.setup_distributed(a.device)      # torchrun: shard the points
     try:
         device = dist_info.device if dist_info.enabled else resolve_device(a.device)
         data = load_dataset(a.dataset, a.data_dir, download=a.download)
+        if a.model_card:
+            check_full_test_set(protocol, int(data.test_x.shape[0]), a.dataset)
         model = build_model(files, a.model, data, a.model_args, a.normalization).to(device).eval()
         out = a.out or os.path.join(files.run_dir or ".", eval_name(protocol.name))
         # a killed AutoAttack resumes from here on the same command; deleted when complete
@@ -209,6 +243,11 @@ def evaluate_checkpoint(request: EvalCommand):
                       settings={k: v for k, v in vars(a).items()},
                       sources={k: str(v) for k, v in sources.items()},
                       source_kinds={k: v.kind for k, v in sources.items()})
+        if a.model_card:
+            atomic_write_json(a.model_card, model_card(
+                report, dataset=a.dataset, model=a.model, epsilon=a.epsilon, norm=a.norm,
+                training=files.training))
+            report["model_card"] = os.path.abspath(a.model_card)
         atomic_write_json(out, report)
         return report, out
     finally:

@@ -130,6 +130,8 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     if report is not None:                   # torchrun: rank 0 alone reports
         print(format_table(report))
         print(f"results written to {out}")
+        if report.get("model_card"):
+            print(f"model card written to {report['model_card']}")
     return 0
 
 

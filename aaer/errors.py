@@ -34,15 +34,12 @@ class UsageError(ValueError):
 
 
 class MissingFile(UsageError, FileNotFoundError):
-    """A file or folder the user named, or one that a data set needs, does not exist."""
+    """A file or folder the user named, or one that a data set or a run directory needs,
+    does not exist."""
 
 
 class DownloadFailed(UsageError, ConnectionError):
     """An official file could not be fetched (the network or the server)."""
-
-
-class MissingFile(UsageError, FileNotFoundError):
-    """A file or folder the user named (or a run directory needs) does not exist."""
 
 
 class DamagedFile(UsageError):

@@ -14,6 +14,8 @@ One run = one directory:
     probes.jsonl       the CO monitor's probes between epochs (--probe-every)
     autoattack_state_<protocol>.pt   an interrupted AutoAttack's progress
     tensorboard/       live TensorBoard events (--tensorboard)
+    wandb_run.json     --wandb: the W&B run this run logs to (a resume continues it)
+    wandb/             --wandb: W&B's own files (offline runs wait there for `wandb sync`)
 
 ``RunDir`` names, reads and writes these files (atomically; checkpoints only through
 ``torch.load(weights_only=True)``) and says the run's state: ``empty`` (nothing to
@@ -49,6 +51,8 @@ BEST_PROBE = "best_probe.pt"
 REWIND = "rewind.pt"
 PROBES = "probes.jsonl"
 TENSORBOARD = "tensorboard"
+WANDB = "wandb_run.json"
+WANDB_DIR = "wandb"
 CONFIG_FORMAT = "aaer-run/2"
 CHECKPOINT_FORMAT = "aaer-checkpoint/1"
 STATES = ("empty", "interrupted", "finished")
@@ -188,7 +192,7 @@ class RunDir:
         """A new run here: create the directory, remove what an earlier run left."""
         os.makedirs(self.path, exist_ok=True)
         for stale in (METRICS, RESULTS, MODEL, SELECTED, CHECKPOINT, BEST_PROBE, PROBES,
-                      REWIND):
+                      REWIND, WANDB):
             if self.exists(stale):
                 os.remove(self.file(stale))
 
@@ -230,10 +234,7 @@ class RunDir:
         return cfg
 
     def write_config(self, cfg: RunConfig, built: dict[str, Any]) -> None:
-        atomic_write_json(self.file(CONFIG), {
-            "format": CONFIG_FORMAT, "settings": cfg.to_dict(),
-            "sources": {p: str(v) for p, v in cfg.sources.items()},
-            "source_kinds": {p: Source.of(v).kind for p, v in cfg.sources.items()}, **built})
+        atomic_write_json(self.file(CONFIG), {**settings_record(cfg), **built})
 
     # -- metrics, probes, results --------------------------------------------------------
     _METRICS_FIX = ("it is written by `aaer train`, one line per epoch; restore it, or "
@@ -329,6 +330,29 @@ class RunDir:
     @property
     def tensorboard_dir(self) -> str:
         return self.file(TENSORBOARD)
+
+    # -- the W&B run (--wandb) ----------------------------------------------------------
+    def wandb_run(self) -> dict[str, Any] | None:
+        """wandb_run.json: {"id", "project", "entity"} of the W&B run this run logs to, or
+        None when it has none yet."""
+        if not self.exists(WANDB):
+            return None
+        fix = ("it is written by `aaer train --wandb`; delete it to log the resumed run to a "
+               "new W&B run")
+        rec = read_json(self.file(WANDB), fix)
+        if not isinstance(rec.get("id"), str) or not rec["id"]:
+            raise DamagedFile(self.file(WANDB), "has no W&B run 'id'", fix)
+        return rec
+
+    def write_wandb_run(self, record: dict[str, Any]) -> None:
+        atomic_write_json(self.file(WANDB), record)
+
+
+def settings_record(cfg: RunConfig) -> dict[str, Any]:
+    """config.json's record of a resolved run: its settings and where each came from."""
+    return {"format": CONFIG_FORMAT, "settings": cfg.to_dict(),
+            "sources": {p: str(v) for p, v in cfg.sources.items()},
+            "source_kinds": {p: Source.of(v).kind for p, v in cfg.sources.items()}}
 
 
 def load_tensors(path: str, what: str):

@@ -23,6 +23,7 @@ from aaer.monitor import build_monitor
 from aaer.selection import build_validator
 from aaer.threat import pixel_eps
 from aaer.reporting.tensorboard import LiveWriter
+from aaer.reporting.wandb import WandbListener, require_wandb
 from aaer.runs import CHECKPOINT, RunDir
 
 
@@ -153,25 +154,32 @@ def build_trainer(cfg, dataset=None, *, resume: bool = False) -> Trainer:
     if ckpt is not None:
         check_resume(run_cfg, dataset, ckpt, (train_x, train_y))
     from aaer.errors import rank
+    main = rank() == 0
+    use_wandb = run_cfg.runtime.wandb and main
+    if use_wandb:
+        require_wandb()                     # before anything is written
     listeners = [LiveWriter(run.tensorboard_dir)] \
-        if run_cfg.runtime.tensorboard and rank() == 0 else []
+        if run_cfg.runtime.tensorboard and main else []
     trainer = Trainer(run_cfg, dataset, run, train_set=(train_x, train_y), monitor=monitor,
                       validator=validator, final_eval=final_evaluation(run_cfg, run, dataset),
                       listeners=listeners)
-    if ckpt is not None:
-        try:
-            trainer.load_state(ckpt)
-        except DamagedFile:
-            trainer.close()
-            raise
-        except (KeyError, IndexError, RuntimeError, TypeError, ValueError) as e:
-            trainer.close()
-            raise DamagedFile(run.file(CHECKPOINT), f"does not hold a state this run can "
-                              f"continue from ({type(e).__name__}: {e})",
-                              "train the run again with its flags and --overwrite") from None
-        except BaseException:
-            trainer.close()
-            raise
+    try:
+        if ckpt is not None:
+            try:
+                trainer.load_state(ckpt)
+            except (KeyError, IndexError, RuntimeError, TypeError, ValueError) as e:
+                if isinstance(e, DamagedFile):
+                    raise
+                raise DamagedFile(run.file(CHECKPOINT), f"does not hold a state this run can "
+                                  f"continue from ({type(e).__name__}: {e})",
+                                  "train the run again with its flags and --overwrite") \
+                    from None
+        # the W&B run starts once the run can train (a resume continues its W&B run)
+        if use_wandb:
+            trainer.listeners.append(WandbListener(run, run_cfg, resume=ckpt is not None))
+    except BaseException:
+        trainer.close()
+        raise
     return trainer
 
 
@@ -189,8 +197,8 @@ def resume(run_dir: str, *, dataset=None, **changes) -> dict[str, Any]:
     """Continue the run in ``run_dir`` from its checkpoint.pt; returns its results.
 
     Every setting comes from the run's config.json; only the resumable ones (where the
-    data live, the device, --on-nan, the progress bar, TensorBoard, the process-group
-    timeout) may be changed, as flat keywords: ``resume(d, device="cuda")``.
+    data live, the device, --on-nan, the progress bar, TensorBoard, W&B and its mode, the
+    process-group timeout) may be changed, as flat keywords: ``resume(d, device="cuda")``.
     """
     run = RunDir(run_dir)
     run.check_for(overwrite=False, resume=True)

@@ -102,6 +102,12 @@ class EvalCommand:
                               "installed", choices=AA_BACKENDS)
     eval_precision: str = like("evaluation.precision", help="autocast for the attacks' "
                                "forward passes (recorded when not fp32)")
+    model_card: str | None = setting(None, "also write a RobustBench model card (the JSON of "
+                                     "its model_info/<dataset>/<Linf|L2>/ folders) to FILE; "
+                                     "needs AutoAttack standard on the full test set "
+                                     "(--protocol aaer or fastat) and a run directory or an "
+                                     "export (the training method)", optional=True,
+                                     metavar="FILE", default_text="none")
 
 
 @dataclass

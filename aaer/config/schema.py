@@ -45,6 +45,7 @@ PROBE_SOURCES = ("test", "holdout")
 ROLLBACK_CHANGES = ("auto", "step", "regularizer")
 EVAL_MODELS = ("last", "averaged")
 SELECTIONS = ("last", "best-val-pgd")
+WANDB_MODES = ("online", "offline", "disabled")
 # model names of the seed script and of published checkpoints
 MODEL_ALIASES = {"PreActResNet18": "preactresnet18", "WideResNet": "wrn-34-10"}
 
@@ -324,6 +325,22 @@ class RuntimeConfig:
     tensorboard: bool = setting(False, "write TensorBoard events to <out-dir>/tensorboard while "
                                 "training, once per epoch and probe (needs the tensorboard "
                                 "package)", type=bool, resumable=True)
+    wandb: bool = setting(False, "log the run to Weights & Biases while training: every "
+                          "epoch's metrics, every CO probe (by optimiser step), CO events, "
+                          "the final evaluation and the settings with their sources; a "
+                          "resumed run continues the same W&B run (needs the wandb package)",
+                          type=bool, resumable=True, older_runs=False)
+    wandb_project: str = setting("aaer", "--wandb: the W&B project (fixed when the run "
+                                 "starts: a resume continues the same W&B run)",
+                                 default_text="$WANDB_PROJECT, else aaer", older_runs="aaer")
+    wandb_entity: str | None = setting(None, "--wandb: the W&B entity (user or team)",
+                                       optional=True, default_text="$WANDB_ENTITY, else your "
+                                       "W&B default entity", older_runs=None)
+    wandb_mode: str = setting("online", "--wandb: online (stream to the W&B server), offline "
+                              "(write <out-dir>/wandb, or $WANDB_DIR, only; upload later with "
+                              "`wandb sync`) or disabled (log nothing)", choices=WANDB_MODES,
+                              resumable=True, default_text="$WANDB_MODE, else online",
+                              older_runs="online")
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "method": MethodConfig,

@@ -9,8 +9,8 @@ back before the optimiser step, or left in), the engine's averaged model
 (``uses_averaged_model``, --weight-average). It knows no CO rule and no evaluation protocol
 either: the door (aaer.training) hands it a monitor, whose decisions it applies (continue,
 warn, stop, roll back with a named change the method makes), a final evaluation to call,
-and listeners (TensorBoard) that hear each epoch and probe. Everything it writes goes
-through the run directory (aaer.runs.RunDir).
+and listeners (TensorBoard, W&B) that hear each epoch and probe, and the results.
+Everything it writes goes through the run directory (aaer.runs.RunDir).
 
 Read ``fit`` and ``run_epoch`` first: one epoch, top to bottom, returns how it ended
 (``EpochEnd``); the parts below them (a step, a probe and the monitor's decision, a
@@ -93,7 +93,9 @@ class Trainer:
     ``validator``: the per-epoch validation and model selection (aaer.selection.Validator)
     or None; ``final_eval(model, device, log, shard)``: the evaluation after training, or None
     (under torchrun every process evaluates its share; rank 0 keeps the report);
-    ``listeners``: objects with ``epoch(row)``, ``probe(record)`` and ``close()``.
+    ``listeners``: objects with ``epoch(row)``, ``probe(record)`` and ``close()``, and
+    optionally ``results(results)`` (called once, with results.json's contents, before
+    ``close``).
     """
 
     resume_sums: EpochSums | None = None     # the epoch a resume or rollback lands inside
@@ -656,6 +658,9 @@ class Trainer:
                     results["evaluation_selected"] = report
         if self.is_main:
             self.run.write_results(results)
+            for listener in self.listeners:       # the optional hook: the final results
+                if hasattr(listener, "results"):
+                    listener.results(results)
         return results
 
     def selected_model(self):
