@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from aaer.errors import MissingExtra, TrainingInterrupted, UsageError
-from aaer.train import TrainConfig, build_trainer, resume
+from aaer.training import TrainConfig, build_trainer, resume
 from tests.helpers.tiny import read_rows, scripted_probes, signal_at, tiny_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
