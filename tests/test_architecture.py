@@ -166,7 +166,7 @@ def test_only_the_run_directory_names_the_metrics_row_fields():
     from aaer.runs import Row
     fields = {v for k, v in vars(Row).items() if k.isupper() and isinstance(v, str)}
     assert {"probe_pgd_acc", "train_loss", "co_flag", "method_changes"} <= fields
-    names = [f'"{f}"' for f in sorted(fields - GENERIC_ROW_FIELDS)]
+    names = [q + f + q for f in sorted(fields - GENERIC_ROW_FIELDS) for q in ('"', "'")]
     found = [f"{m}: {n}" for m, path in MODULES.items() if m != "aaer.runs"
              for n in names if n in open(path).read()]
     assert not found, found

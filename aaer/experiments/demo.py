@@ -145,8 +145,8 @@ def verdict(runs) -> list[str]:
                       f"{first['epoch']})")
         else:
             last = r.last_probe()
-            no.append(f"{r.label} (final probe PGD {last.get('probe_pgd_acc', float('nan')):.3f}, "
-                      f"clean {last.get('probe_clean_acc', float('nan')):.3f})")
+            no.append(f"{r.label} (final probe PGD {last.get(Row.PROBE_PGD, float('nan')):.3f}, "
+                      f"clean {last.get(Row.PROBE_CLEAN, float('nan')):.3f})")
     return [("CO happened: " + "; ".join(co)) if co else "CO happened in no run.",
             ("No CO: " + "; ".join(no)) if no else "No run escaped CO."] + \
         [rollback_line(r, runs) for r in runs if r.on_co == "rollback"]
@@ -165,10 +165,10 @@ def _fit_worker(cfg: RunConfig, data, threads: int) -> dict[str, Any]:
 def progress_line(label: str, row: dict, epochs: int, width: int = 8) -> str:
     # epochs count from 0, as in train.log, the report and the CO messages
     line = (f"  {label:<{width}} epoch {row['epoch']:>2} ({row['epoch'] + 1}/{epochs}) | train acc "
-            f"{row['train_acc']:.3f} | AAEs {row.get('aae_count', 0):>5} | probe clean "
-            f"{row.get('probe_clean_acc', float('nan')):.3f} FGSM "
-            f"{row.get('probe_fgsm_acc', float('nan')):.3f} PGD "
-            f"{row.get('probe_pgd_acc', float('nan')):.3f} | {row['seconds']:.0f} s")
+            f"{row[Row.TRAIN_ACC]:.3f} | AAEs {row.get('aae_count', 0):>5} | probe clean "
+            f"{row.get(Row.PROBE_CLEAN, float('nan')):.3f} FGSM "
+            f"{row.get(Row.PROBE_FGSM, float('nan')):.3f} PGD "
+            f"{row.get(Row.PROBE_PGD, float('nan')):.3f} | {row[Row.SECONDS]:.0f} s")
     for ev in row.get(Row.CO_EVENTS, []):
         e = ev["evidence"]
         line += f"\n  {label:<{width}} CO flagged at epoch {ev['epoch']}: {evidence_text(e, 3)}"

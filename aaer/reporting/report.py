@@ -295,17 +295,22 @@ def render_markdown(runs: list[Run], plots: list[str], out_dir: str) -> str:
     lines = ["# aaer report", "",
              f"{len(runs)} run(s); written {time.strftime('%Y-%m-%d %H:%M:%S')} by aaer "
              f"{__version__}. Epochs count from 0, as in train.log.", "", "## Runs", "",
-             "| run | method | data | model | eps (1/255) | seed | epochs run | train time |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| run | method | data | model | eps (1/255) | seed | epochs run | train time | "
+             "device hours | peak memory |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         c = r.settings
         secs = (r.results or {}).get("train_seconds")
         t = "unfinished" if secs is None else f"{secs:.0f} s"
+        cost = (r.results or {}).get("cost") or {}
+        hours = "-" if cost.get("device_hours") is None else f"{cost['device_hours']:.4f}"
+        memory = "-" if cost.get("peak_memory_gb") is None else \
+            f"{cost['peak_memory_gb']:.2f} GB ({cost.get('memory', '?')})"
         n_train = (r.config.get("data") or {}).get("n_train")
         data = f"{c.data.dataset}" + (f" ({n_train} train)" if n_train else "")
         lines.append(f"| {r.label} | {method_text(r)} | {data} | {c.model.name} | "
                      f"{c.method.epsilon:g} | {c.optim.seed} | {len(r.rows)}/"
-                     f"{c.optim.epochs} | {t} |")
+                     f"{c.optim.epochs} | {t} | {hours} | {memory} |")
 
     lines += ["", "## Results", "",
               "Last-epoch probe accuracies (the CO monitor's probe; see the protocol column) "
@@ -318,8 +323,8 @@ def render_markdown(runs: list[Run], plots: list[str], out_dir: str) -> str:
             xs, pgd = r.series(Row.PROBE_PGD)
             b = max(range(len(pgd)), key=lambda i: pgd[i])
             co = r.co_epoch()
-            lines.append(f"| {r.label} | {_fmt(last['probe_clean_acc'])} | "
-                         f"{_fmt(last['probe_fgsm_acc'])} | {_fmt(last['probe_pgd_acc'])} | "
+            lines.append(f"| {r.label} | {_fmt(last[Row.PROBE_CLEAN])} | "
+                         f"{_fmt(last[Row.PROBE_FGSM])} | {_fmt(last[Row.PROBE_PGD])} | "
                          f"{pgd[b]:.4f} ({xs[b]}) | {'none' if co is None else co} | "
                          f"{aae_summary(r)} | {probe_protocol_text(r)} |")
         else:
@@ -352,11 +357,11 @@ def render_markdown(runs: list[Run], plots: list[str], out_dir: str) -> str:
                   "probe FGSM | probe PGD | CO |", "|---|---|---|---|---|---|---|---|---|---|"]
         for row in r.rows:
             lines.append(
-                f"| {row['epoch']} | {row.get('lr', 0):.4g} | {_fmt(row.get('train_loss'))} | "
-                f"{_fmt(row.get('train_acc'))} | {row.get('aae_count', '-')} | "
-                f"{_fmt(row.get('aae_fraction'), 3)} | {_fmt(row.get('probe_clean_acc'))} | "
-                f"{_fmt(row.get('probe_fgsm_acc'))} | {_fmt(row.get('probe_pgd_acc'))} | "
-                f"{'CO' if row.get('co_flag') else ''} |")
+                f"| {row[Row.EPOCH]} | {row.get(Row.LR, 0):.4g} | {_fmt(row.get(Row.TRAIN_LOSS))} | "
+                f"{_fmt(row.get(Row.TRAIN_ACC))} | {row.get('aae_count', '-')} | "
+                f"{_fmt(row.get('aae_fraction'), 3)} | {_fmt(row.get(Row.PROBE_CLEAN))} | "
+                f"{_fmt(row.get(Row.PROBE_FGSM))} | {_fmt(row.get(Row.PROBE_PGD))} | "
+                f"{'CO' if row.get(Row.CO_FLAG) else ''} |")
         lines.append("")
     return "\n".join(lines) + "\n"
 
