@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import aaer.experiments.demo as demo
+from aaer.errors import DownloadFailed
 from aaer.cli import main
 from aaer.data.datasets import Dataset
 from aaer.reporting.report import load_run
@@ -77,6 +78,7 @@ def _stand_in(monkeypatch):
                    [str(i) for i in range(10)], (0.286,), (0.353,), source="stand-in")
 
 
+@pytest.mark.timeout(180)          # two worker processes: a loaded machine needs more than 60 s
 def test_demo_flow_two_processes(tmp_path, monkeypatch):
     out = io.StringIO()
     res = demo.run_demo(str(tmp_path / "demo"), epochs=2, jobs=2, threads=1,
@@ -110,9 +112,9 @@ def test_cli_demo_rejects_bad_jobs(capsys):
 def test_cli_demo_download_goes_to_a_data_folder(monkeypatch, tmp_path, capsys):
     seen = []
 
-    def fake(data_dir, download):
+    def fake(data_dir, download):           # what the real download raises without a network
         seen.append((data_dir, download))
-        raise FileNotFoundError("no network here")
+        raise DownloadFailed("no network here")
 
     monkeypatch.setattr(demo, "load_fixture_data", fake)
     assert main(["demo", "--download", "--out-dir", str(tmp_path / "o")]) == 2
