@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import aaer.experiments.demo as demo
-from aaer.errors import DownloadFailed
 from aaer.cli import main
 from aaer.data.datasets import Dataset
+from aaer.errors import DownloadFailed
 from aaer.reporting.report import load_run
 from tests.helpers.run_dirs import CO_RUN, OK_RUN, make_run
 
