@@ -37,7 +37,6 @@ class ModelFiles:
     known: dict[str, tuple[Any, Source]]      # evaluation settings the files tell
     exported: dict[str, Any] | None = None    # an export's metadata
     state: dict[str, torch.Tensor] | None = None   # an export's tensors (already read)
-    normalize: str = "dataset"                # a run's --normalize (aaer.models.input_stats)
 
 
 def model_files(path: str) -> ModelFiles:
@@ -64,7 +63,7 @@ def model_files(path: str) -> ModelFiles:
              "epsilon": cfg.method.epsilon, "data_dir": cfg.data.data_dir,
              "norm": cfg.method.norm}
     return ModelFiles(weights, run_dir, {k: (v, src) for k, v in known.items()
-                                         if v is not None}, normalize=cfg.model.normalize)
+                                         if v is not None})
 
 
 def read_state(files: ModelFiles) -> dict[str, torch.Tensor]:
@@ -88,9 +87,9 @@ def read_state(files: ModelFiles) -> dict[str, torch.Tensor]:
 
 def build_model(files: ModelFiles, model_name: str, data) -> torch.nn.Module:
     """The named architecture for ``data`` with the weights of ``files`` (the normalisation
-    an export was trained with, else the data set's as the run's --normalize says)."""
-    from aaer.models import build, input_stats, load_state_dict_into
-    mean, std = input_stats(data.mean, data.std, files.normalize)
+    an export was trained with, else the data set's)."""
+    from aaer.models import build, load_state_dict_into
+    mean, std = data.mean, data.std
     if files.exported is not None:
         meta = files.exported
         if meta["num_classes"] != data.num_classes:

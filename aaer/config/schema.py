@@ -45,7 +45,6 @@ PROBE_SOURCES = ("test", "holdout")
 ROLLBACK_CHANGES = ("auto", "step", "regularizer")
 EVAL_MODELS = ("last", "averaged")
 SELECTIONS = ("last", "best-val-pgd")
-NORMALIZE = ("dataset", "none")        # aaer.models.normalize.input_stats
 # model names of the seed script and of published checkpoints
 MODEL_ALIASES = {"PreActResNet18": "preactresnet18", "WideResNet": "wrn-34-10"}
 
@@ -136,10 +135,6 @@ class ModelConfig:
     name: str = setting("preactresnet18", "model name (see `aaer models`; PreActResNet18 and "
                         "WideResNet are accepted as aliases)", dest="model", extra=_model_name,
                         default_text=by_table("model", "preactresnet18"))
-    normalize: str = setting("dataset", "the model's input normalisation layer: dataset "
-                             "(subtract the data set's mean, divide by its std) or none (the "
-                             "network sees the raw [0, 1] pixels: mean 0, std 1, as the FastAT "
-                             "Benchmark's models)", choices=NORMALIZE, older_runs="dataset")
 
 
 @dataclass

@@ -102,7 +102,7 @@ class Trainer:
     def __init__(self, cfg: RunConfig, dataset, run: RunDir, *, train_set=None, monitor=None,
                  validator=None, final_eval: Callable | None = None, listeners=()):
         from aaer.data import augmentation_for, make_loader, streamed
-        from aaer.models import build, input_stats
+        from aaer.models import build
 
         self.cfg, self.run, self.dataset = cfg, run, dataset
         self.monitor, self.final_eval, self.listeners = monitor, final_eval, list(listeners)
@@ -122,9 +122,8 @@ class Trainer:
         self.train_x, self.train_y = train_set
         if cfg.monitor.aae_per_class:
             self.method.aae_num_classes = ds.num_classes
-        self.input_mean, self.input_std = input_stats(ds.mean, ds.std, cfg.model.normalize)
         self.model = build(cfg.model.name, ds.num_classes, ds.in_channels, ds.image_size,
-                           self.input_mean, self.input_std).to(self.device)
+                           ds.mean, ds.std).to(self.device)
         self.channels_last = use_channels_last(rt.channels_last, self.model, self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -558,8 +557,7 @@ class Trainer:
             "data": {"name": ds.name, "source": getattr(ds, "source", None),
                      "n_train": int(self.train_x.shape[0]), "n_test": int(ds.test_x.shape[0]),
                      "shape": list(self.train_x.shape[1:]), "num_classes": ds.num_classes,
-                     # the model's normalisation layer (--normalize none: 0 and 1)
-                     "mean": list(self.input_mean), "std": list(self.input_std),
+                     "mean": list(ds.mean), "std": list(ds.std),
                      "augmentation": {"random_resized_crop": int(self.train_x.shape[2]),
                                       "hflip": True, "test": "resize + center crop",
                                       "streamed": True} if self.streamed else

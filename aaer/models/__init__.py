@@ -9,10 +9,10 @@ from .wide_resnet import WideResNet, wideresnet
 from .resnet import ResNet18ImageNet
 from .resnet_cifar import ResNet18
 from .small import LinearModel, SmallCNN
-from .normalize import Normalized, build, input_stats
+from .normalize import Normalized, build
 from .loading import load_state_dict_into
 
 __all__ = [
-    "create_model", "list_models", "register_model", "Normalized", "build", "input_stats", "load_state_dict_into",
+    "create_model", "list_models", "register_model", "Normalized", "build", "load_state_dict_into",
     "PreActResNet18", "WideResNet", "wideresnet", "ResNet18ImageNet", "ResNet18", "SmallCNN", "LinearModel",
 ]

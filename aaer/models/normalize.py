@@ -58,21 +58,6 @@ class Normalized(nn.Module):
         return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
 
 
-NORMALIZE = ("dataset", "none")
-
-
-def input_stats(mean: Stats, std: Stats, normalize: str = "dataset") -> tuple[tuple, tuple]:
-    """The (mean, std) of a model's normalisation layer: the data set's (``"dataset"``), or
-    ``"none"``: 0 and 1 in every channel, so that the network sees the raw [0, 1] pixels
-    (x - 0) / 1 = x, bit for bit (the FastAT Benchmark's models have no normalisation)."""
-    mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
-    if normalize == "dataset":
-        return mean, std
-    if normalize == "none":
-        return (0.0,) * len(mean), (1.0,) * len(std)
-    raise UsageError(f"invalid --normalize {normalize!r}; valid: {', '.join(NORMALIZE)}")
-
-
 def build(name: str, num_classes: int, in_channels: int, image_size: int, mean: Stats, std: Stats) -> Normalized:
     """create_model(name, ...) wrapped in Normalized(mean, std); mean/std need in_channels values (or 1)."""
     for what, values in (("mean", mean), ("std", std)):
