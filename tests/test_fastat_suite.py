@@ -22,7 +22,10 @@ from aaer.experiments import reproduce as rp
 from aaer.runs import RunDir
 from tests.helpers.files import write_cifar10
 
-HAS_LABEL_SMOOTHING = "label_smoothing" in FLAT
+# settings of aaer's main line that a branch may lack (the label-smoothing and
+# bring-your-own-model work): lines are resolved without them there
+LATER = {"--label-smoothing": "label_smoothing", "--normalization": "normalization"}
+LACKING = {flag for flag, name in LATER.items() if name not in FLAT}
 
 # the benchmark's method configs (configs/cifar10/*.yaml but common.yaml) -> aaer's method
 BENCHMARK_METHODS = {
@@ -61,11 +64,10 @@ def one(flags, name):
 
 
 def resolved(run):
-    """The run as `aaer train` resolves its suite line (without --label-smoothing while
-    this branch lacks the setting: the label-smoothing branch adds it)."""
+    """The run as `aaer train` resolves its suite line (without the flags of LACKING)."""
     argv = run.argv("out")[1:]
-    if not HAS_LABEL_SMOOTHING and "--label-smoothing" in argv:
-        i = argv.index("--label-smoothing")
+    for flag in LACKING & set(argv):
+        i = argv.index(flag)
         argv = argv[:i] + argv[i + 2:]
     return resolve(request_from_argv(argv))
 
@@ -86,7 +88,7 @@ def test_dry_run_is_every_method_times_seed_under_the_protocol(suite, dataset, m
             assert name == "--set" or len(values) == 1, (line, name)
         methods.setdefault(one(f, "--method"), []).append(int(one(f, "--seed")))
         assert one(f, "--dataset") == dataset and one(f, "--model") == model
-        assert one(f, "--normalize") == "none"
+        assert one(f, "--normalization") == "none"
         assert one(f, "--epochs") == ("200" if one(f, "--method") == "free" else "100")
         assert one(f, "--batch-size") == "128" and one(f, "--lr-max") == "0.1"
         assert one(f, "--momentum") == "0.9" and float(one(f, "--weight-decay")) == 5e-4
@@ -183,7 +185,11 @@ def test_each_method_trains_with_its_config_values(suite):
         assert o.weight_average == (0.0 if key == "pgd_at" else 0.9995)
         assert cfg.evaluation.model == ("last" if key == "pgd_at" else "averaged")
         assert cfg.evaluation.select == "best-val-pgd" and cfg.evaluation.protocol == "fastat"
-        assert cfg.model.normalize == "none" and cfg.data.val_n == fastat.VAL_N[dataset]
+        assert cfg.data.val_n == fastat.VAL_N[dataset]
+        if not LACKING:
+            assert cfg.model.normalization == "none"
+            own = cfg.method.name in OWN_SMOOTHING | NO_SMOOTHING
+            assert cfg.get(FLAT["label_smoothing"][0]) == (0.0 if own else 0.4)
         assert cfg.data.n_train is None and cfg.evaluation.n_eval is None
         assert cfg.eps == 8 / 255
 
@@ -336,8 +342,8 @@ def test_summary_says_when_runs_leave_the_protocol(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
-@pytest.mark.skipif(not HAS_LABEL_SMOOTHING, reason="needs --label-smoothing (the label-"
-                    "smoothing branch); run after merging it")
+@pytest.mark.skipif(bool(LACKING), reason="needs --label-smoothing and --normalization "
+                    "(aaer's main line); run after merging")
 def test_tiny_suite_end_to_end(tmp_path, capsys):
     """The whole pipeline at --tiny on a made-up CIFAR-10 of 320 + 32 images: every
     command line of the tiny suite trains, validates, selects and runs the fastat

@@ -10,7 +10,7 @@ State-dict keys as there (conv1, bn1, layerK.i.{conv1, bn1, conv2, bn2, shortcut
 shortcut.1}, linear), so the benchmark's checkpoints load; PyTorch's default init.
 
 The benchmark feeds raw [0, 1] pixels (no normalisation layer): train it with
-``--normalize none`` to do the same. Larger images than 32x32 keep the 4x4 pool (as the
+``--normalization none`` to do the same. Larger images than 32x32 keep the 4x4 pool (as the
 PreActResNet-18 of the lineage does) and the classifier widens to 512 * (side/4)^2.
 """
 from __future__ import annotations
