@@ -95,8 +95,8 @@ METHOD_LINES = {'fgsm': ['fgsm         fwd 2 bwd 2  FGSM-AT: zero start, step ep
  'n-lap': ['n-lap        fwd 2 bwd 2  N-LAP: N-FGSM (U(-2eps,2eps), step eps, no projection) '
            'at layer-aware perturbed weights [Lin, Yu, Han, Su, Liu, ICML 2024]']}
 
-MODELS = ('linear', 'preactresnet18', 'preactresnet18-preact-shortcut', 'resnet18-imagenet', 'small-cnn',
- 'small-cnn-32', 'wrn-28-10', 'wrn-34-10')
+MODELS = ('linear', 'preactresnet18', 'preactresnet18-fastat', 'preactresnet18-preact-shortcut',
+ 'resnet18', 'resnet18-imagenet', 'small-cnn', 'small-cnn-32', 'wrn-28-10', 'wrn-34-10')
 
 MODEL_FAMILIES = ('wrn-<depth>-<widen> (depth = 6n+4)', 'timm:<name> (a timm architecture; pip install timm)',
  'package.module:factory (your own callable)')

@@ -176,7 +176,14 @@ def cmd_reproduce(a) -> int:
     extra = shlex.split(a.train_args)
     suite_name = os.path.splitext(os.path.basename(a.suite))[0]
     out = a.out or os.path.join("runs", suite_name)
-    runs = rp.build_runs(a.suite, a.seeds, a.scale, a.data_dir, extra)
+    scale = a.scale
+    if a.tiny:
+        if scale not in ("full", "tiny"):
+            raise UsageError(f"--tiny is --scale tiny, but --scale {scale} was given too; "
+                             "valid: one of the two")
+        scale = "tiny"
+    seeds = rp.default_seeds(a.suite, scale) if a.seeds is None else a.seeds
+    runs = rp.build_runs(a.suite, seeds, scale, a.data_dir, extra)
     rp.check_runs(runs, out)
     if a.dry_run:
         print("\n".join(rp.dry_run_lines(runs, out)))

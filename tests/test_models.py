@@ -168,6 +168,9 @@ SMALL_CNN_KEYS = [
 ]
 
 
+BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
 def n_params(model):
     return sum(p.numel() for p in model.parameters())
 
@@ -188,8 +191,8 @@ def randomize_bn_stats(model, seed=0):
 
 def test_list_models_names():
     assert list_models() == [
-        "linear", "preactresnet18", "preactresnet18-preact-shortcut", "resnet18-imagenet",
-        "small-cnn", "small-cnn-32", "wrn-28-10", "wrn-34-10",
+        "linear", "preactresnet18", "preactresnet18-fastat", "preactresnet18-preact-shortcut",
+        "resnet18", "resnet18-imagenet", "small-cnn", "small-cnn-32", "wrn-28-10", "wrn-34-10",
     ]
 
 
@@ -261,6 +264,97 @@ def test_preactresnet18_keys_shapes_and_params():
     assert gray.conv1.weight.shape == (64, 1, 3, 3) and gray.linear.weight.shape == (10, 512)
 
 
+def _bn(x, state, key):
+    """Eval-mode BatchNorm from the state dict's entries under ``key``."""
+    return F.batch_norm(x, state[key + ".running_mean"], state[key + ".running_var"],
+                        state[key + ".weight"], state[key + ".bias"], training=False)
+
+
+def _randomise_bn(model, seed=0):
+    """Non-trivial running statistics and affine parameters, so that eval-mode forwards
+    test every BatchNorm (fresh ones are the identity up to eps)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(0.1 * torch.randn(n, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
+                m.weight.copy_(0.5 + torch.rand(n, generator=g))
+                m.bias.copy_(0.1 * torch.randn(n, generator=g))
+    return model.eval()
+
+
+def test_resnet18_is_the_cifar_resnet18():
+    """'resnet18' (the FastAT Benchmark's CIFAR model, fzjcdt/FastAT_Benchmark
+    models/resnet.py): keys, the well-known parameter count of the CIFAR ResNet-18 with 10
+    classes, and the forward pass written out from the state dict (3x3 stem conv + BN +
+    ReLU, post-activation blocks with conv+BN projection shortcuts, 4x4 average pool)."""
+    torch.manual_seed(0)
+    m = _randomise_bn(create_model("resnet18"))
+    sd = m.state_dict()
+    keys = ["conv1.weight"] + [f"bn1.{k}" for k in BN_KEYS]
+    for stage, planes in enumerate((64, 128, 256, 512), start=1):
+        for i in (0, 1):
+            b = f"layer{stage}.{i}."
+            keys += [b + "conv1.weight"] + [b + f"bn1.{k}" for k in BN_KEYS]
+            keys += [b + "conv2.weight"] + [b + f"bn2.{k}" for k in BN_KEYS]
+            if stage > 1 and i == 0:
+                keys += [b + "shortcut.0.weight"] + [b + f"shortcut.1.{k}" for k in BN_KEYS]
+    keys += ["linear.weight", "linear.bias"]
+    assert list(sd) == keys
+    assert n_params(m) == 11_173_962
+    assert sd["layer3.0.shortcut.0.weight"].shape == (256, 128, 1, 1)
+
+    def block(x, b, stride, project):
+        out = F.relu(_bn(F.conv2d(x, sd[b + "conv1.weight"], stride=stride, padding=1), sd,
+                         b + "bn1"))
+        out = _bn(F.conv2d(out, sd[b + "conv2.weight"], padding=1), sd, b + "bn2")
+        skip = _bn(F.conv2d(x, sd[b + "shortcut.0.weight"], stride=stride), sd,
+                   b + "shortcut.1") if project else x
+        return F.relu(out + skip)
+
+    x = torch.rand(3, 3, 32, 32)
+    out = F.relu(_bn(F.conv2d(x, sd["conv1.weight"], padding=1), sd, "bn1"))
+    for stage in (1, 2, 3, 4):
+        out = block(out, f"layer{stage}.0.", 1 if stage == 1 else 2, stage > 1)
+        out = block(out, f"layer{stage}.1.", 1, False)
+    want = F.linear(F.avg_pool2d(out, 4).flatten(1), sd["linear.weight"], sd["linear.bias"])
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), want, rtol=1e-4, atol=1e-5)
+    # 64x64 keeps the 4x4 pool: a 2x2 map, 2048 features
+    assert create_model("resnet18", num_classes=200, image_size=64).linear.weight.shape \
+        == (200, 2048)
+    with pytest.raises(ValueError, match="too small for resnet18"):
+        create_model("resnet18", image_size=16)
+
+
+def test_preactresnet18_fastat_differs_from_the_lineage_as_the_benchmark_does():
+    """'preactresnet18-fastat' (the FastAT Benchmark's Tiny-ImageNet model,
+    models/preact_resnet.py): the lineage's keys without the final BatchNorm, the 1x1
+    projection on the pre-activated input, no ReLU before the pool, and the 8x8 average pool
+    of the 8x8 final map of a 64x64 image feeding a 512-wide classifier."""
+    torch.manual_seed(0)
+    m = _randomise_bn(create_model("preactresnet18-fastat", num_classes=200, image_size=64))
+    sd = m.state_dict()
+    assert list(sd) == [k for k in PREACTRESNET18_KEYS if not k.startswith("bn.")]
+    assert sd["linear.weight"].shape == (200, 512)
+    assert n_params(m) == 11_172_170 - 10 * 513 + 200 * 513 - 2 * 512
+    assert all(b.shortcut_from == "preact" for b in m.modules() if isinstance(b, PreActBlock))
+    feats = {}
+    m.layer4.register_forward_hook(lambda mod, i, o: feats.setdefault("layer4", o))
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        z = m(x)
+    h = feats["layer4"]
+    assert h.shape == (2, 512, 8, 8) and (h < 0).any()      # no ReLU: negatives are pooled
+    pooled = F.avg_pool2d(h, 8).flatten(1)
+    torch.testing.assert_close(z, F.linear(pooled, sd["linear.weight"], sd["linear.bias"]))
+    # smaller images pool their whole final map (the benchmark's fixed 8x8 pool would fail)
+    assert create_model("preactresnet18-fastat", image_size=32)(torch.rand(2, 3, 32, 32)).shape \
+        == (2, 10)
+
+
 def test_wrn_34_10_keys_shapes_params_and_forward():
     torch.manual_seed(0)
     m = create_model("wrn-34-10")
@@ -317,7 +411,7 @@ def test_small_cnn_keys_and_params():
 SHAPE_CASES = [
     (name, shape)
     for name in ("preactresnet18", "preactresnet18-preact-shortcut", "wrn-16-2", "resnet18-imagenet",
-                 "small-cnn", "small-cnn-32", "linear")
+                 "small-cnn", "small-cnn-32", "linear", "resnet18", "preactresnet18-fastat")
     for shape in ((1, 28, 28), (3, 32, 32), (3, 64, 64))
 ]
 

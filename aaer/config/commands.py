@@ -112,14 +112,19 @@ class EvalCommand:
 
 @dataclass
 class ReproduceCommand:
-    suite: str = setting(None, "aaer-cifar10, aaer-cifar100, co-fixture, or a .json/.toml "
-                         "suite file (a grid over datasets, models, methods, eps)",
+    suite: str = setting(None, "aaer-cifar10, aaer-cifar100, co-fixture, fastat-cifar10, "
+                         "fastat-cifar100, fastat-tinyimagenet (the FastAT Benchmark's "
+                         "protocol), or a .json/.toml suite file (a grid over datasets, "
+                         "models, methods, eps)",
                          positional=True, flag="SUITE", metavar="SUITE")
     out: str | None = setting(None, "suite directory", optional=True,
                               default_text="runs/<suite>")
-    seeds: int = setting(1, "seeds 0..N-1 for every run", type=int, low=1)
+    seeds: int | None = setting(None, "seeds 0..N-1 for every run", type=int, low=1,
+                                optional=True, default_text="3 for the fastat suites (the "
+                                "benchmark's seeds 0-2; 1 at --scale tiny), else 1")
     scale: str = setting("full", "shrink the suite (fewer epochs, a data subset, a small "
                          "model) to exercise the pipeline on a CPU", choices=SCALES)
+    tiny: bool = setting(False, "the same as --scale tiny", type=bool)
     jobs: int = setting(1, "runs at once on CPU (one per GPU on CUDA)", type=int, low=1)
     data_dir: str | None = like("data.data_dir", help="passed to every run",
                                 default_text="each run's default")

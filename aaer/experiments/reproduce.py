@@ -25,12 +25,13 @@ from aaer.config.resolve import resolve
 from aaer.config.schema import FLAT, SETTINGS
 from aaer.experiments.demo import CO_FIXTURE, FIXTURE_SETTINGS
 from aaer.errors import MissingFile, UsageError, require
+from aaer.experiments import fastat
 from aaer.io import atomic_write_bytes
 from aaer.methods.aaer import N_LAMBDAS, RS_LAMBDAS
 from aaer.reporting.report import write_report
 from aaer.runs import Row, RunDir, load_run
 
-BUILTIN_SUITES = ("aaer-cifar10", "aaer-cifar100", "co-fixture")
+BUILTIN_SUITES = ("aaer-cifar10", "aaer-cifar100", "co-fixture", *fastat.SUITES)
 # baselines the AAER paper compares against, at the same radii
 SUITE_BASELINES = ("rs-fgsm", "n-fgsm", "gradalign", "zerograd", "multigrad", "pgd")
 METHOD_LABELS = {"rs-fgsm": "RS-FGSM", "n-fgsm": "N-FGSM", "fgsm": "FGSM",
@@ -185,8 +186,16 @@ def user_suite(path: str) -> list[tuple[str, str, float, list[str]]]:
     return rows
 
 
+def default_seeds(suite: str, scale: str = "full") -> int:
+    """Seeds 0..N-1 when --seeds is not given: the FastAT suites' 3 (the benchmark's; 1 at
+    --scale tiny), else 1."""
+    return fastat.SEEDS if suite in fastat.SUITES and scale != "tiny" else 1
+
+
 def scale_flags(scale: str, suite: str) -> list[str]:
     """Flags that shrink a suite so the whole pipeline runs on a CPU."""
+    if suite in fastat.SUITES:
+        return fastat.scale_flags(scale, fastat.SUITES[suite])
     if scale == "full" or suite == "co-fixture" and scale == "small":
         return []
     if suite == "co-fixture":   # tiny: the fixture in a few epochs
@@ -225,6 +234,8 @@ def build_runs(suite: str, seeds: int, scale: str = "full", data_dir: str | None
         rows = aaer_suite("cifar100")
     elif suite == "co-fixture":
         rows = co_fixture_suite()
+    elif suite in fastat.SUITES:
+        rows = fastat.suite_rows(suite, scale)
     elif suite.endswith((".json", ".toml")) or os.path.sep in suite:
         rows = user_suite(suite)
     else:
@@ -436,6 +447,12 @@ def plot_robust_vs_eps(summary: list[dict], path: str) -> bool:
 
 
 def write_summary(suite: str, runs: list[SuiteRun], out_dir: str) -> dict:
+    if suite in fastat.SUITES:                 # beside the benchmark's published numbers
+        result = fastat.write_summary(suite, runs, out_dir)
+        run_dirs = [os.path.join(out_dir, r["run"]) for r in result["rows"]]
+        if run_dirs:
+            write_report(run_dirs, os.path.join(out_dir, "report"))
+        return result
     rows = collect(runs, out_dir)
     summary = summarize(rows)
     atomic_write_bytes(os.path.join(out_dir, "summary.md"),

@@ -9,6 +9,13 @@ passes: its CIFAR-10/100 and SVHN code applies the 1x1 projection shortcut to th
 raw input x, its Tiny-ImageNet code (like Wong et al.'s original) to relu(bn1(x)).
 `shortcut_from` selects between them: 'preactresnet18' builds the first,
 'preactresnet18-preact-shortcut' the second (use it for AAER's Tiny-ImageNet checkpoints).
+
+'preactresnet18-fastat' is the FastAT Benchmark's Tiny-ImageNet model
+(fzjcdt/FastAT_Benchmark ``models/preact_resnet.py``): the pre-activation shortcut, and
+NO final BatchNorm + ReLU (the last block's sum goes straight to the pool; no ``bn`` key),
+with an 8x8 average pool, i.e. the mean of the whole 8x8 final map of a 64x64 image, and a
+512-wide classifier. At other sizes aaer pools the whole final map too (the benchmark's
+fixed 8x8 pool would fail below 64 pixels).
 """
 from __future__ import annotations
 
@@ -51,14 +58,16 @@ def _conv3x3_out(size: int, stride: int) -> int:
 
 class PreActResNet18(nn.Module):
     def __init__(self, num_classes: int = 10, in_channels: int = 3, image_size: int = 32,
-                 shortcut_from: str = "input"):
+                 shortcut_from: str = "input", final_bn: bool = True):
         super().__init__()
         if shortcut_from not in _SHORTCUT_SOURCES:
             raise UsageError(f"shortcut_from must be one of {_SHORTCUT_SOURCES}, got {shortcut_from!r}")
+        self.final_bn = final_bn
         side = image_size
         for _ in range(3):  # layer2..layer4 halve the side
             side = _conv3x3_out(side, 2)
-        pooled = side // 4  # the lineage's fixed avg_pool2d(4)
+        # the lineage's fixed avg_pool2d(4); the FastAT variant pools the whole map
+        pooled = side // 4 if final_bn else 1
         if pooled < 1:
             raise UsageError(
                 f"image_size {image_size} is too small for preactresnet18: the final feature map is "
@@ -70,7 +79,7 @@ class PreActResNet18(nn.Module):
         self.layer2 = self._make_layer(128, stride=2, shortcut_from=shortcut_from)
         self.layer3 = self._make_layer(256, stride=2, shortcut_from=shortcut_from)
         self.layer4 = self._make_layer(512, stride=2, shortcut_from=shortcut_from)
-        self.bn = nn.BatchNorm2d(512)
+        self.bn = nn.BatchNorm2d(512) if final_bn else None
         # 512 for 32x32 inputs, 512*4 for Tiny-ImageNet's 64x64, as in the reference files
         self.linear = nn.Linear(512 * pooled * pooled, num_classes)
 
@@ -84,6 +93,8 @@ class PreActResNet18(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(x)
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        if not self.final_bn:
+            return self.linear(out.mean(dim=(2, 3)))
         out = F.relu(self.bn(out))
         out = F.avg_pool2d(out, 4)
         return self.linear(out.flatten(1))
@@ -97,3 +108,8 @@ def preactresnet18(num_classes: int = 10, in_channels: int = 3, image_size: int 
 @register_model("preactresnet18-preact-shortcut")
 def preactresnet18_preact_shortcut(num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> PreActResNet18:
     return PreActResNet18(num_classes, in_channels, image_size, shortcut_from="preact")
+
+
+@register_model("preactresnet18-fastat")
+def preactresnet18_fastat(num_classes: int = 10, in_channels: int = 3, image_size: int = 64) -> PreActResNet18:
+    return PreActResNet18(num_classes, in_channels, image_size, shortcut_from="preact", final_bn=False)
