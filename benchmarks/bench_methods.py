@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from aaer.methods import METHODS, StepContext, create_method  # noqa: E402
-from aaer.methods.base import Weights  # noqa: E402
+from aaer.methods.base import ExampleMemory, Weights  # noqa: E402
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
 
@@ -48,8 +48,17 @@ def bench_model(model_name, batch_size, repeats, device, names=tuple(METHODS)):
     methods = {name: create_method(name, 8 / 255) for name in names}
     opts = {name: torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
             for name in names}
-    # the loop's loans: the weights (LAP perturbs them and steps the optimiser inside its step)
-    ctxs = {name: StepContext(weights=Weights(model.net, opts[name])) for name in names}
+    # the loop's loans: the weights (LAP perturbs them and steps the optimiser inside its
+    # step), and per-example memory for the batch's examples (FGSM-PGI, FGSM-PCO, ...)
+    index = torch.arange(batch_size, device=device)
+
+    def memory(method):
+        spec = method.memory_spec(tuple(x.shape[1:]))
+        return ExampleMemory({k: torch.full((batch_size, *s.shape), s.fill, dtype=s.dtype,
+                                            device=device) for k, s in spec.items()}) \
+            if spec else None
+    ctxs = {name: StepContext(weights=Weights(model.net, opts[name]), index=index,
+                              memory=memory(methods[name])) for name in names}
     times = {name: [] for name in names}
 
     def minibatch(name):
@@ -78,13 +87,13 @@ def bench_model(model_name, batch_size, repeats, device, names=tuple(METHODS)):
     base_min = min(times["rs-fgsm"])
     print(f"\n{model_name}, batch {batch_size}, {device}, {torch.get_num_threads()} threads, "
           f"median (and min) of {repeats} round-robin repeats; x = relative to rs-fgsm")
-    print(f"{'method':<10} {'fwd':>4} {'bwd':>4} {'2bp':>4} {'replays':>7} {'s/step':>9} "
+    print(f"{'method':<12} {'fwd':>4} {'bwd':>4} {'2bp':>4} {'replays':>7} {'s/step':>9} "
           f"{'x step':>7} {'s/minibatch':>12} {'x minibatch':>12} {'min s/mb':>9} "
           f"{'x (min)':>8}")
     for name, m in methods.items():
         c = m.cost()
         per_step = med[name] / m.replays
-        print(f"{name:<10} {c.forward:>4} {c.backward:>4} {'yes' if c.double_backprop else '':>4} "
+        print(f"{name:<12} {c.forward:>4} {c.backward:>4} {'yes' if c.double_backprop else '':>4} "
               f"{m.replays:>7} {per_step:>9.4f} {per_step / base:>7.2f} {med[name]:>12.4f} "
               f"{med[name] / base:>12.2f} {min(times[name]):>9.4f} "
               f"{min(times[name]) / base_min:>8.2f}")
