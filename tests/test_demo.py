@@ -178,3 +178,68 @@ def test_demo_with_rollback_says_what_the_rollback_did(tmp_path, monkeypatch):
     assert text.rstrip().splitlines()[-3:] == res["verdict"]
     mon = load_run(str(tmp_path / "demo" / "rs-fgsm-rollback")).results["monitor"]
     assert mon["probe"]["on_co"] == "rollback" and mon["rescued"]
+
+
+DEMO_PARENT = """
+import sys, torch
+sys.path.insert(0, {root!r})
+import aaer.experiments.demo as demo
+from aaer.data.datasets import Dataset
+g = torch.Generator().manual_seed(0)
+img = lambda n: torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8, generator=g)
+lab = lambda n: torch.randint(0, 10, (n,), generator=g)
+demo.CO_FIXTURE.update(n_train=128, probe_n=40, n_eval=40)
+data = Dataset("fashion-mnist", img(160), lab(160), img(80), lab(80),
+               [str(i) for i in range(10)], (0.286,), (0.353,), source="stand-in")
+demo.run_demo({out!r}, epochs=500, jobs=2, threads=1, data=data, progress=False)
+"""
+
+
+def _children(pid):
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(d))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+@pytest.mark.timeout(120)
+def test_the_demos_workers_end_when_the_demo_is_killed(tmp_path):
+    """A demo killed outright (SIGKILL: no chance to clean up) leaves no worker training on:
+    each worker watches its parent and exits within seconds (before this, killed test runs
+    left workers training for tens of minutes)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    parent = subprocess.Popen([sys.executable, "-c", DEMO_PARENT.format(
+        root=root, out=str(tmp_path / "demo"))], stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    workers = []
+    while time.time() < deadline and len(workers) < 2:
+        time.sleep(0.5)
+        workers = [c for c in _children(parent.pid)
+                   if "spawn_main" in open(f"/proc/{c}/cmdline").read()]
+    assert len(workers) == 2, "the demo's two workers did not start"
+    while not (tmp_path / "demo" / "rs-fgsm" / "metrics.jsonl").exists() and \
+            time.time() < deadline:
+        time.sleep(0.5)                       # the workers are training
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    t0 = time.time()
+    while time.time() - t0 < 20 and any(os.path.exists(f"/proc/{w}") and
+                                         open(f"/proc/{w}/stat").read().split()[2] != "Z"
+                                         for w in workers):
+        time.sleep(0.5)
+    alive = [w for w in workers if os.path.exists(f"/proc/{w}")
+             and open(f"/proc/{w}/stat").read().split()[2] != "Z"]
+    for w in alive:
+        os.kill(w, signal.SIGKILL)
+    assert not alive, f"workers {alive} outlived their demo"

@@ -152,9 +152,23 @@ def verdict(runs) -> list[str]:
         [rollback_line(r, runs) for r in runs if r.on_co == "rollback"]
 
 
-def _fit_worker(cfg: RunConfig, data, threads: int) -> dict[str, Any]:
+def _exit_with(parent: int) -> None:
+    """End this worker process when ``parent`` is gone: a demo killed in the middle (a
+    signal, a test's timeout) must not leave its workers training on (the run resumes from
+    its last checkpoint)."""
+    import threading
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _fit_worker(cfg: RunConfig, data, threads: int, parent: int) -> dict[str, Any]:
     """Train one fixture run in a worker process (its log goes to train.log only)."""
     import torch
+    _exit_with(parent)
     torch.set_num_threads(threads)
     sys.stderr = open(os.devnull, "w")
     if data is None:
@@ -216,7 +230,7 @@ def train_side_by_side(cfgs, data, jobs: int, threads: int, stream) -> None:
     for run in printer.runs.values():   # a stale metrics.jsonl must not be reported as progress
         run.start()
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(_fit_worker, c, data, threads) for c in cfgs]
+        futures = [pool.submit(_fit_worker, c, data, threads, os.getpid()) for c in cfgs]
         while not all(f.done() for f in futures):
             time.sleep(1.0)
             printer()
