@@ -183,7 +183,8 @@ def cmd_reproduce(a) -> int:
                              "valid: one of the two")
         scale = "tiny"
     seeds = rp.default_seeds(a.suite, scale) if a.seeds is None else a.seeds
-    runs = rp.build_runs(a.suite, seeds, scale, a.data_dir, extra)
+    methods = [m.strip() for m in a.methods.split(",") if m.strip()] if a.methods else None
+    runs = rp.build_runs(a.suite, seeds, scale, a.data_dir, extra, methods)
     rp.check_runs(runs, out)
     if a.dry_run:
         print("\n".join(rp.dry_run_lines(runs, out)))

@@ -17,6 +17,7 @@ from aaer.cli import main
 from aaer.config.flags import request_from_argv
 from aaer.config.resolve import resolve
 from aaer.config.schema import FLAT
+from aaer.errors import UsageError
 from aaer.experiments import fastat
 from aaer.experiments import reproduce as rp
 from aaer.runs import RunDir
@@ -355,10 +356,13 @@ def test_tiny_suite_end_to_end(tmp_path, capsys):
     argv = ["reproduce", "fastat-cifar10", "--tiny", "--out", str(out), "--data-dir",
             str(data), "--jobs", "2"]
     assert main(argv + ["--dry-run"]) == 0
-    assert len(capsys.readouterr().out.strip().splitlines()) == 5
+    assert len(capsys.readouterr().out.strip().splitlines()) == len(fastat.TINY)
+    # two of the tiny suite's methods (the pipeline is the same for each; CI's time is not):
+    # one with label smoothing and weight averaging, one without either (PGD-AT)
+    argv += ["--methods", "FGSM-RS,PGD-AT"]
     assert main(argv) == 0
     rows = {r["method"]: r for r in csv.DictReader(open(out / "summary.csv"))}
-    assert list(rows) == list(fastat.TINY)
+    assert list(rows) == ["FGSM-RS", "PGD-AT"]
     for r in rows.values():
         assert r["seeds"] == "1" and 0 <= float(r["selected_autoattack_mean"]) <= 100
         assert float(r["device_hours_mean"]) > 0
@@ -366,3 +370,14 @@ def test_tiny_suite_end_to_end(tmp_path, capsys):
         fastat.published()["results"]["cifar10"]["fgsm_rs"]["autoattack_acc"]["mean"]
     md = (out / "summary.md").read_text()
     assert "do not follow the benchmark's protocol" in md and "--epochs 1 (protocol 100)" in md
+
+
+def test_methods_picks_runs_of_a_suite_by_label():
+    """--methods keeps the runs of the named methods (labels as the summary shows them, any
+    case) and refuses a label the suite does not have, naming the valid ones."""
+    from aaer.experiments.reproduce import build_runs
+    runs = build_runs("fastat-cifar10", 2, methods=["fgsm-rs", "LIET"])
+    assert sorted({r.label for r in runs}) == ["FGSM-RS", "LIET"] and len(runs) == 4
+    with pytest.raises(UsageError, match=r"--methods nope: not in suite fastat-cifar10; "
+                                         r"valid: .*FGSM-PGI"):
+        build_runs("fastat-cifar10", 1, methods=["nope"])

@@ -122,6 +122,9 @@ class ReproduceCommand:
     seeds: int | None = setting(None, "seeds 0..N-1 for every run", type=int, low=1,
                                 optional=True, default_text="3 for the fastat suites (the "
                                 "benchmark's seeds 0-2; 1 at --scale tiny), else 1")
+    methods: str | None = setting(None, "only these methods of the suite: a comma list of the "
+                                  "labels its summary shows (e.g. RS-AAER,FGSM-PGI)",
+                                  optional=True, metavar="LABELS", default_text="all")
     scale: str = setting("full", "shrink the suite (fewer epochs, a data subset, a small "
                          "model) to exercise the pipeline on a CPU", choices=SCALES)
     tiny: bool = setting(False, "the same as --scale tiny", type=bool)

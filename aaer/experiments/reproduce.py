@@ -223,7 +223,10 @@ def _override(flags: list[str], extra: list[str]) -> list[str]:
 
 
 def build_runs(suite: str, seeds: int, scale: str = "full", data_dir: str | None = None,
-               extra: list[str] | None = None) -> list[SuiteRun]:
+               extra: list[str] | None = None, methods: list[str] | None = None
+               ) -> list[SuiteRun]:
+    """The runs of ``suite`` for seeds 0..seeds-1; ``methods``: only the runs whose method
+    label (as the summary shows it, e.g. RS-AAER) is one of these, in any case."""
     if seeds < 1:
         raise UsageError(f"--seeds must be >= 1, got {seeds}")
     if scale not in SCALES:
@@ -241,6 +244,14 @@ def build_runs(suite: str, seeds: int, scale: str = "full", data_dir: str | None
     else:
         raise UsageError(f"unknown suite {suite!r}; built-in: {', '.join(BUILTIN_SUITES)}, "
                          "or a path to a .json/.toml suite file")
+    if methods:
+        labels = {label.lower() for _, label, _, _ in rows}
+        unknown = sorted(m for m in methods if m.lower() not in labels)
+        if unknown:
+            raise UsageError(f"--methods {','.join(unknown)}: not in suite {suite}; valid: "
+                             f"{', '.join(sorted({label for _, label, _, _ in rows}))}")
+        wanted = {m.lower() for m in methods}
+        rows = [r for r in rows if r[1].lower() in wanted]
     tail = scale_flags(scale, suite) + (["--data-dir", data_dir] if data_dir else []) + \
         list(extra or [])
     runs = []
