@@ -57,8 +57,10 @@ CONFIG_FORMAT = "aaer-run/2"
 CHECKPOINT_FORMAT = "aaer-checkpoint/1"
 STATES = ("empty", "interrupted", "finished")
 # what an aaer 0.1 config.json holds besides the flat settings
-_LEGACY_EXTRAS = ("method_resolved", "data", "model_params", "iters_per_epoch", "total_steps",
-                  "environment", "performance")
+# what config.json records beside the settings (what they built): the trainer writes these,
+# and a flat (aaer 0.1 style) config.json is read without them
+BUILT_KEYS = ("method_resolved", "data", "model_params", "model_input", "iters_per_epoch",
+              "total_steps", "environment", "performance")
 
 
 class Row:
@@ -234,6 +236,9 @@ class RunDir:
         return cfg
 
     def write_config(self, cfg: RunConfig, built: dict[str, Any]) -> None:
+        unnamed = sorted(set(built) - set(BUILT_KEYS))
+        if unnamed:     # a record only BUILT_KEYS names would be read back as a setting
+            raise TypeError(f"config.json records {unnamed} not named in runs.BUILT_KEYS")
         atomic_write_json(self.file(CONFIG), {**settings_record(cfg), **built})
 
     # -- metrics, probes, results --------------------------------------------------------
@@ -398,7 +403,7 @@ def read_checkpoint(path: str, *, complete: bool = True) -> dict[str, Any]:
 def legacy_settings(flat: dict[str, Any]) -> RunConfig:
     """The resolved run of an aaer 0.1 config.json (or checkpoint config): its flat settings
     were already resolved; settings it predates take their defaults."""
-    keep = {k: v for k, v in flat.items() if k not in _LEGACY_EXTRAS}
+    keep = {k: v for k, v in flat.items() if k not in BUILT_KEYS}
     keep.setdefault("method", "n-aaer")           # aaer 0.1's TrainConfig default
     cfg = from_flat(keep, source=Source("aaer 0.1 config.json", Source.RECORDED))
     for path, s, v in cfg.items():
