@@ -98,7 +98,8 @@ METHOD_LINES = {'fgsm': ['fgsm         fwd 2 bwd 2  FGSM-AT: zero start, step ep
 MODELS = ('linear', 'preactresnet18', 'preactresnet18-fastat', 'preactresnet18-preact-shortcut',
  'resnet18', 'resnet18-imagenet', 'small-cnn', 'small-cnn-32', 'wrn-28-10', 'wrn-34-10')
 
-MODEL_FAMILIES = ('wrn-<depth>-<widen> (depth = 6n+4)', 'timm:<name> (a timm architecture; pip install timm)',
+MODEL_FAMILIES = ('preactresnet18-w<W> (first-stage width W; 64 is preactresnet18)',
+ 'wrn-<depth>-<widen> (depth = 6n+4)', 'timm:<name> (a timm architecture; pip install timm)',
  'package.module:factory (your own callable)')
 
 NORMALIZATIONS = ('dataset', 'none', 'imagenet')

@@ -630,3 +630,30 @@ def test_checkpoint_container_is_explained():
         load_state_dict_into(create_model("small-cnn"), state)
     with pytest.raises(ValueError, match="got list"):
         load_state_dict_into(create_model("small-cnn"), [1, 2])
+
+
+def test_preactresnet18_width_family():
+    """preactresnet18-w<W> is PreActResNet-18 with W first-stage channels: w64 has the very
+    keys and shapes of preactresnet18 (a width applied to one stage only, or to the shortcut
+    but not the block, would not), and w4's parameter count is the closed form of the
+    network at width 4."""
+    import torch
+    full = create_model("preactresnet18").state_dict()
+    w64 = create_model("preactresnet18-w64").state_dict()
+    assert {k: v.shape for k, v in full.items()} == {k: v.shape for k, v in w64.items()}
+    m = create_model("preactresnet18-w4", num_classes=10)
+    w = 4
+    convs = 3 * 9 * w                                      # stem
+    bns = 0
+    cin = w
+    for planes in (w, 2 * w, 4 * w, 8 * w):
+        for b in range(2):
+            convs += cin * planes * 9 + planes * planes * 9 + (cin * planes if cin != planes else 0)
+            bns += 2 * (cin + planes)
+            cin = planes
+    expected = convs + bns + 2 * 8 * w + 8 * w * 10 + 10   # final bn, linear
+    assert sum(p.numel() for p in m.parameters()) == expected
+    assert m(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    from aaer.errors import UsageError
+    with pytest.raises(UsageError, match="positive"):
+        create_model("preactresnet18-w0")

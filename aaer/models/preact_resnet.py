@@ -16,6 +16,10 @@ NO final BatchNorm + ReLU (the last block's sum goes straight to the pool; no ``
 with an 8x8 average pool, i.e. the mean of the whole 8x8 final map of a 64x64 image, and a
 512-wide classifier. At other sizes aaer pools the whole final map too (the benchmark's
 fixed 8x8 pool would fail below 64 pixels).
+
+'preactresnet18-w<W>' is the same network (the 'preactresnet18' block) with W channels in
+its first stage instead of 64 (then 2W, 4W, 8W): PreActResNet-18 scaled down for the CPU,
+as the CIFAR-10 CO fixture uses it; 'preactresnet18-w64' is 'preactresnet18'.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from aaer.errors import UsageError
-from .registry import register_model
+from .registry import register_model, register_model_family
 
 _SHORTCUT_SOURCES = ("input", "preact")
 
@@ -58,7 +62,7 @@ def _conv3x3_out(size: int, stride: int) -> int:
 
 class PreActResNet18(nn.Module):
     def __init__(self, num_classes: int = 10, in_channels: int = 3, image_size: int = 32,
-                 shortcut_from: str = "input", final_bn: bool = True):
+                 shortcut_from: str = "input", final_bn: bool = True, width: int = 64):
         super().__init__()
         if shortcut_from not in _SHORTCUT_SOURCES:
             raise UsageError(f"shortcut_from must be one of {_SHORTCUT_SOURCES}, got {shortcut_from!r}")
@@ -73,15 +77,16 @@ class PreActResNet18(nn.Module):
                 f"image_size {image_size} is too small for preactresnet18: the final feature map is "
                 f"{side}x{side}, smaller than its 4x4 average pool; use image_size >= 25"
             )
-        self.in_planes = 64
-        self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
-        self.layer1 = self._make_layer(64, stride=1, shortcut_from=shortcut_from)
-        self.layer2 = self._make_layer(128, stride=2, shortcut_from=shortcut_from)
-        self.layer3 = self._make_layer(256, stride=2, shortcut_from=shortcut_from)
-        self.layer4 = self._make_layer(512, stride=2, shortcut_from=shortcut_from)
-        self.bn = nn.BatchNorm2d(512) if final_bn else None
+        w = width
+        self.in_planes = w
+        self.conv1 = nn.Conv2d(in_channels, w, kernel_size=3, stride=1, padding=1, bias=False)
+        self.layer1 = self._make_layer(w, stride=1, shortcut_from=shortcut_from)
+        self.layer2 = self._make_layer(2 * w, stride=2, shortcut_from=shortcut_from)
+        self.layer3 = self._make_layer(4 * w, stride=2, shortcut_from=shortcut_from)
+        self.layer4 = self._make_layer(8 * w, stride=2, shortcut_from=shortcut_from)
+        self.bn = nn.BatchNorm2d(8 * w) if final_bn else None
         # 512 for 32x32 inputs, 512*4 for Tiny-ImageNet's 64x64, as in the reference files
-        self.linear = nn.Linear(512 * pooled * pooled, num_classes)
+        self.linear = nn.Linear(8 * w * pooled * pooled, num_classes)
 
     def _make_layer(self, planes: int, stride: int, shortcut_from: str) -> nn.Sequential:
         blocks = []
@@ -113,3 +118,12 @@ def preactresnet18_preact_shortcut(num_classes: int = 10, in_channels: int = 3, 
 @register_model("preactresnet18-fastat")
 def preactresnet18_fastat(num_classes: int = 10, in_channels: int = 3, image_size: int = 64) -> PreActResNet18:
     return PreActResNet18(num_classes, in_channels, image_size, shortcut_from="preact", final_bn=False)
+
+
+@register_model_family(r"^preactresnet18-w(\d+)$", "preactresnet18-w<W> (first-stage width W; 64 is preactresnet18)")
+def _preactresnet18_width(match, num_classes: int = 10, in_channels: int = 3,
+                          image_size: int = 32) -> PreActResNet18:
+    width = int(match.group(1))
+    if width < 1:
+        raise UsageError(f"preactresnet18-w<W>: W must be a positive integer, got {width}")
+    return PreActResNet18(num_classes, in_channels, image_size, width=width)
