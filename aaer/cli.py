@@ -237,12 +237,12 @@ def cmd_report(a) -> int:
 
 
 def cmd_demo(a) -> int:
-    from aaer.experiments.demo import DEMO_SEED, run_demo
+    from aaer.experiments.demo import run_demo
     data_dir = a.data_dir
-    if a.download and data_dir is None:
+    if a.download and data_dir is None and a.fixture == "fashion-mnist":
         data_dir = os.path.join("data", "fashion-mnist")
-    run_demo(a.out_dir, data_dir, a.download, DEMO_SEED if a.seed is None else a.seed,
-             progress=a.progress, jobs=a.jobs, threads=a.threads, rollback=a.rollback)
+    run_demo(a.out_dir, data_dir, a.download, a.seed, progress=a.progress, jobs=a.jobs,
+             threads=a.threads, rollback=a.rollback, fixture=a.fixture)
     return 0
 
 
@@ -255,9 +255,11 @@ HELP = {
     "export": ("write a finished run's weights as safetensors + JSON", None),
     "report": ("report.md and plots comparing run directories", None),
     "demo": ("see catastrophic overfitting on a CPU in minutes (RS-FGSM vs RS-AAER on "
-             "Fashion-MNIST)", "Train the CO fixture (Fashion-MNIST, small CNN, eps 70/255) "
-             "with RS-FGSM and RS-AAER, one seed each, then write report.md and plots to "
-             "--out-dir and print whether CO happened, in which run."),
+             "Fashion-MNIST, or CIFAR-10 with --fixture cifar10)", "Train a CO fixture "
+             "(Fashion-MNIST, small CNN, eps 70/255; or --fixture cifar10: CIFAR-10 JPEG, "
+             "PreActResNet-18 at width 4, eps 16/255) with RS-FGSM and RS-AAER, one seed "
+             "each, then write report.md and plots to --out-dir and print whether CO "
+             "happened, in which run."),
     "config": ("show a run's resolved settings and their sources (a recipe for --config)",
                None),
 }

@@ -32,7 +32,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from aaer.experiments.reproduce import METHOD_LABELS, fixture_flags  # noqa: E402
+from aaer.experiments.reproduce import FIXTURE_SUITES, METHOD_LABELS, fixture_flags  # noqa: E402
 
 METHODS = (("fgsm", "FGSM"), ("rs-fgsm", "RS-FGSM"), ("n-fgsm", "N-FGSM"),
            ("rs-aaer", "RS-AAER"), ("n-aaer", "N-AAER"))
@@ -58,6 +58,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs", help="parent of co-warn/, co-rollback/, co-grid/")
     p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--fixture", default="fashion-mnist", choices=sorted(FIXTURE_SUITES.values()),
+                   help="which CO fixture (runs are named <suite>_<METHOD>_s<seed>, as by aaer "
+                   "reproduce co-fixture / co-fixture-cifar10)")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--threads", type=int, help="torch threads per run (default: cores / jobs)")
     p.add_argument("--no-grid", action="store_true")
@@ -78,13 +81,14 @@ def main() -> int:
             p.error(f"unknown grid point(s) {', '.join(unknown)}; valid: "
                     + ", ".join(f"{lab}={l3}" for _, lab, l3 in GRID))
     aaer = [sys.executable, "-m", "aaer"]          # as aaer reproduce starts its runs
+    suite = {f: name for name, f in FIXTURE_SUITES.items()}[a.fixture]
 
     def job(kind, method, label, seed, extra=()):
         sub = {"warn": "co-warn", "rollback": "co-rollback", "grid": "co-grid"}[kind]
-        name = f"co-fixture_{label}_s{seed}" if kind != "grid" else \
+        name = f"{suite}_{label}_s{seed}" if kind != "grid" else \
             f"{label}_l3-{extra[1]}_s{seed}"
         d = os.path.join(a.out, sub, name)
-        argv = [*aaer, "train", *fixture_flags(method), *extra, "--seed", str(seed),
+        argv = [*aaer, "train", *fixture_flags(method, a.fixture), *extra, "--seed", str(seed),
                 "--out-dir", d, "--no-progress"]
         return d, argv, (kind, method, label, seed)
 

@@ -112,7 +112,7 @@ def test_cli_demo_rejects_bad_jobs(capsys):
 def test_cli_demo_download_goes_to_a_data_folder(monkeypatch, tmp_path, capsys):
     seen = []
 
-    def fake(data_dir, download):           # what the real download raises without a network
+    def fake(data_dir, download, fixture="fashion-mnist"):           # what the real download raises without a network
         seen.append((data_dir, download))
         raise DownloadFailed("no network here")
 

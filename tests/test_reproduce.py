@@ -108,7 +108,10 @@ def test_tiny_user_suite_end_to_end(tmp_path, capsys):
 
 def test_co_fixture_suite_and_co_flag_from_the_monitor(tmp_path):
     runs = rp.build_runs("co-fixture", seeds=2)
-    assert [r.label for r in runs[::2]] == ["FGSM", "RS-FGSM", "N-FGSM", "RS-AAER", "N-AAER"]
+    from aaer.methods import METHODS
+    # every method: the first table's five first, then the others as registered
+    assert [r.label for r in runs[::2]][:5] == ["FGSM", "RS-FGSM", "N-FGSM", "RS-AAER", "N-AAER"]
+    assert sorted(r.label for r in runs[::2]) == sorted(rp.METHOD_LABELS[m] for m in METHODS)
     f = _flags(runs[0].argv("o"))
     from aaer.experiments.demo import CO_FIXTURE
     assert f["--dataset"] == "fashion-mnist" and float(f["--epsilon"]) == CO_FIXTURE["epsilon"]
@@ -125,6 +128,21 @@ def test_co_fixture_suite_and_co_flag_from_the_monitor(tmp_path):
     # a run without a monitor summary: the metrics rows' co_flag fields
     rows = [{"epoch": 0, "co_flag": False}, {"epoch": 1, "co_flag": True, "co_epoch": 0}]
     assert flag({}, rows) == (True, 0)
+
+
+def test_the_cifar10_fixture_suite(tmp_path):
+    """co-fixture-cifar10: every method on the CIFAR-10 fixture's settings (its model, eps,
+    epochs), on the JPEG copy beside the checkout; the tiny scale shrinks it."""
+    from aaer.experiments.demo import CIFAR10_FIXTURE
+    runs = rp.build_runs("co-fixture-cifar10", seeds=1, methods=["RS-FGSM", "RS-AAER"])
+    assert [r.name for r in runs] == ["co-fixture-cifar10_RS-FGSM_s0",
+                                      "co-fixture-cifar10_RS-AAER_s0"]
+    f = _flags(runs[0].argv("o"))
+    assert f["--model"] == CIFAR10_FIXTURE["model"] == "preactresnet18-w4"
+    assert float(f["--epsilon"]) == 16 and f["--epochs"] == "15" and f["--dataset"] == "imagefolder"
+    assert f["--data-dir"].endswith("cifar10-jpeg.zip")
+    tiny = _flags(rp.build_runs("co-fixture-cifar10", seeds=1, scale="tiny")[0].argv("o"))
+    assert tiny["--epochs"] == "2" and tiny["--n-train"] == "2000"
 
 
 def test_summary_lists_each_runs_trajectory(tmp_path):

@@ -173,15 +173,21 @@ class ReproduceCommand:
 
 @dataclass
 class DemoCommand:
+    fixture: str = setting("fashion-mnist", "which CO fixture: fashion-mnist (small CNN, eps "
+                           "70/255, about 4 minutes) or cifar10 (real images: PreActResNet-18 "
+                           "at width 4, eps 16/255, about 10 minutes)",
+                           choices=("fashion-mnist", "cifar10"))
     out_dir: str = setting("runs/demo", "where the runs and the report go")
-    data_dir: str | None = setting(None, "folder with the Fashion-MNIST .gz files",
+    data_dir: str | None = setting(None, "folder with the Fashion-MNIST .gz files; for "
+                                   "--fixture cifar10 a CIFAR-10 image folder or .zip",
                                    optional=True,
-                                   default_text="Debian's /usr/share/datasets/fashion-mnist")
+                                   default_text="Debian's /usr/share/datasets/fashion-mnist; "
+                                   "cifar10: ../shared/datasets/cifar10-jpeg.zip")
     download: bool = setting(False, "download Fashion-MNIST (MD5-checked) into --data-dir if "
                              "it is not there", type=bool)
     seed: int | None = like("optim.seed", default=None, optional=True, help="seed of both runs",
-                            default_text="the fixture's demo seed, 2; the README's table has "
-                            "seeds 0-9")
+                            default_text="the fixture's demo seed: 2 (fashion-mnist; the "
+                            "README's table has seeds 0-9), 0 (cifar10)")
     jobs: int | None = setting(None, "runs trained side by side in separate processes",
                                type=int, low=1, optional=True,
                                default_text="one per run, at most one per CPU core")

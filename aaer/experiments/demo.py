@@ -1,16 +1,25 @@
-"""The CPU-scale catastrophic-overfitting fixture and ``aaer demo``.
+"""The CPU-scale catastrophic-overfitting fixtures and ``aaer demo``.
 
-The fixture (``CO_FIXTURE``) is a setting in which single-step adversarial training
-overfits catastrophically within minutes on a 2-core CPU: Fashion-MNIST (the first
-10,000 training images), the 16-channel ``small-cnn``, eps 70/255 (0.275), 10 epochs
-of batch 64 with a cyclic lr 0 -> 0.2 -> 0, and the CO monitor probing PGD-10 and FGSM
-accuracy on the first 500 test points after every epoch. ``co_fixture_config`` turns
-it into a resolved run for any method (through aaer.config.resolve, as every door);
-AAER's lambdas follow the project's published-value rule (the CIFAR-10 entry at the
-nearest eps, here eps 32/255), fixed before any seed was looked at.
+A fixture is a setting in which single-step adversarial training overfits catastrophically
+within minutes on a 2-core CPU, with the CO monitor probing PGD-10 and FGSM accuracy on the
+first 500 test points after every epoch:
 
-``aaer demo`` trains RS-FGSM and RS-AAER on it (one seed each), writes report.md and the
-plots, and prints a two-line verdict; with ``rollback`` also RS-FGSM with
+- ``CO_FIXTURE`` (the default, ``--fixture fashion-mnist``): Fashion-MNIST (the first 10,000
+  training images), the 16-channel ``small-cnn``, eps 70/255 (0.275), 10 epochs of batch 64
+  with a cyclic lr 0 -> 0.2 -> 0;
+- ``CIFAR10_FIXTURE`` (``--fixture cifar10``): real images, the AAER paper's CIFAR-10 recipe
+  scaled down: the CIFAR-10 JPEG copy (the first 10,000 training images of its fixed
+  class-mixed order), PreActResNet-18 at width 4 (``preactresnet18-w4``), eps 16/255, 15
+  epochs of batch 128, cyclic lr 0 -> 0.2 -> 0, crop + flip (found by
+  ``benchmarks/cifar10_fixture_search.py``; README).
+
+``co_fixture_config`` turns a fixture into a resolved run for any method (through
+aaer.config.resolve, as every door); AAER's lambdas follow the project's published-value
+rule (the CIFAR-10 entry at the nearest eps: eps 32/255 for Fashion-MNIST, eps 16/255 for
+the CIFAR-10 fixture), fixed before any seed was looked at.
+
+``aaer demo`` trains RS-FGSM and RS-AAER on a fixture (one seed each), writes report.md and
+the plots, and prints a two-line verdict; with ``rollback`` also RS-FGSM with
 ``--on-co rollback``, and a third line saying what the rollback did.
 """
 from __future__ import annotations
@@ -53,11 +62,39 @@ CO_FIXTURE: dict[str, Any] = {
     "n_eval": None,
 }
 
+CIFAR10_FIXTURE: dict[str, Any] = {
+    "name": "co-fixture-cifar10",
+    "description": ("CIFAR-10 (JPEG q75), first 10000 training images of the fixed class-mixed "
+                    "order, preactresnet18-w4 (PreActResNet-18 at width 4), eps 16/255, 15 "
+                    "epochs, batch 128, SGD 0.9 / 5e-4, cyclic lr 0 -> 0.2 -> 0 peaking at 1/2, "
+                    "random crop (pad 4) + flip; per-epoch CO probe PGD-10 (step eps/4) + FGSM "
+                    "on the first 500 test points; final evaluation PGD-10-1 on the first 1000 "
+                    "test points (protocol 'quick'). AAER lambdas: the published CIFAR-10 "
+                    "eps-16 entry."),
+    "dataset": "imagefolder",
+    "n_train": 10000,
+    "model": "preactresnet18-w4",
+    "epsilon": 16.0,
+    "epochs": 15,
+    "batch_size": 128,
+    "lr_max": 0.2,
+    "lr_peak": 0.5,
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "probe_n": 500,
+    "probe_steps": 10,
+    "eval_protocol": "quick",
+    "n_eval": 1000,
+}
+
+FIXTURES = {"fashion-mnist": CO_FIXTURE, "cifar10": CIFAR10_FIXTURE}
+
 DEMO_METHODS = ("rs-fgsm", "rs-aaer")
-# RS-FGSM is flagged in 8 of the fixture table's 10 seeds (README); with seed 2 it is at
-# epoch 6 or 7 (the CPU decides), mid-run, so the demo's story does not hang on the last
-# probes; RS-AAER is not flagged there, and one rollback rescues RS-FGSM.
+# Fashion-MNIST: RS-FGSM is flagged in 8 of the fixture table's 10 seeds (README); with seed
+# 2 it is at epoch 6 or 7 (the CPU decides), mid-run, so the demo's story does not hang on
+# the last probes; RS-AAER is not flagged there, and one rollback rescues RS-FGSM.
 DEMO_SEED = 2
+DEMO_SEEDS = {"fashion-mnist": DEMO_SEED, "cifar10": 0}
 ROLLBACK_SUFFIX = "-rollback"     # the rollback run's folder: <out_dir>/<method>-rollback
 
 
@@ -66,11 +103,20 @@ FIXTURE_SETTINGS = ("dataset", "n_train", "model", "epsilon", "epochs", "batch_s
                     "eval_protocol", "n_eval")
 
 
+def fixture_named(name: str) -> dict[str, Any]:
+    if name not in FIXTURES:
+        raise UsageError(f"unknown --fixture {name!r}; valid: {', '.join(FIXTURES)}")
+    return FIXTURES[name]
+
+
 def co_fixture_request(method: str, seed: int, out_dir: str, data_dir=None,
-                       **changes) -> RunConfig:
+                       fixture: str = "fashion-mnist", **changes) -> RunConfig:
     """The fixture as a run request for ``method`` and ``seed`` writing to ``out_dir``;
     ``changes``: more flat settings (e.g. epochs=2), which win over the fixture's."""
-    request = from_flat({k: CO_FIXTURE[k] for k in FIXTURE_SETTINGS}, source="co-fixture")
+    spec = fixture_named(fixture)
+    request = from_flat({k: spec[k] for k in FIXTURE_SETTINGS}, source=spec["name"])
+    if data_dir is None and fixture == "cifar10":
+        data_dir = cifar10_jpeg()
     run = from_flat({"method": method, "seed": seed, "out_dir": out_dir, "device": "cpu",
                      "data_dir": data_dir, **changes})
     for path, v in run.given().items():       # explicit: they win over the fixture's
@@ -80,12 +126,33 @@ def co_fixture_request(method: str, seed: int, out_dir: str, data_dir=None,
 
 
 def co_fixture_config(method: str, seed: int, out_dir: str, data_dir=None,
-                      **changes) -> RunConfig:
+                      fixture: str = "fashion-mnist", **changes) -> RunConfig:
     """The fixture's resolved run (see ``co_fixture_request``)."""
     from aaer.methods import METHODS
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
-    return resolve(co_fixture_request(method, seed, out_dir, data_dir, **changes))
+    return resolve(co_fixture_request(method, seed, out_dir, data_dir, fixture, **changes))
+
+
+# where a checkout of the project finds the CIFAR-10 JPEG copy (../shared beside it)
+CIFAR10_JPEG_PLACES = (os.path.join("..", "shared", "datasets", "cifar10-jpeg.zip"),
+                       os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+                           os.path.abspath(__file__)))), "..", "shared", "datasets",
+                           "cifar10-jpeg.zip"))
+
+CIFAR10_HELP = ("the CIFAR-10 fixture needs CIFAR-10 as an image folder: pass --data-dir with a "
+                "folder or .zip holding train/<class>/*.jpg|png and test/<class>/ (the fixture's "
+                "numbers are on the JPEG q75 copy, cifar10-jpeg.zip; another copy of CIFAR-10 "
+                "gives other numbers); not found at {places}")
+
+
+def cifar10_jpeg() -> str:
+    """The CIFAR-10 JPEG copy beside a checkout, or MissingFile saying what to pass."""
+    for place in CIFAR10_JPEG_PLACES:
+        if os.path.exists(place):
+            return os.path.realpath(place)
+    raise MissingFile(CIFAR10_HELP.format(places=" or ".join(
+        os.path.normpath(os.path.abspath(p)) for p in CIFAR10_JPEG_PLACES)))
 
 
 DATA_HELP = """Fashion-MNIST was not found{where}.
@@ -100,9 +167,14 @@ Get it in one of three ways:
 ({error})"""
 
 
-def load_fixture_data(data_dir=None, download: bool = False):
-    """Fashion-MNIST for the fixture; MissingFile with the three ways to get it."""
+def load_fixture_data(data_dir=None, download: bool = False, fixture: str = "fashion-mnist"):
+    """The fixture's data set; MissingFile saying how to get it."""
     from aaer.data import load_dataset
+    if fixture == "cifar10":
+        if download:
+            raise UsageError("--download is for the Fashion-MNIST fixture; the CIFAR-10 "
+                             "fixture reads an image folder given by --data-dir")
+        return load_dataset(CIFAR10_FIXTURE["dataset"], data_dir or cifar10_jpeg())
     try:
         return load_dataset(CO_FIXTURE["dataset"], data_dir, download=download)
     except (FileNotFoundError, OSError) as e:
@@ -172,7 +244,8 @@ def _fit_worker(cfg: RunConfig, data, threads: int, parent: int) -> dict[str, An
     torch.set_num_threads(threads)
     sys.stderr = open(os.devnull, "w")
     if data is None:
-        data = load_fixture_data(cfg.data.data_dir, False)
+        fixture = "cifar10" if cfg.data.dataset == CIFAR10_FIXTURE["dataset"] else "fashion-mnist"
+        data = load_fixture_data(cfg.data.data_dir, False, fixture)
     return train(cfg, data)
 
 
@@ -244,43 +317,52 @@ def train_side_by_side(cfgs, data, jobs: int, threads: int, stream) -> None:
 
 
 def run_demo(out_dir: str = "runs/demo", data_dir=None, download: bool = False,
-             seed: int = DEMO_SEED, methods=DEMO_METHODS, progress: bool = True,
+             seed: int | None = None, methods=DEMO_METHODS, progress: bool = True,
              epochs: int | None = None, jobs: int | None = None, threads: int | None = None,
-             data=None, stream=None, rollback: bool = False) -> dict[str, Any]:
+             data=None, stream=None, rollback: bool = False,
+             fixture: str = "fashion-mnist") -> dict[str, Any]:
     """Train the fixture for each method, write the report, print the verdict.
 
+    ``fixture``: "fashion-mnist" (``CO_FIXTURE``) or "cifar10" (``CIFAR10_FIXTURE``);
+    ``seed``: None is the fixture's demo seed (``DEMO_SEEDS``).
     ``rollback``: also train the first method with ``--on-co rollback`` (in
     ``<out_dir>/<method>-rollback``, started first: it is the longest run).
 
     ``jobs`` runs train side by side in separate processes (default: one per method, at
     most one per CPU core), each with ``threads`` torch threads (default: the cores
     divided among the jobs). With one job the runs train here, one after the other.
-    ``data`` replaces the Fashion-MNIST look-up (a stand-in data set for tests).
+    ``data`` replaces the data set's look-up (a stand-in data set for tests).
     """
     import torch
 
     from aaer.reporting.report import write_report
+    spec = fixture_named(fixture)
+    seed = DEMO_SEEDS[fixture] if seed is None else seed
     stream = stream or sys.stdout
     t0 = time.time()
     cores = os.cpu_count() or 1
     jobs = jobs or max(1, min(len(methods) + rollback, cores))
     threads = threads or max(1, cores // jobs)
     if data is None:
-        data = load_fixture_data(data_dir, download)
+        if fixture == "cifar10" and data_dir is None:
+            data_dir = cifar10_jpeg()
+        data = load_fixture_data(data_dir, download, fixture)
         worker_data = None
     else:
         worker_data = data
-    print(f"Fashion-MNIST: {data.source or data_dir}", file=stream)
+    print(f"{spec['name']}: {data.source or data_dir}", file=stream)
     changes = {"progress": progress and jobs == 1, "overwrite": True}
     if epochs is not None:
         changes["epochs"] = epochs
-    cfgs = [co_fixture_config(method, seed, os.path.join(out_dir, method), data_dir, **changes)
+    cfgs = [co_fixture_config(method, seed, os.path.join(out_dir, method), data_dir, fixture,
+                              **changes)
             for method in methods]
     first = cfgs[0]
     order = cfgs
     if rollback:
         cfgs = cfgs + [co_fixture_config(methods[0], seed, os.path.join(
-            out_dir, methods[0] + ROLLBACK_SUFFIX), data_dir, on_co="rollback", **changes)]
+            out_dir, methods[0] + ROLLBACK_SUFFIX), data_dir, fixture, on_co="rollback",
+            **changes)]
         order = cfgs[-1:] + cfgs[:-1]
     also = f" and {methods[0]} with --on-co rollback" if rollback else ""
     print(f"training {', '.join(methods)}{also} (seed {seed}, {first.optim.epochs} epochs on "

@@ -23,7 +23,7 @@ from aaer.config.commands import SCALES
 from aaer.config.flags import request_from_argv
 from aaer.config.resolve import resolve
 from aaer.config.schema import FLAT, SETTINGS
-from aaer.experiments.demo import CO_FIXTURE, FIXTURE_SETTINGS
+from aaer.experiments.demo import CIFAR10_FIXTURE, FIXTURE_SETTINGS, FIXTURES, cifar10_jpeg
 from aaer.errors import MissingFile, UsageError, require
 from aaer.experiments import fastat
 from aaer.io import atomic_write_bytes
@@ -31,7 +31,8 @@ from aaer.methods.aaer import N_LAMBDAS, RS_LAMBDAS
 from aaer.reporting.report import write_report
 from aaer.runs import Row, RunDir, load_run
 
-BUILTIN_SUITES = ("aaer-cifar10", "aaer-cifar100", "co-fixture", *fastat.SUITES)
+BUILTIN_SUITES = ("aaer-cifar10", "aaer-cifar100", "co-fixture", "co-fixture-cifar10",
+                  *fastat.SUITES)
 # baselines the AAER paper compares against, at the same radii
 SUITE_BASELINES = ("rs-fgsm", "n-fgsm", "gradalign", "zerograd", "multigrad", "pgd")
 METHOD_LABELS = {"rs-fgsm": "RS-FGSM", "n-fgsm": "N-FGSM", "fgsm": "FGSM",
@@ -87,22 +88,34 @@ def aaer_suite(dataset: str) -> list[tuple[str, str, float, list[str]]]:
     return rows
 
 
+# the fixture suites train every registered method: these five first (the first table)
 FIXTURE_METHODS = ("fgsm", "rs-fgsm", "n-fgsm", "rs-aaer", "n-aaer")
+# suite name -> the fixture it runs (aaer.experiments.demo.FIXTURES)
+FIXTURE_SUITES = {"co-fixture": "fashion-mnist", "co-fixture-cifar10": "cifar10"}
 
 
-def fixture_flags(method: str) -> list[str]:
-    """`aaer train` flags of the CPU-scale CO fixture (aaer.experiments.demo) for a method."""
+def fixture_flags(method: str, fixture: str = "fashion-mnist") -> list[str]:
+    """`aaer train` flags of a CPU-scale CO fixture (aaer.experiments.demo) for a method."""
+    spec = FIXTURES[fixture]
     flags = ["--method", method, "--device", "cpu"]
     for k in FIXTURE_SETTINGS:
-        if CO_FIXTURE.get(k) is not None:
-            flags += [FLAT[k][1].flag, _fmt(CO_FIXTURE[k])]
+        if spec.get(k) is not None:
+            flags += [FLAT[k][1].flag, _fmt(spec[k])]
+    if spec is CIFAR10_FIXTURE:
+        try:                        # the JPEG copy beside a checkout; else --data-dir decides
+            flags += ["--data-dir", cifar10_jpeg()]
+        except MissingFile:
+            pass
     return flags
 
 
-def co_fixture_suite() -> list[tuple[str, str, float, list[str]]]:
-    eps = float(CO_FIXTURE["epsilon"])
-    return [(f"co-fixture_{METHOD_LABELS[m]}", METHOD_LABELS[m], eps, fixture_flags(m))
-            for m in FIXTURE_METHODS]
+def co_fixture_suite(suite: str = "co-fixture") -> list[tuple[str, str, float, list[str]]]:
+    from aaer.methods import METHODS
+    fixture = FIXTURE_SUITES[suite]
+    eps = float(FIXTURES[fixture]["epsilon"])
+    methods = list(FIXTURE_METHODS) + [m for m in METHODS if m not in FIXTURE_METHODS]
+    return [(f"{suite}_{METHOD_LABELS[m]}", METHOD_LABELS[m], eps, fixture_flags(m, fixture))
+            for m in methods]
 
 
 def _toml():
@@ -196,9 +209,9 @@ def scale_flags(scale: str, suite: str) -> list[str]:
     """Flags that shrink a suite so the whole pipeline runs on a CPU."""
     if suite in fastat.SUITES:
         return fastat.scale_flags(scale, fastat.SUITES[suite])
-    if scale == "full" or suite == "co-fixture" and scale == "small":
+    if scale == "full" or suite in FIXTURE_SUITES and scale == "small":
         return []
-    if suite == "co-fixture":   # tiny: the fixture in a few epochs
+    if suite in FIXTURE_SUITES:   # tiny: the fixture in a few epochs
         return ["--epochs", "2", "--n-train", "2000", "--probe-n", "200"]
     if scale == "small":
         return ["--epochs", "5", "--n-train", "10000", "--model", "small-cnn-32",
@@ -235,8 +248,8 @@ def build_runs(suite: str, seeds: int, scale: str = "full", data_dir: str | None
         rows = aaer_suite("cifar10")
     elif suite == "aaer-cifar100":
         rows = aaer_suite("cifar100")
-    elif suite == "co-fixture":
-        rows = co_fixture_suite()
+    elif suite in FIXTURE_SUITES:
+        rows = co_fixture_suite(suite)
     elif suite in fastat.SUITES:
         rows = fastat.suite_rows(suite, scale)
     elif suite.endswith((".json", ".toml")) or os.path.sep in suite:
