@@ -19,7 +19,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import torch
 
 from aaer.attacks.protocols import Protocol
 from aaer.config.schema import SELECTIONS

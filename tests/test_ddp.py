@@ -11,8 +11,6 @@ The worker (tests/helpers/ddp.py) registers the test model and calls the CLI, un
 torchrun or alone.
 """
 import json
-import os
-import subprocess
 import sys
 
 import numpy as np

@@ -8,21 +8,19 @@ bias-free linear model, through the engine for every method, end to end, across 
 and refused for the methods that smooth their labels themselves.
 """
 import json
-import os
-import signal
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from aaer.errors import TrainingInterrupted, UsageError
+from aaer.errors import UsageError
 from aaer.methods import METHODS, StepContext, create_method
 from aaer.methods.aaer import aaer_regularizer
 from aaer.methods.base import clip_to_box, forward_with_input_grad, uniform_noise
 from aaer.runs import read_checkpoint
-from aaer.training import TrainConfig, build_trainer, resume, train
+from aaer.training import TrainConfig, build_trainer, train
 from tests.helpers.linear import Linear, batch
-from tests.helpers.tiny import TinyNet, same_state, tiny_dataset
+from tests.helpers.tiny import TinyNet, same_state, stopped_and_resumed, tiny_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -282,23 +280,9 @@ def test_a_smoothed_run_resumes_bitwise_mid_epoch(name, tmp_path):
     ds = tiny_dataset(n_train=32, n_test=8, size=8, classes=4, learnable=True)
     hp = LIGHTER.get(name, {})
     train(_cfg(tmp_path / "ref", name, method_hparams=hp, label_smoothing=0.4), ds)
-    cut = build_trainer(_cfg(tmp_path / "cut", name, method_hparams=hp, label_smoothing=0.4),
-                        ds)
-    epoch = cut.cfg.optim.epochs - 1
-    orig = cut.train_step
-
-    def train_step(x, y, ctx):
-        out = orig(x, y, ctx)
-        if (ctx.epoch, ctx.iteration) == (epoch, 1):
-            os.kill(os.getpid(), signal.SIGTERM)
-        return out
-
-    cut.train_step = train_step
-    with pytest.raises(TrainingInterrupted):
-        cut.fit()
-    resume(str(tmp_path / "cut"), dataset=ds)
+    b = stopped_and_resumed(_cfg(tmp_path / "cut", name, method_hparams=hp,
+                                 label_smoothing=0.4), ds)
     a = read_checkpoint(str(tmp_path / "ref" / "checkpoint.pt"))
-    b = read_checkpoint(str(tmp_path / "cut" / "checkpoint.pt"))
     for part in ("model", "method", "memory", "averaged"):
         assert same_state(a.get(part), b.get(part)), part
     unsmoothed = tmp_path / "plain"

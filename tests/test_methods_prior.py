@@ -8,15 +8,13 @@ plausible wrong implementation it rules out, and where the wrong one would be ha
 apart, the test first checks that it does give a different answer on its data (its power).
 """
 import json
-import os
-import signal
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from aaer.errors import TrainingInterrupted, UsageError
+from aaer.errors import UsageError
 from aaer.methods import METHODS, StepContext, create_method
 from aaer.methods.base import ExampleMemory
 from aaer.methods.cs import FGSMMEPCS, FGSMRSCS, gate_open
@@ -549,29 +547,16 @@ def test_resume_inside_a_reset_epoch_and_with_cs_firing_is_bitwise(name, hp, tmp
     in it must still be reset after the resume) and the CS term fires from epoch 1 on (its
     u, beta and the epoch's running sums come back from the checkpoint)."""
     from aaer.runs import read_checkpoint
-    from aaer.training import TrainConfig, build_trainer, resume, train
-    from tests.helpers.tiny import same_state as _same, tiny_dataset
+    from aaer.training import TrainConfig, train
+    from tests.helpers.tiny import same_state as _same, stopped_and_resumed, tiny_dataset
     ds = tiny_dataset(n_train=32, n_test=8, size=8, classes=4, learnable=True)
     cfg = lambda out: TrainConfig(out_dir=str(out), model="small-cnn", method=name,
                                   method_hparams=hp, epsilon=8.0, epochs=3, batch_size=8,
                                   lr_max=0.05, device="cpu", eval_protocol=None,
                                   progress=False, seed=1)
     train(cfg(tmp_path / "ref"), ds)
-    cut = build_trainer(cfg(tmp_path / "cut"), ds)
-    orig = cut.train_step
-
-    def train_step(x, y, c):
-        out = orig(x, y, c)
-        if (c.epoch, c.iteration) == (2, 1):
-            os.kill(os.getpid(), signal.SIGTERM)
-        return out
-
-    cut.train_step = train_step
-    with pytest.raises(TrainingInterrupted):
-        cut.fit()
-    resume(str(tmp_path / "cut"), dataset=ds)
+    b = stopped_and_resumed(cfg(tmp_path / "cut"), ds, epoch=2)
     a = read_checkpoint(str(tmp_path / "ref" / "checkpoint.pt"))
-    b = read_checkpoint(str(tmp_path / "cut" / "checkpoint.pt"))
     for part in ("model", "method", "memory"):
         assert _same(a.get(part), b.get(part)), part
     rows = [json.loads(line) for line in (tmp_path / "ref" / "metrics.jsonl").read_text()

@@ -1,17 +1,12 @@
 """Every registered method resumes exactly: a run stopped by SIGTERM inside its second
 epoch and resumed ends with the weights, method state and per-example memory of the
 uninterrupted run, bit for bit (CPU, one thread)."""
-import os
-import signal
-
 import pytest
-import torch
 
-from aaer.errors import TrainingInterrupted
 from aaer.methods import METHODS
 from aaer.runs import read_checkpoint
-from aaer.training import TrainConfig, build_trainer, resume, train
-from tests.helpers.tiny import same_state, tiny_dataset
+from aaer.training import TrainConfig, train
+from tests.helpers.tiny import same_state, stopped_and_resumed, tiny_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -30,23 +25,8 @@ def _cfg(out, name):
 def test_every_method_resumes_bitwise_mid_epoch(name, tmp_path):
     ds = tiny_dataset(n_train=32, n_test=8, size=8, classes=4, learnable=True)
     train(_cfg(tmp_path / "ref", name), ds)
-    cut = build_trainer(_cfg(tmp_path / "cut", name), ds)
-    # epochs_for may shorten the run (Free-AT): stop inside its last epoch
-    epoch = cut.cfg.optim.epochs - 1
-    orig = cut.train_step
-
-    def train_step(x, y, ctx):
-        out = orig(x, y, ctx)
-        if (ctx.epoch, ctx.iteration) == (epoch, 1):
-            os.kill(os.getpid(), signal.SIGTERM)
-        return out
-
-    cut.train_step = train_step
-    with pytest.raises(TrainingInterrupted):
-        cut.fit()
-    assert read_checkpoint(str(tmp_path / "cut" / "checkpoint.pt"))["partial"] is not None
-    resume(str(tmp_path / "cut"), dataset=ds)
+    # stopped inside its last epoch (epochs_for may shorten the run: Free-AT)
+    b = stopped_and_resumed(_cfg(tmp_path / "cut", name), ds)
     a = read_checkpoint(str(tmp_path / "ref" / "checkpoint.pt"))
-    b = read_checkpoint(str(tmp_path / "cut" / "checkpoint.pt"))
     for part in ("model", "method", "memory", "averaged"):
         assert same_state(a.get(part), b.get(part)), part

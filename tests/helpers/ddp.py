@@ -95,8 +95,8 @@ if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] in ("worker", "e
         _script_probes()
     if os.environ.get(BLOW_UP_ENV):
         _blow_up_after_a_rollback()
-    from aaer.cli import main, run
+    from aaer.cli import main, run as run_cli
     command = ["train"] if sys.argv[1] == "worker" else ["eval"]
     if os.environ.get("AAER_DDP_LIBRARY_EXIT"):     # benchmarks/ddp_exit_loop.py --library
         raise SystemExit(main([*command, *sys.argv[2:]]))
-    run(main, argv=[*command, *sys.argv[2:]])
+    run_cli(main, argv=[*command, *sys.argv[2:]])

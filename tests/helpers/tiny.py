@@ -91,6 +91,28 @@ def signal_at(trainer, epoch, step, signum):
     trainer.train_step = train_step
 
 
+def stopped_and_resumed(cfg, dataset, epoch=None, step=1) -> dict:
+    """Train ``cfg`` on ``dataset``, stopped by SIGTERM right after (epoch, step), then
+    resumed to the end; the run's final checkpoint (the stop must have saved a partial
+    epoch). ``epoch`` None: the run's last (the method may change the epoch count)."""
+    import signal
+
+    import pytest
+
+    from aaer.errors import TrainingInterrupted
+    from aaer.runs import read_checkpoint
+    from aaer.training import build_trainer, resume
+    cut = build_trainer(cfg, dataset)
+    epoch = cut.cfg.optim.epochs - 1 if epoch is None else epoch
+    signal_at(cut, epoch, step, signal.SIGTERM)
+    with pytest.raises(TrainingInterrupted):
+        cut.fit()
+    out = cfg.runtime.out_dir if hasattr(cfg, "runtime") else cfg.out_dir
+    assert read_checkpoint(os.path.join(out, "checkpoint.pt"))["partial"] is not None
+    resume(out, dataset=dataset)
+    return read_checkpoint(os.path.join(out, "checkpoint.pt"))
+
+
 def same_state(a, b) -> bool:
     """Nested dicts/lists of tensors and numbers equal bit for bit (tensors: dtype too)."""
     if isinstance(a, dict):
