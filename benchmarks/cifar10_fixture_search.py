@@ -53,31 +53,38 @@ def outcome(d: str) -> dict:
     """CO flag, epochs, final probe and evaluation, time of one finished run."""
     res = json.load(open(os.path.join(d, "results.json")))
     rows = [json.loads(x) for x in open(os.path.join(d, "metrics.jsonl")) if x.strip()]
-    probes = [r for r in rows if "probe_pgd" in r]
+    probes = [r for r in rows if "probe_pgd_acc" in r]
     usage = json.load(open(d + ".usage.json")) if os.path.exists(d + ".usage.json") else {}
     mon = res.get("monitor") or {}
-    events = [e for r in rows for e in r.get("co_events", [])]
-    return {"co": bool(mon.get("co_detected")), "co_epoch": events[0]["epoch"] if events else None,
-            "best_probe_pgd": max(r["probe_pgd"] for r in probes),
-            "final_probe_pgd": probes[-1]["probe_pgd"], "final_probe_clean": probes[-1]["probe_clean"],
-            "final_pgd": res.get("pgd_acc", res.get("evaluation", {}).get("pgd_acc")),
-            "final_clean": res.get("clean_acc", res.get("evaluation", {}).get("clean_acc")),
+    return {"co": bool(mon.get("co_detected")), "co_epoch": mon.get("co_epoch"),
+            "ends_in_co": bool(mon.get("ends_in_co")),
+            "best_probe_pgd": max(r["probe_pgd_acc"] for r in probes),
+            "final_probe_pgd": probes[-1]["probe_pgd_acc"],
+            "final_probe_fgsm": probes[-1]["probe_fgsm_acc"],
+            "final_probe_clean": probes[-1]["probe_clean_acc"],
+            "final_train_acc": rows[-1]["train_acc"],
+            "final_pgd": res["evaluation"]["results"]["pgd"]["acc"],
+            "final_clean": res["evaluation"]["results"]["clean"]["acc"],
             "wall_s": usage.get("wall_s"), "cpu_s": usage.get("cpu_s")}
 
 
 def table(out: str) -> str:
     lines = ["| configuration (RS-FGSM) | width | train images | eps | epochs | lr peak | seed | "
-             "CO (epoch) | best / final probe PGD | final clean / PGD-10 | run time (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "CO from epoch | ends in CO | best / final probe PGD | final probe clean / FGSM | final train acc | "
+             "final clean / PGD-10 | run time (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, (w, n, eps, ep, lr) in CONFIGS.items():
         for seed in range(10):
             d = os.path.join(out, f"{name}_s{seed}")
             if not os.path.exists(os.path.join(d, "results.json")):
                 continue
             o = outcome(d)
-            co = f"yes ({o['co_epoch']})" if o["co"] else "no"
+            co = str(o["co_epoch"]) if o["co"] else "no"
             lines.append(f"| {name} | {w} | {n} | {eps} | {ep} | {lr} | {seed} | {co} | "
+                         f"{'yes' if o['ends_in_co'] else 'no'} | "
                          f"{o['best_probe_pgd']:.3f} / {o['final_probe_pgd']:.3f} | "
+                         f"{o['final_probe_clean']:.3f} / {o['final_probe_fgsm']:.3f} | "
+                         f"{o['final_train_acc']:.3f} | "
                          f"{o['final_clean']:.3f} / {o['final_pgd']:.3f} | "
                          f"{o['wall_s']:.0f} |")
     return "\n".join(lines)
