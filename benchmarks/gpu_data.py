@@ -41,9 +41,12 @@ def _digest(blobs) -> str:
 
 
 def common_prefix(blobs: list[bytes], sample: int = 4096) -> bytes:
-    """The longest beginning the first ``sample`` files share (the others may differ: a
-    file without it is stored whole)."""
-    return os.path.commonprefix(blobs[:sample]) if blobs else b""
+    """The longest beginning shared by the largest group of files that open alike (their
+    first 16 bytes), among the first ``sample``; a file without it is stored whole."""
+    groups: dict[bytes, list[bytes]] = {}
+    for b in blobs[:sample]:
+        groups.setdefault(b[:16], []).append(b)
+    return os.path.commonprefix(max(groups.values(), key=len)) if groups else b""
 
 
 def pack(src: str, dest: str) -> dict:
