@@ -118,45 +118,49 @@ def sync_check(trainer, device):
         sync(device)
 
 
-def step_matrix(model, B, device, warmup, steps, tmp):
-    """images/s and the first step's loss of one run's step: fp32/bf16 x eager/graphs."""
+def step_matrix(model, B, device, warmup, steps, tmp, modes=("eager", "graphs")):
+    """images/s and the first step's loss of one run's step: fp32/bf16 x ``modes`` (eager,
+    graphs); eager fp32, the reference of the losses, is always measured."""
     from aaer.engine import close_logger
     from aaer.methods import StepContext
     rows = []
-    for prec in ("fp32", "bf16"):
-        for mode in ("eager", "graphs"):
-            row = {"precision": prec, "step": mode}
-            tr = None
-            try:
-                comp = {"compile": True, "compile_mode": "reduce-overhead"} \
-                    if mode == "graphs" else {}
-                tr = make_trainer(model, "rs-aaer", B, device, os.path.join(tmp, prec + mode),
-                                  n=(warmup + steps + 1) * B, precision=prec,
-                                  channels_last="auto", **comp)
-                tr.loader.set_epoch(0)
-                xb, yb = next(iter(tr.loader))
-                torch.manual_seed(0)
-                t = time.perf_counter()
-                row["first_loss"] = float(tr.train_step(xb, yb, StepContext(0, 0, 1, 1)).loss.detach())
-                row["first_step_s"] = round(time.perf_counter() - t, 3)   # compile included
-                tr.loader.set_epoch(1)
+    configs = [(p, m) for p in ("fp32", "bf16") for m in ("eager", "graphs") if m in modes]
+    if ("fp32", "eager") not in configs:
+        configs.insert(0, ("fp32", "eager"))
+    for prec, mode in configs:
+        row = {"precision": prec, "step": mode}
+        tr = None
+        try:
+            comp = {"compile": True, "compile_mode": "reduce-overhead"} \
+                if mode == "graphs" else {}
+            tr = make_trainer(model, "rs-aaer", B, device, os.path.join(tmp, prec + mode),
+                              n=(warmup + steps + 1) * B, precision=prec,
+                              channels_last="auto", **comp)
+            tr.loader.set_epoch(0)
+            xb, yb = next(iter(tr.loader))
+            torch.manual_seed(0)
+            t = time.perf_counter()
+            out = tr.train_step(xb, yb, StepContext(0, 0, 1, 1))
+            row["first_loss"] = float(out.loss.detach())
+            row["first_step_s"] = round(time.perf_counter() - t, 3)   # compile included
+            tr.loader.set_epoch(1)
 
-                def step(x, y, tr=tr):
-                    tr.train_step(x, y, StepContext(0, 0, 1, 1))
-                row["images_per_s"] = round(measure(step, tr.loader, warmup, steps, B, device), 1)
-            except Exception as e:         # noqa: BLE001 - recorded: one must not hide the rest
-                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
-            finally:
-                if tr is not None:
-                    close_logger(tr.log)
-                del tr
-                gc.collect()
-                if torch.device(device).type == "cuda":
-                    torch.cuda.empty_cache()
-            rows.append(row)
-            print(f"  {prec} {mode}: " + (f"{row['images_per_s']:.0f} images/s, first loss "
-                                          f"{row['first_loss']:.6f}" if "error" not in row
-                                          else row["error"]), flush=True)
+            def step(x, y, tr=tr):
+                tr.train_step(x, y, StepContext(0, 0, 1, 1))
+            row["images_per_s"] = round(measure(step, tr.loader, warmup, steps, B, device), 1)
+        except Exception as e:         # noqa: BLE001 - recorded: one must not hide the rest
+            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+        finally:
+            if tr is not None:
+                close_logger(tr.log)
+            del tr
+            gc.collect()
+            if torch.device(device).type == "cuda":
+                torch.cuda.empty_cache()
+        rows.append(row)
+        print(f"  {prec} {mode}: " + (f"{row['images_per_s']:.0f} images/s, first loss "
+                                      f"{row['first_loss']:.6f}" if "error" not in row
+                                      else row["error"]), flush=True)
     ref = rows[0].get("first_loss")
     for r in rows:
         if ref is not None and "first_loss" in r:
@@ -248,8 +252,9 @@ def main(argv=None):
                    "reference-style pipeline (the reference uses 2)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile")
     p.add_argument("--tiny", action="store_true", help="a seconds-long smoke run (any device)")
-    p.add_argument("--step-matrix", action="store_true", help="only: one run's step, fp32/bf16 "
-                   "x eager/CUDA graphs (reduce-overhead)")
+    p.add_argument("--step-matrix", nargs="?", const="eager,graphs", default=None,
+                   metavar="MODES", help="only: one run's step, fp32/bf16 x eager/CUDA graphs "
+                   "(reduce-overhead); MODES: eager, graphs or both (default)")
     p.add_argument("--packing", default=None, metavar="K,K,...", help="only: aggregate "
                    "images/s of K processes training at once, e.g. 1,2,4,8")
     p.add_argument("--precision", default="fp32", help="--packing: the runs' precision")
@@ -289,7 +294,11 @@ def main(argv=None):
         with tempfile.TemporaryDirectory() as tmp:
             if args.step_matrix:
                 print("one run's step: fp32/bf16 x eager/CUDA graphs")
-                result["step_matrix"] = step_matrix(model, B, device, warmup, steps, tmp)
+                modes = tuple(m.strip() for m in args.step_matrix.split(","))
+                if not set(modes) <= {"eager", "graphs"}:
+                    p.error(f"--step-matrix {args.step_matrix!r}: valid: eager, graphs")
+                result["step_matrix"] = step_matrix(model, B, device, warmup, steps, tmp,
+                                                    modes)
             if args.packing:
                 ks = [int(k) for k in args.packing.split(",")]
                 print(f"packing: K processes at once, {args.precision}, {steps} timed steps each")
