@@ -111,7 +111,8 @@ def run_flags(method: str, eps: int) -> list[str]:
 def suite_runs(zip_path: str, precision: str, tiny: bool):
     from aaer.experiments.reproduce import SuiteRun
     s = settings(tiny)
-    common = ["--dataset", "imagefolder", "--data-dir", zip_path, *s["train"],
+    common = ["--dataset", "imagefolder", "--normalization", "cifar10", "--data-dir", zip_path,
+              *s["train"],
               "--eval-protocol", "none", "--device", s["device"], "--precision", precision]
     return [SuiteRun(f"{label}_{eps}", label, float(eps), 0, [*common, *run_flags(m, eps)])
             for label, m, eps in RUNS]

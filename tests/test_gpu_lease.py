@@ -72,6 +72,7 @@ def test_the_lease_rehearses_end_to_end_on_the_cpu(tmp_path):
         cfg = json.loads((out / "runs" / r["run"] / "config.json").read_text())
         assert cfg["settings"]["runtime"]["precision"] == precision
         assert cfg["settings"]["monitor"]["probe_n"] == 64
+        assert cfg["model_input"]["mean"] == [0.4914, 0.4822, 0.4465]   # the recipe's
         for f in ("metrics.jsonl", "results.json", "train.log", "eval_pgd_lineage.json"):
             assert (out / "runs" / r["run"] / f).exists(), f
         assert not (out / "runs" / r["run"] / "checkpoint.pt").exists()   # small files only

@@ -145,8 +145,9 @@ class ModelConfig:
                            older_runs={})
     normalization: str = setting("dataset", "what the model subtracts and divides its input "
                                  "by: the data set's mean/std, none (a network that "
-                                 "normalises itself; the FastAT Benchmark's models), or "
-                                 "ImageNet's", choices=catalog.NORMALIZATIONS,
+                                 "normalises itself; the FastAT Benchmark's models), "
+                                 "ImageNet's, or CIFAR-10's (the AAER recipe's, for a CIFAR-10 "
+                                 "copy read as an imagefolder)", choices=catalog.NORMALIZATIONS,
                                  older_runs="dataset")
 
 
