@@ -431,7 +431,16 @@ def main(argv=None) -> int:
         lease["step"] = part("step", lambda: bench(
             [*s["bench"], "--step-matrix", "eager"], os.path.join(out, "perf_step.json"),
             min(120, clock.left()), os.path.join(logs, "perf_step.log")))
-    lease["precision"] = pick_precision(lease.get("step", {}))
+    # the choice is kept beside the runs: a later call without the step part trains (and
+    # resumes) with the precision the first call picked
+    chosen = os.path.join(work, "precision.json")
+    if "step" in phases or not os.path.exists(chosen):
+        lease["precision"] = pick_precision(lease.get("step", {}))
+        os.makedirs(work, exist_ok=True)
+        with open(chosen, "w") as f:
+            json.dump(lease["precision"], f)
+    else:
+        lease["precision"] = json.load(open(chosen))
     runs = suite_runs(zip_path, lease["precision"]["precision"], args.tiny)
     runs_dir = os.path.join(work, "runs")
     if "train" in phases:

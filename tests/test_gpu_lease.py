@@ -89,3 +89,36 @@ def test_the_lease_rehearses_end_to_end_on_the_cpu(tmp_path):
         assert (out / f).exists() and (out / f).stat().st_size > 0, f
     md = (out / "lease.md").read_text()
     assert "--tiny rehearsal" in md and "| RS-FGSM_16 | finished | 1 |" in md
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_training_stops_at_its_deadline_and_a_second_call_resumes_it(tmp_path):
+    """The budget's deadline stops the packed runs with SIGTERM (each writes its
+    checkpoint); a second call with --phases train resumes them to their end, with the
+    precision the first call recorded."""
+    pack = small_cifar_pack(tmp_path)
+
+    def call(out, *extra, **env):
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gpu_lease.py"),
+                               "--tiny", "--data", str(pack), "--work", str(tmp_path / "work"),
+                               "--out", str(out), *extra], capture_output=True, text=True,
+                              timeout=400, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT,
+                                                          "OMP_NUM_THREADS": "1", **env})
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return json.loads((out / "lease.json").read_text())
+
+    # 4 steps of 10 s a run: the deadline (52 s - data - 20 s kept) falls inside training
+    first = call(tmp_path / "o1", "--phases", "data,train", "--budget-s", "52",
+                 AAER_STEP_DELAY="10")
+    assert first["train"]["stopped_at_deadline"] is True
+    assert first["elapsed_s"] < 52 + 60                       # + the checkpoints' grace
+    assert all(r["state"] != "finished" for r in first["runs"])
+    second = call(tmp_path / "o2", "--phases", "train", "--budget-s", "300")
+    assert second["train"]["ok"] == 5 and not second["train"]["stopped_at_deadline"]
+    assert second["precision"] == first["precision"]
+    assert all(r["state"] == "finished" for r in second["runs"])
+    logs = [(tmp_path / "work" / "runs" / r["run"] / "train.log").read_text()
+            for r in second["runs"]]
+    interrupted = [log for log in logs if "received SIGTERM: checkpoint written" in log]
+    assert interrupted and all("resumed from" in log for log in interrupted)
