@@ -150,3 +150,22 @@ def test_a_packed_job_trains_its_runs_at_once_and_skips_finished_ones(tmp_path, 
     assert max(s for s, _ in spans) < min(e for _, e in spans), spans
     again = ex.PackedJob([t.fresh() for t in job.jobs])
     assert [t.start() for t in again.jobs] == [None, None]     # finished: nothing started
+
+
+def test_the_flag_reaches_both_executors(tmp_path, monkeypatch, capsys):
+    from aaer.cli import build_parser, command_settings, slurm_settings
+    from aaer.config.commands import ReproduceCommand
+    ns = build_parser().parse_args(["reproduce", "co-fixture", "--runs-per-gpu", "4",
+                                    "--executor", "slurm", "--slurm-cpus-per-run", "2"])
+    del ns.command
+    s = slurm_settings(command_settings(ReproduceCommand, ns))
+    assert s.runs_per_gpu == 4 and ex.SlurmExecutor(s).parameters()["cpus_per_task"] == 8
+    seen = {}
+
+    def submit(self, runs, out_dir, log=print):
+        seen.update(jobs=self.jobs, k=self.runs_per_gpu, runs=len(runs))
+        return {"skipped": 0, "ok": len(runs), "failed": 0, "peak": self.runs_per_gpu}
+    monkeypatch.setattr(ex.LocalExecutor, "submit", submit)
+    assert main(["reproduce", "co-fixture", "--runs-per-gpu", "3", "--jobs", "2",
+                 "--out", str(tmp_path / "o")]) == 0
+    assert seen == {"jobs": 2, "k": 3, "runs": 5}

@@ -100,3 +100,22 @@ def test_the_settings_are_flags_and_are_recorded(tmp_path):
     assert (runtime["sgd_impl"], runtime["compile_mode"]) == ("foreach", "default")
     assert cfg["performance"]["sgd_impl"] == "foreach"
     assert cfg["performance"]["compile_mode"] is None          # not compiled
+
+
+def test_a_run_written_before_these_settings_reads_as_what_aaer_did(tmp_path):
+    """config.json of a run from before --compile-mode and --sgd-impl existed: eager
+    compile mode (torch.compile's default) and torch's own SGD, as aaer did then."""
+    from aaer.runs import load_run
+    tr = make_trainer(tmp_path, model="linear")
+    tr.fit()
+    path = tmp_path / "run" / "config.json"
+    cfg = json.loads(path.read_text())
+    for name in ("compile_mode", "sgd_impl"):
+        del cfg["settings"]["runtime"][name]
+        cfg["sources"].pop(f"runtime.{name}", None)
+        cfg.get("source_kinds", {}).pop(f"runtime.{name}", None)
+    path.write_text(json.dumps(cfg))
+    run = load_run(str(tmp_path / "run"), need_epochs=False)
+    assert (run.settings.runtime.compile_mode, run.settings.runtime.sgd_impl) == \
+        ("default", "auto")
+    assert "written before the setting existed" in run.settings.sources["runtime.sgd_impl"]
