@@ -136,6 +136,8 @@ def step_matrix(model, B, device, warmup, steps, tmp, modes=("eager", "graphs"))
             tr = make_trainer(model, "rs-aaer", B, device, os.path.join(tmp, prec + mode),
                               n=(warmup + steps + 1) * B, precision=prec,
                               channels_last="auto", **comp)
+            from torch._dynamo.utils import counters
+            skips = counters["inductor"]["cudagraph_skips"]
             tr.loader.set_epoch(0)
             xb, yb = next(iter(tr.loader))
             torch.manual_seed(0)
@@ -148,6 +150,9 @@ def step_matrix(model, B, device, warmup, steps, tmp, modes=("eager", "graphs"))
             def step(x, y, tr=tr):
                 tr.train_step(x, y, StepContext(0, 0, 1, 1))
             row["images_per_s"] = round(measure(step, tr.loader, warmup, steps, B, device), 1)
+            if mode == "graphs":       # graphs torch.compile fell back from (e.g. mutated
+                from torch._dynamo.utils import counters      # BatchNorm buffers): 0 = none
+                row["cudagraph_skips"] = int(counters["inductor"]["cudagraph_skips"] - skips)
         except Exception as e:         # noqa: BLE001 - recorded: one must not hide the rest
             row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
         finally:

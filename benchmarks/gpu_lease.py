@@ -355,11 +355,13 @@ def markdown(lease: dict) -> str:
         [("graphs", r) for r in lease.get("graphs", {}).get("step_matrix", [])]
     if perf:
         lines += ["", "| part | precision | step | images/s (one run) | first loss vs eager "
-                  "fp32 of the same part |", "|---|---|---|---|---|"]
+                  "fp32 of the same part | graphs torch.compile skipped |",
+                  "|---|---|---|---|---|---|"]
         for where, r in perf:
             lines.append(f"| {where} | {r['precision']} | {r['step']} | "
                          f"{r.get('images_per_s', r.get('error', 'n/a'))} | "
-                         f"{r.get('first_loss_vs_eager_fp32', 'n/a')} |")
+                         f"{r.get('first_loss_vs_eager_fp32', 'n/a')} | "
+                         f"{r.get('cudagraph_skips', '-')} |")
     pk = lease.get("packing", {}).get("packing", [])
     if pk:
         lines += ["", "| K runs at once | images/s in all | per run | vs K=1 |",
