@@ -292,16 +292,19 @@ def result_row(run, runs_dir: str) -> dict:
     """What one run shows: the CO monitor's verdict and trajectory, its speed, and each
     evaluation that exists (accuracies as fractions)."""
     from aaer.experiments.reproduce import monitor_outcome, run_trajectory
-    from aaer.runs import RunDir, load_run
+    from aaer.runs import Row, RunDir, load_run
     d = os.path.join(runs_dir, run.name)
     row = {"run": run.name, "method": run.label, "eps": run.eps,
            "state": RunDir(d).state}
-    metrics = os.path.join(d, "metrics.jsonl")
-    if os.path.exists(metrics):
-        rows = [json.loads(x) for x in open(metrics) if x.strip()]
+    rows = RunDir(d).metrics() if os.path.isdir(d) else []
+    if rows:
         row["epochs_done"] = len(rows)
         row.update(run_trajectory(rows))
-        row["images_per_s"] = [r.get("images_per_s") for r in rows][-1:] or None
+        row["images_per_s_last_epoch"] = rows[-1].get(Row.IMAGES_PER_S)
+        # the monitor's flag in the epochs trained so far (a run a deadline stopped)
+        flagged = [r[Row.EPOCH] for r in rows if r.get(Row.CO_FLAG)]
+        row["co_so_far"] = (f"yes ({flagged[0]})" if flagged else "no") + \
+            f" in {len(rows)} epoch(s)"
     if row["state"] == "finished":
         r = load_run(d, need_epochs=False)
         row["co"] = r.monitored()
@@ -344,7 +347,8 @@ def markdown(lease: dict) -> str:
         lin, exact, aa = (r.get(k) for k in ("pgd_lineage", "pgd_lineage_exact",
                                              "autoattack_1000"))
         g = (lambda e, k: pct(e.get(k)) if isinstance(e, dict) else "not run")
-        co = "n/a" if r.get("co") is None else (f"yes ({r['co_epoch']})" if r["co"] else "no")
+        co = r.get("co_so_far", "n/a") if r.get("co") is None else \
+            (f"yes ({r['co_epoch']})" if r["co"] else "no")
         probe = "n/a" if r.get("probe_pgd_best") is None else \
             (f"{pct(r['probe_pgd_best'])} ({r['probe_pgd_best_epoch']}) -> "
              f"{pct(r['probe_pgd_last'])}")
