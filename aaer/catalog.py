@@ -102,7 +102,7 @@ MODEL_FAMILIES = ('preactresnet18-w<W> (first-stage width W; 64 is preactresnet1
  'wrn-<depth>-<widen> (depth = 6n+4)', 'timm:<name> (a timm architecture; pip install timm)',
  'package.module:factory (your own callable)')
 
-NORMALIZATIONS = ('dataset', 'none', 'imagenet')
+NORMALIZATIONS = ('dataset', 'none', 'imagenet', 'cifar10')
 
 DATASETS = ('cifar10', 'cifar100', 'svhn', 'tinyimagenet', 'imagenet100', 'imagefolder', 'mnist',
  'fashion-mnist')

@@ -165,7 +165,7 @@ def slurm_settings(a):
                          array_parallelism=a.slurm_array_parallelism,
                          signal_delay_s=a.slurm_signal_delay,
                          max_requeues=a.slurm_max_requeues, sbatch=a.slurm_sbatch,
-                         setup=a.slurm_setup)
+                         setup=a.slurm_setup, runs_per_gpu=a.runs_per_gpu)
 
 
 def cmd_reproduce(a) -> int:
@@ -202,7 +202,7 @@ def cmd_reproduce(a) -> int:
     failed = 0
     if not a.summary_only:
         if slurm is None:
-            counts = LocalExecutor(a.jobs).submit(runs, out)
+            counts = LocalExecutor(a.jobs, a.runs_per_gpu).submit(runs, out)
         else:
             counts = slurm.submit(runs, out)
             print(f"slurm: {counts['submitted']} submitted, {counts['queued']} already queued, "

@@ -15,11 +15,22 @@ torch.cuda.set_sync_debug_mode("error").
     python benchmarks/bench_gpu.py --device cpu --tiny  # smoke test of every code path
 
 Last line: ``gpu_bench_speedup: <best aaer images/s / reference images/s>``.
+
+Two more modes (issue 30), each instead of the table above, each with ``--json FILE``:
+
+- ``--step-matrix``: images/s of one run's step for fp32 / bf16 x eager / CUDA graphs
+  (``--compile --compile-mode reduce-overhead``; refused on a CPU, which is recorded), with
+  the first step's loss of each beside eager fp32's (same weights, batch and noise);
+- ``--packing 1,2,4,8``: K processes, each one run's Trainer on its own random data, time
+  the same number of steps at once after a common start (a barrier after their warm-up);
+  aggregate images/s = all images / (last end - first start). Last line
+  ``gpu_packing_gain: <best aggregate / K=1>``.
 """
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import platform
 import sys
@@ -53,6 +64,12 @@ class PerImageCrops(torch.utils.data.Dataset):
         if torch.rand(()) < 0.5:
             img = img.flip(2)
         return img.float().div(255), self.y[i]
+
+
+def device_name(device) -> str:
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()})"
 
 
 def reference_batches(x_uint8, y, batch_size, device, workers):
@@ -101,6 +118,133 @@ def sync_check(trainer, device):
         sync(device)
 
 
+def step_matrix(model, B, device, warmup, steps, tmp, modes=("eager", "graphs")):
+    """images/s and the first step's loss of one run's step: fp32/bf16 x ``modes`` (eager,
+    graphs); eager fp32, the reference of the losses, is always measured."""
+    from aaer.engine import close_logger
+    from aaer.methods import StepContext
+    rows = []
+    configs = [(p, m) for p in ("fp32", "bf16") for m in ("eager", "graphs") if m in modes]
+    if ("fp32", "eager") not in configs:
+        configs.insert(0, ("fp32", "eager"))
+    for prec, mode in configs:
+        row = {"precision": prec, "step": mode}
+        tr = None
+        try:
+            comp = {"compile": True, "compile_mode": "reduce-overhead"} \
+                if mode == "graphs" else {}
+            tr = make_trainer(model, "rs-aaer", B, device, os.path.join(tmp, prec + mode),
+                              n=(warmup + steps + 1) * B, precision=prec,
+                              channels_last="auto", **comp)
+            from torch._dynamo.utils import counters
+            skips = counters["inductor"]["cudagraph_skips"]
+            tr.loader.set_epoch(0)
+            xb, yb = next(iter(tr.loader))
+            torch.manual_seed(0)
+            t = time.perf_counter()
+            out = tr.train_step(xb, yb, StepContext(0, 0, 1, 1))
+            row["first_loss"] = float(out.loss.detach())
+            row["first_step_s"] = round(time.perf_counter() - t, 3)   # compile included
+            tr.loader.set_epoch(1)
+
+            def step(x, y, tr=tr):
+                tr.train_step(x, y, StepContext(0, 0, 1, 1))
+            row["images_per_s"] = round(measure(step, tr.loader, warmup, steps, B, device), 1)
+            if mode == "graphs":       # graphs torch.compile fell back from (e.g. mutated
+                from torch._dynamo.utils import counters      # BatchNorm buffers): 0 = none
+                row["cudagraph_skips"] = int(counters["inductor"]["cudagraph_skips"] - skips)
+        except Exception as e:         # noqa: BLE001 - recorded: one must not hide the rest
+            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+        finally:
+            if tr is not None:
+                close_logger(tr.log)
+            del tr
+            gc.collect()
+            if torch.device(device).type == "cuda":
+                torch.cuda.empty_cache()
+        rows.append(row)
+        print(f"  {prec} {mode}: " + (f"{row['images_per_s']:.0f} images/s, first loss "
+                                      f"{row['first_loss']:.6f}" if "error" not in row
+                                      else row["error"]), flush=True)
+    ref = rows[0].get("first_loss")
+    for r in rows:
+        if ref is not None and "first_loss" in r:
+            r["first_loss_vs_eager_fp32"] = round(abs(r["first_loss"] - ref) / abs(ref), 6)
+    return rows
+
+
+def packing_worker(args) -> int:
+    """One of K packed processes: warm up, report ready, wait for the common start, time
+    --steps steps, write its times."""
+    from aaer.engine import close_logger
+    from aaer.methods import StepContext
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        tr = make_trainer(args.model, "rs-aaer", args.batch_size, device, tmp,
+                          n=(args.warmup + args.steps + 1) * args.batch_size,
+                          precision=args.precision, channels_last="auto")
+        ctx = StepContext(0, 0, 1, 1)
+        it = iter(tr.loader)
+        for _ in range(args.warmup):
+            tr.train_step(*next(it), ctx)
+        sync(device)
+        open(args.packing_worker + ".ready", "w").close()
+        while not os.path.exists(args.packing_worker + ".go"):
+            time.sleep(0.01)
+        t0 = time.time()
+        for _ in range(args.steps):
+            tr.train_step(*next(it), ctx)
+        sync(device)
+        t1 = time.time()
+        close_logger(tr.log)
+    with open(args.packing_worker, "w") as f:
+        json.dump({"start": t0, "end": t1, "images": args.steps * args.batch_size}, f)
+    return 0
+
+
+def packing(ks, args, model, B, steps, warmup, tmp):
+    """Aggregate images/s of K processes training at once, for each K."""
+    import subprocess
+    rows = []
+    for k in ks:
+        base = os.path.join(tmp, f"pack{k}")
+        procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--device",
+                                   args.device, "--model", model, "--batch-size", str(B),
+                                   "--steps", str(steps), "--warmup", str(warmup),
+                                   "--precision", args.precision,
+                                   "--packing-worker", f"{base}.{i}"])
+                 for i in range(k)]
+        t_wait = time.time()
+        while not all(os.path.exists(f"{base}.{i}.ready") for i in range(k)):
+            if any(p.poll() not in (None, 0) for p in procs) or time.time() - t_wait > 600:
+                break
+            time.sleep(0.05)
+        for i in range(k):
+            open(f"{base}.{i}.go", "w").close()
+        codes = [p.wait() for p in procs]
+        row = {"k": k}
+        if any(codes):
+            row["error"] = f"worker exit codes {codes}"
+        else:
+            times = [json.load(open(f"{base}.{i}")) for i in range(k)]
+            span = max(t["end"] for t in times) - min(t["start"] for t in times)
+            images = sum(t["images"] for t in times)
+            row.update(aggregate_images_per_s=round(images / span, 1),
+                       per_run_images_per_s=round(images / span / k, 1),
+                       seconds=round(span, 3))
+        rows.append(row)
+        print(f"  K={k}: " + (f"{row['aggregate_images_per_s']:.0f} images/s in all, "
+                              f"{row['per_run_images_per_s']:.0f} per run"
+                              if "error" not in row else row["error"]), flush=True)
+    one = next((r for r in rows if r["k"] == 1 and "error" not in r), None)
+    for r in rows:
+        if one is not None and "error" not in r:
+            r["vs_k1"] = round(r["aggregate_images_per_s"] / one["aggregate_images_per_s"], 3)
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda")
@@ -113,7 +257,17 @@ def main(argv=None):
                    "reference-style pipeline (the reference uses 2)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile")
     p.add_argument("--tiny", action="store_true", help="a seconds-long smoke run (any device)")
+    p.add_argument("--step-matrix", nargs="?", const="eager,graphs", default=None,
+                   metavar="MODES", help="only: one run's step, fp32/bf16 x eager/CUDA graphs "
+                   "(reduce-overhead); MODES: eager, graphs or both (default)")
+    p.add_argument("--packing", default=None, metavar="K,K,...", help="only: aggregate "
+                   "images/s of K processes training at once, e.g. 1,2,4,8")
+    p.add_argument("--precision", default="fp32", help="--packing: the runs' precision")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the results here")
+    p.add_argument("--packing-worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.packing_worker:
+        return packing_worker(args)
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -138,6 +292,32 @@ def main(argv=None):
               f"{torch.get_num_threads()} threads")
     print(f"torch {torch.__version__}; RS-AAER on {model}, batch {B}, {steps} timed steps "
           f"after {warmup} warm-up steps per configuration, random CIFAR-shaped data")
+
+    if args.step_matrix or args.packing:
+        result = {"device": device_name(device), "torch": torch.__version__, "model": model,
+                  "method": "rs-aaer", "batch_size": B, "steps": steps, "warmup": warmup}
+        with tempfile.TemporaryDirectory() as tmp:
+            if args.step_matrix:
+                print("one run's step: fp32/bf16 x eager/CUDA graphs")
+                modes = tuple(m.strip() for m in args.step_matrix.split(","))
+                if not set(modes) <= {"eager", "graphs"}:
+                    p.error(f"--step-matrix {args.step_matrix!r}: valid: eager, graphs")
+                result["step_matrix"] = step_matrix(model, B, device, warmup, steps, tmp,
+                                                    modes)
+            if args.packing:
+                ks = [int(k) for k in args.packing.split(",")]
+                print(f"packing: K processes at once, {args.precision}, {steps} timed steps each")
+                result["packing_precision"] = args.precision
+                result["packing"] = packing(ks, args, model, B, steps, warmup, tmp)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=1)
+        if args.packing:
+            ok = [r for r in result["packing"] if "vs_k1" in r]
+            best = max(ok, key=lambda r: r["aggregate_images_per_s"], default=None)
+            print(f"gpu_packing_gain: {best['vs_k1']:.2f} (K={best['k']})" if best
+                  else "gpu_packing_gain: nan")
+        return 0
 
     from aaer.methods import StepContext
     from aaer.engine import close_logger

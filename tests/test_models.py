@@ -657,3 +657,15 @@ def test_preactresnet18_width_family():
     from aaer.errors import UsageError
     with pytest.raises(UsageError, match="positive"):
         create_model("preactresnet18-w0")
+
+
+def test_cifar10_normalization_is_the_recipes_statistics():
+    """--normalization cifar10: a CIFAR-10 copy read as an image folder (whose default is
+    ImageNet's statistics) normalised as the AAER recipe does."""
+    from aaer.data.datasets import NORMALIZATION
+    from aaer.errors import UsageError
+    from aaer.models import input_stats
+    imagenet = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert input_stats("cifar10", *imagenet, 3) == NORMALIZATION["cifar10"]
+    with pytest.raises(UsageError, match="--normalization cifar10 is for RGB images"):
+        input_stats("cifar10", (0.5,), (0.25,), 1)

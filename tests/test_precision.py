@@ -104,6 +104,7 @@ def test_bf16_short_run_writes_its_settings(tmp_path):
     import json
     perf = json.loads((tmp_path / "run" / "config.json").read_text())["performance"]
     assert perf == {"precision": "bf16", "channels_last": False, "compile": False,
+                    "compile_mode": None, "sgd_impl": "auto",
                     "data_on_device": True, "world_size": 1, "backend": None,
                     "batch_per_process": 16}
     assert 0 < res["final_epoch"]["train_loss"] < 10

@@ -56,3 +56,25 @@ def test_bench_gpu_without_cuda_says_so():
     else:
         out = run_bench("bench_gpu.py")
         assert out[-1] == "gpu_bench: skipped (no CUDA)" and "not available" in out[0]
+
+
+def test_bench_gpu_packing_and_step_matrix_on_cpu(tmp_path):
+    """--packing: K worker processes time their steps after a common start; --step-matrix:
+    eager rows measured, CUDA-graph rows refused on the CPU (recorded, not hidden)."""
+    import json
+    out = run_bench("bench_gpu.py", "--device", "cpu", "--tiny", "--steps", "2",
+                    "--packing", "1,2", "--step-matrix", "--json", str(tmp_path / "b.json"))
+    res = json.loads((tmp_path / "b.json").read_text())
+    assert [r["k"] for r in res["packing"]] == [1, 2]
+    for r in res["packing"]:
+        assert r["aggregate_images_per_s"] > 0 and r["seconds"] > 0
+        assert r["per_run_images_per_s"] == round(r["aggregate_images_per_s"] / r["k"], 1)
+    assert res["packing"][0]["vs_k1"] == 1.0
+    rows = {(r["precision"], r["step"]): r for r in res["step_matrix"]}
+    assert set(rows) == {(p, s) for p in ("fp32", "bf16") for s in ("eager", "graphs")}
+    for p in ("fp32", "bf16"):
+        assert rows[(p, "eager")]["images_per_s"] > 0
+        assert "needs a CUDA device" in rows[(p, "graphs")]["error"]
+    # bf16's first loss is near fp32's (same weights, batch and noise), not equal
+    assert 0 < rows[("bf16", "eager")]["first_loss_vs_eager_fp32"] < 0.05
+    assert re.fullmatch(r"gpu_packing_gain: \d+\.\d{2} \(K=[12]\)", out[-1])

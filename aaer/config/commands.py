@@ -129,6 +129,12 @@ class ReproduceCommand:
                          "model) to exercise the pipeline on a CPU", choices=SCALES)
     tiny: bool = setting(False, "the same as --scale tiny", type=bool)
     jobs: int = setting(1, "runs at once on CPU (one per GPU on CUDA)", type=int, low=1)
+    runs_per_gpu: int = setting(1, "runs sharing one device at once: K processes per GPU "
+                                "(every visible GPU, or --jobs of them), each pinned to its "
+                                "GPU with CUDA_VISIBLE_DEVICES; on CPU K side by side per "
+                                "--jobs slot, the cores shared out; with --executor slurm, "
+                                "one job per K runs, asking for one run's GPUs and K runs' "
+                                "CPUs", type=int, low=1, metavar="K")
     data_dir: str | None = like("data.data_dir", help="passed to every run",
                                 default_text="each run's default")
     dry_run: bool = setting(False, "print one command per run and exit", type=bool)

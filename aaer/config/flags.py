@@ -34,6 +34,18 @@ def _key_value(item: str):
     return k.strip().replace("-", "_"), value
 
 
+def _number_text(text: str):
+    """A numeric flag's text as an int or float for the setting's check, which names the flag
+    and what is valid ("invalid --jobs 1.5: not an integer (must be an integer >= 1)"); text
+    that is no number at all goes to the check as it is."""
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    return text
+
+
 def add_setting(group, s: Setting) -> None:
     """One argparse argument for setting ``s``."""
     kw: dict[str, Any] = {"help": s.help_text(), "default": argparse.SUPPRESS}
@@ -56,7 +68,7 @@ def add_setting(group, s: Setting) -> None:
         kw.update(action="append", metavar=s.metavar)
     else:
         if s.type in (int, float):
-            kw["type"] = s.type
+            kw["type"] = _number_text
         if s.choices is not None:
             kw["choices"] = list(s.choices)
         if s.metavar:

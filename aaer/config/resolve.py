@@ -277,6 +277,9 @@ def validate(cfg: RunConfig, *, custom_data: bool = False) -> None:
                          f"{m.co_drop:g}]")
     if m.on_co != "warn" and not m.probe_n:
         raise UsageError(f"--on-co {m.on_co} needs the CO probe: set --probe-n N (e.g. 500)")
+    if cfg.runtime.compile_mode != "default" and not cfg.runtime.compile:
+        raise UsageError(f"--compile-mode {cfg.runtime.compile_mode} is a mode of "
+                         "torch.compile: give --compile too (or leave --compile-mode default)")
     if m.probe_every and not m.probe_n:
         raise UsageError(f"--probe-every {m.probe_every} needs the CO probe: set --probe-n N")
     method = build_method(cfg.method.name, cfg.eps, method_kwargs(cfg))

@@ -39,6 +39,8 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 LR_SCHEDULES = ("cyclic", "multistep", "onecycle")
 ON_NAN = ("stop", "skip-batch")
 CHANNELS_LAST = ("auto", "on", "off")
+COMPILE_MODES = ("default", "reduce-overhead")
+SGD_IMPLS = ("auto", "for-loop", "foreach", "fused")
 CO_RESPONSES = ("warn", "stop", "rollback")
 CO_REFERENCES = ("best", "previous")
 PROBE_SOURCES = ("test", "holdout")
@@ -143,8 +145,9 @@ class ModelConfig:
                            older_runs={})
     normalization: str = setting("dataset", "what the model subtracts and divides its input "
                                  "by: the data set's mean/std, none (a network that "
-                                 "normalises itself; the FastAT Benchmark's models), or "
-                                 "ImageNet's", choices=catalog.NORMALIZATIONS,
+                                 "normalises itself; the FastAT Benchmark's models), "
+                                 "ImageNet's, or CIFAR-10's (the AAER recipe's, for a CIFAR-10 "
+                                 "copy read as an imagefolder)", choices=catalog.NORMALIZATIONS,
                                  older_runs="dataset")
 
 
@@ -312,6 +315,15 @@ class RuntimeConfig:
                              choices=PRECISIONS)
     compile: bool = setting(False, "torch.compile the model (methods needing double backprop "
                             "run eagerly)", type=bool)
+    compile_mode: str = setting("default", "with --compile: torch.compile's mode; default "
+                                "(kernel fusion) or reduce-overhead (also CUDA graphs of the "
+                                "fixed-shape step: CUDA only)", choices=COMPILE_MODES,
+                                older_runs="default")
+    sgd_impl: str = setting("auto", "SGD's implementation: auto (torch's own choice: foreach "
+                            "on CUDA, for-loop on CPU), for-loop (one parameter at a time), "
+                            "foreach (multi-tensor kernels) or fused (one fused kernel); the "
+                            "same update up to float rounding", choices=SGD_IMPLS,
+                            older_runs="auto")
     channels_last: str = setting("auto", "NHWC memory format; auto: on for conv nets on CUDA",
                                  choices=CHANNELS_LAST)
     progress: bool = setting(True, "a progress bar per epoch", type=bool, negate="--no-progress",

@@ -42,6 +42,8 @@ def environment(device: torch.device) -> dict[str, Any]:
         # the kernels torch picked: runs agree bit for bit only on the same capability
         env["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     env["threads"] = torch.get_num_threads()
+    if "CUDA_VISIBLE_DEVICES" in os.environ:      # the GPU(s) a packing executor pinned it to
+        env["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
     return env
 
 

@@ -7,8 +7,10 @@ the AAE comparison l0 > l1 and the AAER regulariser from ``logits.float()``, so 
 network's own layers run in low precision.
 
 ``use_channels_last`` / ``to_channels_last`` decide and apply the NHWC memory format
-(conv nets on CUDA by default); ``maybe_compile`` applies torch.compile unless the
-method needs double backprop, which compiled graphs do not support.
+(conv nets on CUDA by default); ``maybe_compile`` applies torch.compile (--compile-mode
+default, or reduce-overhead: CUDA graphs of the step, CUDA only) unless the method needs
+double backprop, which compiled graphs do not support. ``make_sgd`` builds the optimiser
+with the implementation --sgd-impl names (the update is the same up to float rounding).
 """
 from __future__ import annotations
 
@@ -93,8 +95,36 @@ def to_channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
-def maybe_compile(model: nn.Module, method, log: logging.Logger | None = None) -> nn.Module:
-    """torch.compile(model), or the model itself when the method needs double backprop."""
+def check_compile_mode(mode: str, device: torch.device | str) -> str:
+    """``mode`` if it can run on ``device``: reduce-overhead captures CUDA graphs, which a
+    CPU run cannot (torch would silently compile without them); else UsageError."""
+    mode = SETTINGS["runtime.compile_mode"].check(mode)
+    if mode == "reduce-overhead" and torch.device(device).type != "cuda":
+        raise UsageError(f"--compile-mode reduce-overhead captures CUDA graphs and needs a "
+                         f"CUDA device, but this run is on {torch.device(device).type}; use "
+                         "--compile-mode default there")
+    return mode
+
+
+SGD_KWARGS = {"auto": {}, "for-loop": {"foreach": False}, "foreach": {"foreach": True},
+              "fused": {"fused": True}}
+
+
+def make_sgd(params, impl: str, **kw) -> torch.optim.SGD:
+    """torch.optim.SGD(params, **kw) with the implementation ``impl`` (--sgd-impl); an
+    implementation this torch cannot run on these parameters is a UsageError."""
+    impl = SETTINGS["runtime.sgd_impl"].check(impl)
+    try:
+        return torch.optim.SGD(params, **kw, **SGD_KWARGS[impl])
+    except (RuntimeError, ValueError) as e:
+        raise UsageError(f"--sgd-impl {impl} is not available here (torch {torch.__version__}: "
+                         f"{e}); valid: auto, for-loop, foreach") from None
+
+
+def maybe_compile(model: nn.Module, method, log: logging.Logger | None = None,
+                  mode: str = "default") -> nn.Module:
+    """torch.compile(model, mode=mode), or the model itself when the method needs double
+    backprop."""
     cost = method.cost()
     if cost.double_backprop:
         if log is not None:
@@ -103,6 +133,6 @@ def maybe_compile(model: nn.Module, method, log: logging.Logger | None = None) -
                      method.name)
         return model
     if log is not None:
-        log.info("--compile: torch.compile(model); the first steps (and the last, smaller "
-                 "batch of an epoch) pay the compilation time")
-    return torch.compile(model)
+        log.info("--compile: torch.compile(model, mode=%r); the first steps (and the last, "
+                 "smaller batch of an epoch) pay the compilation time", mode)
+    return torch.compile(model, mode=mode)

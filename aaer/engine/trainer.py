@@ -39,7 +39,8 @@ from aaer.engine.environment import (close_logger, environment, make_logger, pea
                                      progress_bar, reset_peak_memory, resolve_device,
                                      seed_everything, silent_logger, timed)
 from aaer.engine.guard import NanGuard
-from aaer.engine.precision import Precision, maybe_compile, use_channels_last
+from aaer.engine.precision import (Precision, check_compile_mode, make_sgd, maybe_compile,
+                                   use_channels_last)
 from aaer.engine.preflight import data_fingerprint
 from aaer.engine.restore import RestorePoints
 from aaer.engine.schedule import Schedule
@@ -114,6 +115,7 @@ class Trainer:
         self.is_main = self.dist.is_main
         self.device = self.dist.device if self.dist.enabled else resolve_device(rt.device)
         self.prec = Precision(rt.precision, self.device)
+        self.compile_mode = check_compile_mode(rt.compile_mode, self.device)
         self.method: Method = create_method(cfg.method.name, cfg.eps, **method_kwargs(cfg))
         self.method.set_label_smoothing(opt.label_smoothing)
         ds = dataset
@@ -141,8 +143,8 @@ class Trainer:
                                   seed=opt.seed, rank=self.dist.rank,
                                   world_size=self.dist.world_size, workers=cfg.data.workers)
         self.total_steps = opt.epochs * len(self.loader) * self.method.replays
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=opt.lr_max,
-                                   momentum=opt.momentum, weight_decay=opt.weight_decay)
+        self.opt = make_sgd(self.model.parameters(), rt.sgd_impl, lr=opt.lr_max,
+                            momentum=opt.momentum, weight_decay=opt.weight_decay)
         self.sched = Schedule(self.opt, opt, self.total_steps)
         # what a method may ask of the loop: per-example state, its weights, the average
         self.memory = self._example_memory()
@@ -171,8 +173,10 @@ class Trainer:
             self.step_model = distributed.wrap_ddp(self.model, self.dist)
         self.compiled = False
         if rt.compile:
-            self.step_model = maybe_compile(self.step_model, self.method, self.log)
+            self.step_model = maybe_compile(self.step_model, self.method, self.log,
+                                            self.compile_mode)
             self.compiled = not self.method.cost().double_backprop
+        self.graphs = self.compiled and self.compile_mode == "reduce-overhead"
 
     # -- the loop -------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -282,6 +286,8 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         out = None
         for _ in range(self.method.replays):
+            if self.graphs:                     # a new step: CUDA graph outputs may be reused
+                torch.compiler.cudagraph_mark_step_begin()
             buffers = self.guard.snapshot(self.model)   # only with --on-nan skip-batch
             with self.prec.autocast():
                 out = self.method.step(self.step_model, x, y, ctx)
@@ -575,6 +581,8 @@ class Trainer:
             "environment": environment(self.device),
             "performance": {"precision": self.prec.name, "channels_last": self.channels_last,
                             "compile": self.compiled,
+                            "compile_mode": self.compile_mode if self.compiled else None,
+                            "sgd_impl": self.cfg.runtime.sgd_impl,
                             "data_on_device": self.loader.on_device,
                             "world_size": self.dist.world_size,
                             "backend": self.dist.backend,

@@ -1,7 +1,17 @@
 """Where a suite's runs execute, behind one interface: ``submit(runs, out_dir, log)``.
 
-- ``LocalExecutor``: subprocesses on this machine, ``--jobs`` at a time (one per GPU).
-- ``SlurmExecutor``: one Slurm job per run, submitted as one job array through submitit.
+- ``LocalExecutor``: subprocesses on this machine, ``--jobs`` at a time (one per GPU), or
+  with ``--runs-per-gpu K``, K at a time on each GPU (each pinned to it with
+  CUDA_VISIBLE_DEVICES; on CPU, K side by side per --jobs slot, the cores shared out).
+  ``<out>/logs/executor.jsonl`` records each run's process: pid, device, threads, start,
+  end and exit code.
+- ``SlurmExecutor``: one Slurm job per run, submitted as one job array through submitit;
+  with ``--runs-per-gpu K``, one job per K runs (``PackedJob``), which train at once on the
+  job's GPU.
+
+Packing is for steps that leave the device idle: a PreActResNet18 step at batch 128 is
+launch-bound on an H100, so K runs side by side train more images per second in all than
+one run does (``benchmarks/bench_gpu.py --packing`` measures it).
 
 Both run ``python -m aaer train <the run's flags>`` for a new run and ``... --resume
 <run dir>`` for an interrupted one, in the run's own directory, and skip a finished run;
@@ -26,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aaer.errors import UsageError, require
-from aaer.io import atomic_write_json, read_json
+from aaer.io import append_jsonl, atomic_write_json, read_json
 from aaer.runs import RunDir
 
 
@@ -47,53 +57,80 @@ def _unfinished(runs, out_dir: str) -> list:
     return [r for r in runs if RunDir(os.path.join(out_dir, r.name)).state != "finished"]
 
 
-class LocalExecutor:
-    """``jobs`` runs at a time on this machine (one per visible GPU on CUDA)."""
+def slot_devices(gpus: int, jobs: int, runs_per_gpu: int) -> list[str | None]:
+    """The device of each concurrent slot: CUDA_VISIBLE_DEVICES of the slot's process, or
+    None on CPU. On CUDA, --jobs J uses J GPUs (1 by default; every visible GPU when only
+    --runs-per-gpu K > 1 is given), K slots on each; on CPU, J x K slots."""
+    if not gpus:
+        return [None] * (jobs * runs_per_gpu)
+    used = min(jobs, gpus) if jobs > 1 else (gpus if runs_per_gpu > 1 else 1)
+    return [str(g) for g in range(used) for _ in range(runs_per_gpu)]
 
-    def __init__(self, jobs: int = 1):
+
+class LocalExecutor:
+    """``jobs`` runs at a time on this machine (one per visible GPU on CUDA), each device
+    shared by ``runs_per_gpu`` runs at once."""
+
+    RECORD = "executor.jsonl"
+
+    def __init__(self, jobs: int = 1, runs_per_gpu: int = 1):
         self.jobs = jobs
+        self.runs_per_gpu = runs_per_gpu
 
     def submit(self, runs, out_dir: str, log=print) -> dict[str, int]:
-        """Run every unfinished run to its end; returns ok / failed / skipped counts."""
-        os.makedirs(os.path.join(out_dir, "logs"), exist_ok=True)
-        jobs = self.jobs
-        gpus = _gpu_count()
-        if gpus:
-            jobs = min(jobs, gpus) if jobs > 1 else 1
+        """Run every unfinished run to its end; returns ok / failed / skipped counts and
+        ``peak``, the most runs that were alive at once."""
+        logs = os.path.join(out_dir, "logs")
+        os.makedirs(logs, exist_ok=True)
+        devices = slot_devices(_gpu_count(), self.jobs, self.runs_per_gpu)
         todo = _unfinished(runs, out_dir)
-        counts = {"skipped": len(runs) - len(todo), "ok": 0, "failed": 0}
+        counts = {"skipped": len(runs) - len(todo), "ok": 0, "failed": 0, "peak": 0}
         if counts["skipped"]:
             log(f"{counts['skipped']} finished run(s) skipped")
-        cpu_threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
+        cpu_threads = max(1, (os.cpu_count() or 1) // len(devices))
+        if self.runs_per_gpu > 1 and todo:
+            where = f"GPU(s) {', '.join(sorted(set(devices)))}" if devices[0] is not None \
+                else f"the CPU ({cpu_threads} thread(s) each)"
+            log(f"{len(devices)} run(s) at once: {self.runs_per_gpu} per device on {where}")
         running: list[tuple[subprocess.Popen, Any, int, Any, float]] = []
-        free_slots = list(range(jobs))
+        free_slots = list(range(len(devices)))
         queue = list(todo)
         while queue or running:
             while queue and free_slots:
                 run = queue.pop(0)
                 slot = free_slots.pop(0)
                 env = dict(os.environ)
-                if gpus:
-                    env["CUDA_VISIBLE_DEVICES"] = str(slot)
-                elif jobs > 1:
+                if devices[slot] is not None:
+                    env["CUDA_VISIBLE_DEVICES"] = devices[slot]
+                elif len(devices) > 1:
                     env["OMP_NUM_THREADS"] = str(cpu_threads)
                 argv = command_for(run, out_dir)
-                logf = open(os.path.join(out_dir, "logs", run.name + ".log"), "ab")
-                log(f"{'resume' if argv[1] == '--resume' else 'start '} {run.name}")
+                logf = open(os.path.join(logs, run.name + ".log"), "ab")
+                log(f"{'resume' if argv[1] == '--resume' else 'start '} {run.name}"
+                    + (f" on GPU {devices[slot]}" if devices[slot] is not None and
+                       len(devices) > 1 else ""))
                 p = subprocess.Popen([sys.executable, "-m", "aaer", *argv], stdout=logf,
                                      stderr=subprocess.STDOUT, env=env)
                 running.append((p, run, slot, logf, time.time()))
+            counts["peak"] = max(counts["peak"], len(running))
             time.sleep(0.2)
             for item in list(running):
                 p, run, slot, logf, t0 = item
                 if p.poll() is None:
                     continue
+                t1 = time.time()
                 running.remove(item)
                 logf.close()
                 free_slots.append(slot)
                 ok = p.returncode == 0
                 counts["ok" if ok else "failed"] += 1
-                log(f"{'done  ' if ok else 'FAILED'} {run.name} ({time.time() - t0:.0f} s"
+                append_jsonl(os.path.join(logs, self.RECORD), {
+                    "run": run.name, "pid": p.pid, "slot": slot,
+                    "device": "cpu" if devices[slot] is None else f"cuda:{devices[slot]}",
+                    "threads": cpu_threads if devices[slot] is None and len(devices) > 1
+                    else None, "start": round(t0, 3), "end": round(t1, 3),
+                    "returncode": p.returncode})
+                log(f"{'done  ' if ok else 'FAILED'} {run.name} ({t1 - t0:.0f} s"
                     f"{'' if ok else f', exit {p.returncode}, see logs/{run.name}.log'})")
         return counts
 
@@ -116,6 +153,7 @@ class SlurmSettings:
     max_requeues: int = 3
     sbatch: dict[str, Any] = field(default_factory=dict)
     setup: list[str] = field(default_factory=list)
+    runs_per_gpu: int = 1          # runs packed into one job, training at once on its GPU(s)
 
 
 class TrainJob:
@@ -139,39 +177,86 @@ class TrainJob:
             return ["train", "--resume", self.run_dir, "--no-progress"]
         return self.argv
 
-    def __call__(self) -> dict[str, Any]:
-        run = RunDir(self.run_dir)
-        if run.state == "finished":
-            return {"run": self.run_name, "state": "finished"}
+    def start(self) -> subprocess.Popen | None:
+        """Start `aaer train` (or its resume); None when the run is already finished."""
+        if RunDir(self.run_dir).state == "finished":
+            return None
         env = {**os.environ, "OMP_NUM_THREADS": str(self.threads)}
         self._proc = subprocess.Popen([self.python, "-m", "aaer", *self.command()], env=env)
-        while self._proc.poll() is None:
-            time.sleep(0.5)
-        rc = self._proc.returncode
+        return self._proc
+
+    def result(self) -> dict[str, Any]:
+        """Once the process has ended: the run's state, or RuntimeError if it failed."""
+        state = RunDir(self.run_dir).state
+        rc = self._proc.returncode if self._proc is not None else 0
         if rc != 0:
             raise RuntimeError(f"aaer train for {self.run_name} exited with code {rc} (run "
-                               f"directory {self.run_dir}, state {run.state})")
-        return {"run": self.run_name, "state": run.state}
+                               f"directory {self.run_dir}, state {state})")
+        return {"run": self.run_name, "state": state}
+
+    def __call__(self) -> dict[str, Any]:
+        proc = self.start()
+        while proc is not None and proc.poll() is None:
+            time.sleep(0.5)
+        return self.result()
+
+    def wait_for_exit(self, deadline: float) -> None:
+        """After SIGTERM: wait until `aaer train` has written its checkpoint and exited (at
+        most until ``deadline``, then SIGTERM it again)."""
+        proc = self._proc
+        if proc is None:
+            return
+        while time.time() < deadline:
+            try:                   # reap here: the interrupted wait loop never resumes
+                pid, _ = os.waitpid(proc.pid, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid:
+                return
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGTERM)
+
+    def fresh(self) -> "TrainJob":
+        return TrainJob(self.run_name, self.argv, self.run_dir, self.threads, self.grace_s,
+                        self.python)
 
     def checkpoint(self, *args, **kwargs):
         """The job got SIGTERM, and so did `aaer train`: wait until it has written its
         checkpoint and exited, then requeue this job (it resumes from the checkpoint)."""
         from submitit.helpers import DelayedSubmission
-        proc = self._proc
-        if proc is not None:
-            deadline = time.time() + self.grace_s
-            while time.time() < deadline:
-                try:               # reap here: the interrupted wait loop never resumes
-                    pid, _ = os.waitpid(proc.pid, os.WNOHANG)
-                except ChildProcessError:
-                    break
-                if pid:
-                    break
-                time.sleep(0.2)
-            else:
-                os.kill(proc.pid, signal.SIGTERM)
-        return DelayedSubmission(TrainJob(self.run_name, self.argv, self.run_dir,
-                                          self.threads, self.grace_s, self.python))
+        self.wait_for_exit(time.time() + self.grace_s)
+        return DelayedSubmission(self.fresh())
+
+
+class PackedJob:
+    """What a Slurm job of ``--runs-per-gpu K`` runs: K TrainJobs at once on the job's
+    GPU (Slurm's CUDA_VISIBLE_DEVICES, inherited); requeued as a whole on SIGTERM, where
+    each run resumes from its own checkpoint and a finished one is skipped."""
+
+    def __init__(self, jobs: list[TrainJob]):
+        self.jobs = list(jobs)
+
+    def __call__(self) -> list[dict[str, Any]]:
+        procs = [job.start() for job in self.jobs]
+        while any(p is not None and p.poll() is None for p in procs):
+            time.sleep(0.5)
+        results, failed = [], []
+        for job in self.jobs:
+            try:
+                results.append(job.result())
+            except RuntimeError as e:
+                failed.append(str(e))
+        if failed:
+            raise RuntimeError("; ".join(failed))
+        return results
+
+    def checkpoint(self, *args, **kwargs):
+        """SIGTERM: wait for every run's checkpoint, then requeue the whole pack."""
+        from submitit.helpers import DelayedSubmission
+        deadline = time.time() + max(job.grace_s for job in self.jobs)
+        for job in self.jobs:
+            job.wait_for_exit(deadline)
+        return DelayedSubmission(PackedJob([job.fresh() for job in self.jobs]))
 
 
 def _need_slurm(*commands: str) -> None:
@@ -201,8 +286,14 @@ def _squeue(job_ids: list[str]) -> dict[str, tuple[str, str]]:
     return known
 
 
+def packs(runs: list, size: int) -> list[list]:
+    """``runs`` in groups of ``size`` (the last may be smaller), in order."""
+    return [runs[i:i + size] for i in range(0, len(runs), size)]
+
+
 class SlurmExecutor:
-    """One Slurm job per run, in one job array (submitit's ``batch()``)."""
+    """One Slurm job per run (per K runs with --runs-per-gpu K), in one job array
+    (submitit's ``batch()``)."""
 
     ACTIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING",
               "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED", "STAGE_OUT", "SIGNALING")
@@ -239,7 +330,15 @@ class SlurmExecutor:
         s = self.settings
         ex = submitit.AutoExecutor(folder=os.path.join(self.folder(out_dir), "%j"),
                                    cluster="slurm", slurm_max_num_timeout=s.max_requeues)
-        params: dict[str, Any] = {"timeout_min": s.time_min, "cpus_per_task": s.cpus_per_run,
+        ex.update_parameters(**self.parameters())
+        return ex
+
+    def parameters(self) -> dict[str, Any]:
+        """submitit's parameters of each job: a packed job (--runs-per-gpu K) asks for the
+        GPUs of one run and the CPUs of K."""
+        s = self.settings
+        params: dict[str, Any] = {"timeout_min": s.time_min,
+                                  "cpus_per_task": s.cpus_per_run * s.runs_per_gpu,
                                   "nodes": 1, "tasks_per_node": 1, "name": "aaer",
                                   "slurm_array_parallelism": s.array_parallelism,
                                   "slurm_signal_delay_s": s.signal_delay_s,
@@ -256,8 +355,7 @@ class SlurmExecutor:
                            ("qos", s.qos)):
             if value is not None:
                 params[f"slurm_{key}"] = value
-        ex.update_parameters(**params)
-        return ex
+        return params
 
     def submit(self, runs, out_dir: str, log=print) -> dict[str, int]:
         """Submit every run that is neither finished nor queued; returns the counts."""
@@ -276,20 +374,25 @@ class SlurmExecutor:
         out_dir = os.path.abspath(out_dir)          # jobs may start in another directory
         ex = self._executor(out_dir)               # refused before anything is written
         os.makedirs(self.folder(out_dir), exist_ok=True)
+        grace = max(5.0, self.settings.signal_delay_s - 10.0)
+
+        def train_job(r):
+            return TrainJob(r.name, r.argv(out_dir), os.path.join(out_dir, r.name),
+                            self.settings.cpus_per_run, grace)
+        k = self.settings.runs_per_gpu
         with ex.batch():
-            grace = max(5.0, self.settings.signal_delay_s - 10.0)
-            submitted = [(r, ex.submit(TrainJob(r.name, r.argv(out_dir),
-                                                os.path.join(out_dir, r.name),
-                                                self.settings.cpus_per_run, grace)))
-                         for r in todo]
+            submitted = [(pack, ex.submit(train_job(pack[0]) if k == 1 else
+                                          PackedJob([train_job(r) for r in pack])))
+                         for pack in packs(todo, k)]
         jobs = self.jobs(out_dir)
-        for run, job in submitted:
-            jobs[run.name] = {"job_id": str(job.job_id),
-                              "log": str(job.paths.stdout).replace("%j", str(job.job_id)),
-                              "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-            log(f"submitted {run.name}: job {job.job_id}")
+        for pack, job in submitted:
+            for run in pack:
+                jobs[run.name] = {"job_id": str(job.job_id),
+                                  "log": str(job.paths.stdout).replace("%j", str(job.job_id)),
+                                  "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            log(f"submitted {', '.join(r.name for r in pack)}: job {job.job_id}")
         atomic_write_json(self.jobs_file(out_dir), jobs)
-        counts["submitted"] = len(submitted)
+        counts["submitted"] = sum(len(pack) for pack, _ in submitted)
         return counts
 
     def wait(self, runs, out_dir: str, poll_s: float = 2.0, log=print) -> dict[str, int]:

@@ -58,14 +58,19 @@ class Normalized(nn.Module):
         return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
 
 
-NORMALIZATIONS = ("dataset", "none", "imagenet")
+NORMALIZATIONS = ("dataset", "none", "imagenet", "cifar10")
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+# the AAER recipe's CIFAR-10 statistics (SPEC §3), for a CIFAR-10 copy read as an image
+# folder (whose own default is ImageNet's)
+CIFAR10 = ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616))
+FIXED = {"imagenet": IMAGENET, "cifar10": CIFAR10}
 
 
 def input_stats(normalization: str, mean: Stats, std: Stats, in_channels: int):
     """(mean, std) the model normalises its input with (--normalization): the data set's
     (``mean``, ``std``), none (0 and 1: a network that normalises itself, or none at all, as
-    the FastAT Benchmark's), or ImageNet's (for architectures built for it)."""
+    the FastAT Benchmark's), ImageNet's (for architectures built for it), or CIFAR-10's (a
+    CIFAR-10 copy read as an image folder)."""
     if normalization == "dataset":
         def values(v):
             return tuple(float(x) for x in (v.flatten().tolist() if isinstance(v, torch.Tensor)
@@ -73,11 +78,11 @@ def input_stats(normalization: str, mean: Stats, std: Stats, in_channels: int):
         return values(mean), values(std)
     if normalization == "none":
         return (0.0,) * in_channels, (1.0,) * in_channels
-    if normalization == "imagenet":
+    if normalization in FIXED:
         if in_channels != 3:
-            raise UsageError(f"--normalization imagenet is for RGB images; these have "
+            raise UsageError(f"--normalization {normalization} is for RGB images; these have "
                              f"{in_channels} channel(s); valid: dataset, none")
-        return IMAGENET
+        return FIXED[normalization]
     raise UsageError(f"invalid --normalization {normalization!r}; valid: "
                      f"{', '.join(NORMALIZATIONS)}")
 
