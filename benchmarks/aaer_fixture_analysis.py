@@ -143,7 +143,7 @@ def main() -> int:
     p.add_argument("suite_dir", help="aaer reproduce co-fixture --out DIR (on-co warn)")
     p.add_argument("--grid", help="directory of lamda3 grid runs")
     a = p.parse_args()
-    runs = suite_runs(a.suite_dir, r"co-fixture_(.+)_s(\d+)$")
+    runs = suite_runs(a.suite_dir, r"co-fixture(?:-cifar10)?_(.+)_s(\d+)$")
     trajectories(runs)
     for method in ("RS-AAER", "N-AAER"):
         per_seed(runs, method)

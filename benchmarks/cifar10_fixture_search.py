@@ -29,9 +29,8 @@ DATA = os.path.join(os.path.dirname(ROOT), "shared", "datasets", "cifar10-jpeg.z
 # name -> (width, n_train, eps, epochs, lr_max), in the order they were tried
 CONFIGS = {
     "w4-n10000-e16-ep15-lr0.2": (4, 10000, 16, 15, 0.2),
-    "w4-n10000-e16-ep10-lr0.2": (4, 10000, 16, 10, 0.2),
-    "w4-n10000-e12-ep15-lr0.2": (4, 10000, 12, 15, 0.2),
     "w4-n5000-e16-ep15-lr0.2": (4, 5000, 16, 15, 0.2),
+    "w4-n10000-e16-ep15-lr0.3": (4, 10000, 16, 15, 0.3),
 }
 
 
@@ -45,6 +44,8 @@ def flags(width: int, n_train: int, eps: float, epochs: int, lr: float) -> list[
 
 
 def seeds_of(text: str) -> list[int]:
+    if "," in text:
+        return [int(s) for s in text.split(",")]
     lo, _, hi = text.partition("-")
     return list(range(int(lo), int(hi or lo) + 1))
 
@@ -94,7 +95,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/cifar-search")
     p.add_argument("--only", action="append", help="a configuration name (repeatable)")
-    p.add_argument("--seeds", default="0-4", help="e.g. 0-4 or 2")
+    p.add_argument("--seeds", default="0-4", help="e.g. 0-4, 2 or 4,1,0,2,3 (in this order)")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--table", action="store_true", help="print the table of finished runs")
     a = p.parse_args()

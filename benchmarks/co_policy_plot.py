@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,16 +20,16 @@ sys.path.insert(0, ROOT)
 
 from aaer.reporting.report import seed_band  # noqa: E402
 from aaer.runs import load_run  # noqa: E402
-from co_policy_table import METHODS  # noqa: E402
+from co_policy_table import RUN_NAME, METHODS  # noqa: E402
 
 
 def runs_of(warn_dir: str, rollback_dir: str, method: str):
     """(warn runs, rollback runs) of ``method``, seed by seed."""
     warn, rollback = [], []
-    seeds = sorted(int(m.group(1)) for m in
-                   (re.match(rf"co-fixture_{re.escape(method)}_s(\d+)$", n)
-                    for n in os.listdir(warn_dir)) if m)
-    for name in (f"co-fixture_{method}_s{s}" for s in seeds):
+    named = sorted((int(m.group(2)), n) for m, n in
+                   ((RUN_NAME.match(n), n) for n in os.listdir(warn_dir))
+                   if m and m.group(1) == method)
+    for _, name in named:
         w = os.path.join(warn_dir, name)
         if not os.path.exists(os.path.join(w, "results.json")):
             continue
@@ -50,11 +49,14 @@ def main() -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, len(METHODS), figsize=(4 * len(METHODS), 6.4), sharex=True)
-    for col, method in enumerate(METHODS):
+    present = {RUN_NAME.match(n).group(1) for n in os.listdir(a.warn_dir) if RUN_NAME.match(n)}
+    methods = [m for m in METHODS if m in present] + sorted(present - set(METHODS))
+    fig, axes = plt.subplots(2, len(methods), figsize=(4 * len(methods), 6.4), sharex=True,
+                             squeeze=False)
+    for col, method in enumerate(methods):
         warn, rollback = runs_of(a.warn_dir, a.rollback_dir, method)
         if not warn:
-            raise SystemExit(f"no finished co-fixture_{method}_s* run in {a.warn_dir}")
+            raise SystemExit(f"no finished run of {method} in {a.warn_dir}")
         for row, key in enumerate(("probe_pgd_acc", "aae_count")):
             ax = axes[row][col]
             for runs, policy, color in ((warn, "warn", "tab:red"),

@@ -30,12 +30,20 @@ from aaer.runs import load_run  # noqa: E402
 from co_fixture_campaign import needs_twin  # noqa: E402
 
 METHODS = ("FGSM", "RS-FGSM", "N-FGSM", "RS-AAER", "N-AAER")
+# a run of either fixture suite (aaer reproduce co-fixture | co-fixture-cifar10)
+RUN_NAME = re.compile(r"^co-fixture(?:-cifar10)?_(.+)_s(\d+)$")
+
+
+def methods_in(runs) -> list[str]:
+    """The methods of ``runs`` (keys (method, seed)): the first table's five first."""
+    found = {m for m, _ in runs}
+    return [m for m in METHODS if m in found] + sorted(found - set(METHODS))
 
 
 def read(suite_dir: str) -> dict[tuple[str, int], dict]:
     out = {}
     for name in sorted(os.listdir(suite_dir)):
-        m = re.match(r"co-fixture_(.+)_s(\d+)$", name)
+        m = RUN_NAME.match(name)
         if not m or not os.path.exists(os.path.join(suite_dir, name, "results.json")):
             continue
         run = load_run(os.path.join(suite_dir, name))
@@ -84,7 +92,7 @@ def main() -> int:
           "discarded) | final clean | final PGD | mean clean / PGD | wall s (mean) |")
     print("|---|---|---|---|---|---|---|---|---|")
     verdicts = []
-    for method in METHODS:
+    for method in methods_in({k for runs in policies.values() for k in runs}):
         for policy, runs in policies.items():
             rows = [runs[(method, s)] for s in seeds if (method, s) in runs]
             if not rows:

@@ -320,7 +320,7 @@ def run_demo(out_dir: str = "runs/demo", data_dir=None, download: bool = False,
              seed: int | None = None, methods=DEMO_METHODS, progress: bool = True,
              epochs: int | None = None, jobs: int | None = None, threads: int | None = None,
              data=None, stream=None, rollback: bool = False,
-             fixture: str = "fashion-mnist") -> dict[str, Any]:
+             fixture: str = "fashion-mnist", on_co: str = "warn") -> dict[str, Any]:
     """Train the fixture for each method, write the report, print the verdict.
 
     ``fixture``: "fashion-mnist" (``CO_FIXTURE``) or "cifar10" (``CIFAR10_FIXTURE``);
@@ -332,6 +332,8 @@ def run_demo(out_dir: str = "runs/demo", data_dir=None, download: bool = False,
     most one per CPU core), each with ``threads`` torch threads (default: the cores
     divided among the jobs). With one job the runs train here, one after the other.
     ``data`` replaces the data set's look-up (a stand-in data set for tests).
+    ``on_co``: the monitor's response in the runs besides the rollback run ("stop": each
+    ends when its CO is confirmed, a shortened demo).
     """
     import torch
 
@@ -352,10 +354,11 @@ def run_demo(out_dir: str = "runs/demo", data_dir=None, download: bool = False,
         worker_data = data
     print(f"{spec['name']}: {data.source or data_dir}", file=stream)
     changes = {"progress": progress and jobs == 1, "overwrite": True}
+    main_changes = {**changes, "on_co": on_co} if on_co != "warn" else changes
     if epochs is not None:
         changes["epochs"] = epochs
     cfgs = [co_fixture_config(method, seed, os.path.join(out_dir, method), data_dir, fixture,
-                              **changes)
+                              **main_changes)
             for method in methods]
     first = cfgs[0]
     order = cfgs
