@@ -62,6 +62,7 @@ def main() -> int:
                    help="which CO fixture (runs are named <suite>_<METHOD>_s<seed>, as by aaer "
                    "reproduce co-fixture / co-fixture-cifar10)")
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--data-dir", help="the fixture's data (default: the fixture's own look-up)")
     p.add_argument("--threads", type=int, help="torch threads per run (default: cores / jobs)")
     p.add_argument("--no-grid", action="store_true")
     p.add_argument("--no-twins", action="store_true", help="warn runs only")
@@ -88,7 +89,8 @@ def main() -> int:
         name = f"{suite}_{label}_s{seed}" if kind != "grid" else \
             f"{label}_l3-{extra[1]}_s{seed}"
         d = os.path.join(a.out, sub, name)
-        argv = [*aaer, "train", *fixture_flags(method, a.fixture), *extra, "--seed", str(seed),
+        data = ["--data-dir", a.data_dir] if a.data_dir else []
+        argv = [*aaer, "train", *fixture_flags(method, a.fixture), *data, *extra, "--seed", str(seed),
                 "--out-dir", d, "--no-progress"]
         return d, argv, (kind, method, label, seed)
 
