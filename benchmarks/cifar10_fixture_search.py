@@ -66,14 +66,15 @@ def outcome(d: str) -> dict:
             "final_train_acc": rows[-1]["train_acc"],
             "final_pgd": res["evaluation"]["results"]["pgd"]["acc"],
             "final_clean": res["evaluation"]["results"]["clean"]["acc"],
-            "wall_s": usage.get("wall_s"), "cpu_s": usage.get("cpu_s")}
+            "train_s": res["train_seconds"], "wall_s": usage.get("wall_s"),
+            "cpu_s": usage.get("cpu_s")}
 
 
 def table(out: str) -> str:
     lines = ["| configuration (RS-FGSM) | width | train images | eps | epochs | lr peak | seed | "
              "CO from epoch | ends in CO | best / final probe PGD | final probe clean / FGSM | final train acc | "
-             "final clean / PGD-10 | run time (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "final clean / PGD-10 | train s | process CPU s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, (w, n, eps, ep, lr) in CONFIGS.items():
         for seed in range(10):
             d = os.path.join(out, f"{name}_s{seed}")
@@ -87,7 +88,8 @@ def table(out: str) -> str:
                          f"{o['final_probe_clean']:.3f} / {o['final_probe_fgsm']:.3f} | "
                          f"{o['final_train_acc']:.3f} | "
                          f"{o['final_clean']:.3f} / {o['final_pgd']:.3f} | "
-                         f"{o['wall_s']:.0f} |")
+                         f"{o['train_s']:.0f} | "
+                         f"{'-' if o['cpu_s'] is None else format(o['cpu_s'], '.0f')} |")
     return "\n".join(lines)
 
 
