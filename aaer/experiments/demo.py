@@ -354,9 +354,9 @@ def run_demo(out_dir: str = "runs/demo", data_dir=None, download: bool = False,
         worker_data = data
     print(f"{spec['name']}: {data.source or data_dir}", file=stream)
     changes = {"progress": progress and jobs == 1, "overwrite": True}
-    main_changes = {**changes, "on_co": on_co} if on_co != "warn" else changes
     if epochs is not None:
         changes["epochs"] = epochs
+    main_changes = {**changes, "on_co": on_co} if on_co != "warn" else changes
     cfgs = [co_fixture_config(method, seed, os.path.join(out_dir, method), data_dir, fixture,
                               **main_changes)
             for method in methods]
