@@ -243,3 +243,14 @@ def test_the_demos_workers_end_when_the_demo_is_killed(tmp_path):
     for w in alive:
         os.kill(w, signal.SIGKILL)
     assert not alive, f"workers {alive} outlived their demo"
+
+
+def test_a_shortened_demo_stops_at_co_with_the_epochs_given(tmp_path, monkeypatch):
+    """run_demo(on_co="stop", epochs=N): both reach the runs' settings (the CIFAR-10 demo
+    test relies on them)."""
+    res = demo.run_demo(str(tmp_path / "d"), methods=("rs-fgsm",), epochs=1, jobs=1,
+                        threads=1, data=_stand_in(monkeypatch), progress=False,
+                        stream=io.StringIO(), on_co="stop")
+    (run,) = res["runs"]
+    assert run.settings.monitor.on_co == "stop" and run.settings.optim.epochs == 1
+    assert len(run.rows) == 1
