@@ -112,7 +112,8 @@ class EvalCommand:
 
 @dataclass
 class ReproduceCommand:
-    suite: str = setting(None, "aaer-cifar10, aaer-cifar100, co-fixture, fastat-cifar10, "
+    suite: str = setting(None, "aaer-cifar10, aaer-cifar100, co-fixture, co-fixture-cifar10 "
+                         "(the CPU CO fixtures: every method), fastat-cifar10, "
                          "fastat-cifar100, fastat-tinyimagenet (the FastAT Benchmark's "
                          "protocol), or a .json/.toml suite file (a grid over datasets, "
                          "models, methods, eps)",
