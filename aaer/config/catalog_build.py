@@ -27,6 +27,22 @@ not edit by hand.
 '''
 
 
+def write_generated(path: str, text: str, argv, what: str, command: str) -> int:
+    """Rewrite the generated file ``path`` with ``text`` (or, with ``--check`` in ``argv``,
+    exit 1 when it differs: ``what`` has drifted, ``command`` rewrites it)."""
+    current = open(path).read() if os.path.exists(path) else ""
+    if "--check" in argv:
+        if current != text:
+            print(f"{what} drifted: run {command}", file=sys.stderr)
+            return 1
+        return 0
+    if current != text:
+        with open(path, "w") as f:
+            f.write(text)
+        print(f"rewrote {what} ({path})")
+    return 0
+
+
 def method_lines() -> dict[str, list[str]]:
     """What `aaer methods` prints for each method: cost, description, source, presets and
     what it changes in training."""
@@ -97,18 +113,8 @@ def render() -> str:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     text = render()
-    current = open(PATH).read() if os.path.exists(PATH) else ""
-    if "--check" in argv:
-        if current != text:
-            print(f"{PATH} has drifted from the registries: run python -m "
-                  "aaer.config.catalog_build", file=sys.stderr)
-            return 1
-        return 0
-    if current != text:
-        with open(PATH, "w") as f:
-            f.write(text)
-        print(f"wrote {PATH}")
-    return 0
+    return write_generated(PATH, text, argv, f"{PATH}, generated from the registries,",
+                           "python -m aaer.config.catalog_build")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import os
 import re
 import sys
 
+from aaer.config.catalog_build import write_generated
 from aaer.config.commands import COMMANDS
 from aaer.config.flags import SECTION_TITLES
 from aaer.config.schema import SECTIONS
@@ -73,19 +74,9 @@ def render(readme: str) -> str:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    current = open(README).read()
-    text = render(current)
-    if "--check" in argv:
-        if text != current:
-            print("README.md's settings tables have drifted from the schema: run python -m "
-                  "aaer.config.reference", file=sys.stderr)
-            return 1
-        return 0
-    if text != current:
-        with open(README, "w") as f:
-            f.write(text)
-        print(f"rewrote the settings tables in {README}")
-    return 0
+    text = render(open(README).read())
+    return write_generated(README, text, argv, "README.md's settings tables, generated from "
+                           "the schema,", "python -m aaer.config.reference")
 
 
 if __name__ == "__main__":

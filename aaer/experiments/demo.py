@@ -38,6 +38,10 @@ from aaer.training import train
 
 FIXTURE_EPSILON = 70.0          # about 0.275 in pixel units (1/255 units, as every --epsilon)
 
+# what both fixtures take from the AAER paper's recipe, and the monitor's per-epoch probe
+_SHARED = {"lr_max": 0.2, "lr_peak": 0.5, "momentum": 0.9, "weight_decay": 5e-4,
+           "probe_n": 500, "probe_steps": 10, "eval_protocol": "quick"}
+
 CO_FIXTURE: dict[str, Any] = {
     "name": "co-fixture",
     "description": ("Fashion-MNIST, first 10000 training images, small-cnn (width 16), eps "
@@ -52,13 +56,7 @@ CO_FIXTURE: dict[str, Any] = {
     "epsilon": FIXTURE_EPSILON,
     "epochs": 10,
     "batch_size": 64,
-    "lr_max": 0.2,
-    "lr_peak": 0.5,
-    "momentum": 0.9,
-    "weight_decay": 5e-4,
-    "probe_n": 500,
-    "probe_steps": 10,
-    "eval_protocol": "quick",
+    **_SHARED,
     "n_eval": None,
 }
 
@@ -77,13 +75,7 @@ CIFAR10_FIXTURE: dict[str, Any] = {
     "epsilon": 16.0,
     "epochs": 15,
     "batch_size": 128,
-    "lr_max": 0.2,
-    "lr_peak": 0.5,
-    "momentum": 0.9,
-    "weight_decay": 5e-4,
-    "probe_n": 500,
-    "probe_steps": 10,
-    "eval_protocol": "quick",
+    **_SHARED,
     "n_eval": 1000,
 }
 

@@ -479,18 +479,23 @@ def summary_markdown(suite: str, summary: list[dict[str, Any]], rows: list[dict[
     return "\n".join(lines) + "\n"
 
 
+def csv_text(rows: list[dict[str, Any]], cols: list[str]) -> str:
+    """``rows`` as CSV with the columns ``cols`` (a missing or None value: empty)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    for s in rows:
+        w.writerow({k: ("" if s.get(k) is None else s[k]) for k in cols})
+    return buf.getvalue()
+
+
 def summary_csv(summary: list[dict[str, Any]]) -> str:
     """One row per method: aaer's columns (accuracies in %), then the benchmark's
     (``published_<metric>_mean|std``, benchmark_data.json's names and units)."""
     cols = ["method", "aaer_method", "benchmark_config", "seeds", "compared_model"]
     cols += [f"{c}_{k}" for c in AAER_COLUMNS for k in ("mean", "std")]
     cols += [f"published_{m}_{k}" for m in METRICS for k in ("mean", "std")]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
-    w.writeheader()
-    for s in summary:
-        w.writerow({k: ("" if s.get(k) is None else s[k]) for k in cols})
-    return buf.getvalue()
+    return csv_text(summary, cols)
 
 
 def write_summary(suite: str, runs, out_dir: str) -> dict[str, Any]:

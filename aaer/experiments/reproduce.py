@@ -10,7 +10,6 @@ the CO rate (the fraction of seeds in which the monitor flagged catastrophic ove
 """
 from __future__ import annotations
 
-import csv
 import io
 import json
 import math
@@ -437,12 +436,7 @@ def summary_csv(summary: list[dict]) -> str:
     cols = ["method", "eps", "seeds", "clean_mean", "clean_std", "pgd_mean", "pgd_std",
             "autoattack_mean", "autoattack_std", "seconds_per_epoch_mean",
             "seconds_per_epoch_std", "co_rate", "co_monitored", "protocol"]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
-    w.writeheader()
-    for s in summary:
-        w.writerow({k: ("" if s.get(k) is None else s[k]) for k in cols})
-    return buf.getvalue()
+    return fastat.csv_text(summary, cols)
 
 
 def plot_robust_vs_eps(summary: list[dict], path: str) -> bool:
