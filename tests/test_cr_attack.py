@@ -284,21 +284,9 @@ def test_cli_eval_runs_cr(tmp_path, capsys, monkeypatch):
     the reason."""
     import json
 
-    import numpy as np
-
     from aaer.cli import main
-    from aaer.data import load_dataset
-    from aaer.models import build
-    from tests.helpers.files import write_idx_set
-    fm = tmp_path / "fmnist"
-    write_idx_set(str(fm), np.random.default_rng(0), n_train=16, n_test=24)
-    data = load_dataset("fashion-mnist", str(fm), cache_dir=str(tmp_path / "cache"))
-    torch.manual_seed(0)
-    model = build("linear", data.num_classes, data.in_channels, data.image_size,
-                  data.mean, data.std)
-    torch.save(model.net.state_dict(), tmp_path / "model.pt")
-    (tmp_path / "config.json").write_text(json.dumps(
-        {"dataset": "fashion-mnist", "model": "linear", "epsilon": 8.0, "data_dir": str(fm)}))
+    from tests.helpers.files import linear_checkpoint_dir
+    linear_checkpoint_dir(tmp_path, n_test=24)
     args = ["eval", "--checkpoint", str(tmp_path), "--protocol", "quick", "--n-eval", "24",
             "--attacks", "clean,cr", "--device", "cpu", "--seed", "1"]
     assert main(args) == 0

@@ -148,3 +148,26 @@ def snapshot(path):
             full = os.path.join(here, n)
             out[os.path.relpath(full, path)] = open(full, "rb").read()
     return out
+
+
+def linear_checkpoint_dir(tmp_path, n_test: int) -> str:
+    """A folder `aaer eval --checkpoint` reads: a seeded linear model's model.pt and a flat
+    config.json, over small Fashion-MNIST IDX files (16 training, ``n_test`` test images)
+    in tmp_path/fmnist."""
+    import json
+
+    import torch
+
+    from aaer.data import load_dataset
+    from aaer.models import build
+    fm = os.path.join(str(tmp_path), "fmnist")
+    write_idx_set(fm, np.random.default_rng(0), n_train=16, n_test=n_test)
+    data = load_dataset("fashion-mnist", fm, cache_dir=os.path.join(str(tmp_path), "cache"))
+    torch.manual_seed(0)
+    model = build("linear", data.num_classes, data.in_channels, data.image_size,
+                  data.mean, data.std)
+    torch.save(model.net.state_dict(), os.path.join(str(tmp_path), "model.pt"))
+    with open(os.path.join(str(tmp_path), "config.json"), "w") as f:
+        json.dump({"dataset": "fashion-mnist", "model": "linear", "epsilon": 8.0,
+                   "data_dir": fm}, f)
+    return str(tmp_path)
