@@ -19,6 +19,7 @@ cell is the warn run's, marked "=" (``--require-twins`` refuses instead).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -61,9 +62,19 @@ def read(suite_dir: str) -> dict[tuple[str, int], dict]:
             "ends_in_co": bool(ends_in_co), "rollbacks": len(mon.get("rollbacks", [])),
             "discarded": mon.get("epochs_discarded", 0.0), "seconds": res["train_seconds"],
             "outcome": mon.get("outcome", ""),
+            "cpu_s": _cpu_seconds(os.path.join(suite_dir, name)),
             # out of CO by the rule is no rescue when the model is robust to nothing
             "weak": run.last_probe()["probe_pgd_acc"] <= mon["probe"]["rule"]["floor"]}
     return out
+
+
+def _cpu_seconds(run_dir: str):
+    """The run's process CPU seconds, when co_fixture_campaign.py recorded them."""
+    try:
+        with open(run_dir + ".usage.json") as f:
+            return json.load(f).get("cpu_s")
+    except FileNotFoundError:
+        return None
 
 
 def cells(rows, key, fmt):
@@ -73,12 +84,16 @@ def cells(rows, key, fmt):
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("warn_dir")
-    p.add_argument("rollback_dir")
+    p.add_argument("rollback_dir", nargs="?", help="omit: the warn runs only")
+    p.add_argument("--cpu", action="store_true", help="add the mean process CPU seconds "
+                   "(<run>.usage.json, written by co_fixture_campaign.py)")
     p.add_argument("--require-twins", action="store_true",
                    help="every warn run needs its rollback run (no '=' cells)")
     a = p.parse_args()
-    policies = {"warn": read(a.warn_dir), "rollback": read(a.rollback_dir)}
-    for key, w in policies["warn"].items():
+    policies = {"warn": read(a.warn_dir)}
+    if a.rollback_dir:
+        policies["rollback"] = read(a.rollback_dir)
+    for key, w in policies["warn"].items() if a.rollback_dir else ():
         if key in policies["rollback"]:
             continue
         if w["twin_needed"] or a.require_twins:
@@ -89,8 +104,9 @@ def main() -> int:
     print(f"seeds {seeds[0]}-{seeds[-1]}; cells per seed in seed order; accuracies in %; "
           "=: the warn run's (never flagged, no candidate at the end: the same computation)\n")
     print("| method | policy | ends in CO | final probe PGD <= 0.05 | rollbacks (epochs "
-          "discarded) | final clean | final PGD | mean clean / PGD | wall s (mean) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "discarded) | final clean | final PGD | mean clean / PGD | wall s (mean) |"
+          + (" CPU s (mean) |" if a.cpu else ""))
+    print("|---|---|---|---|---|---|---|---|---|" + ("---|" if a.cpu else ""))
     verdicts = []
     for method in methods_in({k for runs in policies.values() for k in runs}):
         for policy, runs in policies.items():
@@ -112,10 +128,12 @@ def main() -> int:
             mc = sum(r["clean"] for r in rows) / n
             mp = sum(r["pgd"] for r in rows) / n
             wall = sum(r["seconds"] for r in rows) / n
+            cpu = [r["cpu_s"] for r in rows if r.get("cpu_s") is not None]
+            more = (f" {sum(cpu) / len(cpu):.0f} |" if cpu else " - |") if a.cpu else ""
             print(f"| {method} | {policy} | {co} | {weak} | {rb} | {cells(rows, 'clean', pct)} | "
-                  f"{cells(rows, 'pgd', pct)} | {pct(mc)} / {pct(mp)} | {wall:.0f} |")
-        both = [(s, policies["warn"].get((method, s)), policies["rollback"].get((method, s)))
-                for s in seeds]
+                  f"{cells(rows, 'pgd', pct)} | {pct(mc)} / {pct(mp)} | {wall:.0f} |{more}")
+        both = [(s, policies["warn"].get((method, s)),
+                 policies.get("rollback", {}).get((method, s))) for s in seeds]
         both = [(s, w, r) for s, w, r in both if w and r]
         if both:
             worse = [s for s, w, r in both if r["pgd"] < w["pgd"]]
