@@ -20,6 +20,7 @@ sys.path.insert(0, ROOT)
 
 from aaer.reporting.report import seed_band  # noqa: E402
 from aaer.runs import load_run  # noqa: E402
+from co_fixture_campaign import needs_twin  # noqa: E402
 from co_policy_table import RUN_NAME, METHODS  # noqa: E402
 
 
@@ -35,7 +36,10 @@ def runs_of(warn_dir: str, rollback_dir: str, method: str):
             continue
         r = os.path.join(rollback_dir, name)
         warn.append(load_run(w))
-        rollback.append(load_run(r if os.path.exists(os.path.join(r, "results.json")) else w))
+        if os.path.exists(os.path.join(r, "results.json")):
+            rollback.append(load_run(r))
+        elif not needs_twin(w):                 # never flagged: the same computation
+            rollback.append(load_run(w))
     return warn, rollback
 
 
@@ -49,7 +53,8 @@ def main() -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    present = {RUN_NAME.match(n).group(1) for n in os.listdir(a.warn_dir) if RUN_NAME.match(n)}
+    present = {RUN_NAME.match(n).group(1) for n in os.listdir(a.warn_dir)
+               if RUN_NAME.match(n) and os.path.exists(os.path.join(a.warn_dir, n, "results.json"))}
     methods = [m for m in METHODS if m in present] + sorted(present - set(METHODS))
     fig, axes = plt.subplots(2, len(methods), figsize=(4 * len(methods), 6.4), sharex=True,
                              squeeze=False)
@@ -61,11 +66,13 @@ def main() -> int:
             ax = axes[row][col]
             for runs, policy, color in ((warn, "warn", "tab:red"),
                                         (rollback, "rollback", "tab:blue")):
+                if not runs:            # no rollback run of this method yet
+                    continue
                 # a run that stopped early (FGSM after its rollbacks, N-AAER seed 3's
                 # divergence) leaves its later epochs to the others
                 xs, mean, lo, hi, co = seed_band(runs, key, shared=False)
                 ax.plot(xs, mean, marker="o", markersize=3, color=color,
-                        label=f"--on-co {policy}")
+                        label=f"--on-co {policy} ({len(runs)} runs)")
                 ax.fill_between(xs, lo, hi, color=color, alpha=0.15, linewidth=0)
                 if policy == "warn":
                     for e in co:
@@ -74,15 +81,17 @@ def main() -> int:
             ax.grid(alpha=0.3)
             if row == 0:
                 ax.set_title(f"{method} ({len(warn)} seeds)", fontsize=10)
+                ax.legend(fontsize=7, loc="upper left")
                 ax.set_ylim(-0.01, 0.6)
             else:
                 ax.set_xlabel("epoch")
         axes[0][0].set_ylabel("probe PGD accuracy")
         axes[1][0].set_ylabel("AAEs per epoch (of 10,000)")
-    axes[0][0].legend(fontsize=8, loc="upper left", title="mean, range shaded; x: CO (warn)",
-                      title_fontsize=8)
-    fig.suptitle("CO fixture, --on-co warn vs rollback (Fashion-MNIST, eps 70/255)",
-                 fontsize=11)
+    axes[0][0].legend(fontsize=7, loc="upper left", title="mean, range shaded; x: CO (warn)",
+                      title_fontsize=7)
+    first = runs_of(a.warn_dir, a.rollback_dir, methods[0])[0][0].settings
+    fig.suptitle(f"CO fixture, --on-co warn vs rollback ({first.data.dataset}, "
+                 f"{first.model.name}, eps {first.method.epsilon:g}/255)", fontsize=11)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     fig.savefig(a.out, dpi=100)
