@@ -118,7 +118,7 @@ class FakeSubmitit:
 
 
 def test_slurm_packs_k_runs_into_one_job(tmp_path, monkeypatch):
-    runs = rp.build_runs("co-fixture", seeds=1)               # 5 runs
+    runs = rp.build_runs("co-fixture", seeds=1)[:5]           # 5 runs
     fake = FakeSubmitit()
     slurm = ex.SlurmExecutor(ex.SlurmSettings(runs_per_gpu=2, cpus_per_run=3, gpus_per_run=1))
     monkeypatch.setattr(slurm, "_executor", lambda out_dir: fake)
@@ -167,5 +167,6 @@ def test_the_flag_reaches_both_executors(tmp_path, monkeypatch, capsys):
         return {"skipped": 0, "ok": len(runs), "failed": 0, "peak": self.runs_per_gpu}
     monkeypatch.setattr(ex.LocalExecutor, "submit", submit)
     assert main(["reproduce", "co-fixture", "--runs-per-gpu", "3", "--jobs", "2",
-                 "--out", str(tmp_path / "o")]) == 0
-    assert seen == {"jobs": 2, "k": 3, "runs": 5}
+                 "--methods", "RS-FGSM,RS-AAER", "--seeds", "2", "--out",
+                 str(tmp_path / "o")]) == 0
+    assert seen == {"jobs": 2, "k": 3, "runs": 4}

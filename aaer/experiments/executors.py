@@ -246,8 +246,8 @@ class PackedJob:
                 results.append(job.result())
             except RuntimeError as e:
                 failed.append(str(e))
-        if failed:
-            raise RuntimeError("; ".join(failed))
+        if failed:      # the job fails, so Slurm and submitit report it
+            raise RuntimeError(f"packed runs failed: {'; '.join(failed)}")
         return results
 
     def checkpoint(self, *args, **kwargs):
