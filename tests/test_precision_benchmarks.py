@@ -68,7 +68,8 @@ def test_bench_gpu_packing_and_step_matrix_on_cpu(tmp_path):
     assert [r["k"] for r in res["packing"]] == [1, 2]
     for r in res["packing"]:
         assert r["aggregate_images_per_s"] > 0 and r["seconds"] > 0
-        assert r["per_run_images_per_s"] == round(r["aggregate_images_per_s"] / r["k"], 1)
+        # both are rounded to 0.1 from the same unrounded rate: they agree to one rounding step
+        assert abs(r["per_run_images_per_s"] - r["aggregate_images_per_s"] / r["k"]) <= 0.1
     assert res["packing"][0]["vs_k1"] == 1.0
     rows = {(r["precision"], r["step"]): r for r in res["step_matrix"]}
     assert set(rows) == {(p, s) for p in ("fp32", "bf16") for s in ("eager", "graphs")}
