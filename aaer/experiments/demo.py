@@ -107,8 +107,7 @@ def co_fixture_request(method: str, seed: int, out_dir: str, data_dir=None,
     ``changes``: more flat settings (e.g. epochs=2), which win over the fixture's."""
     spec = fixture_named(fixture)
     request = from_flat({k: spec[k] for k in FIXTURE_SETTINGS}, source=spec["name"])
-    if data_dir is None and fixture == "cifar10":
-        data_dir = cifar10_jpeg()
+    data_dir = fixture_data_dir(fixture, data_dir)
     run = from_flat({"method": method, "seed": seed, "out_dir": out_dir, "device": "cpu",
                      "data_dir": data_dir, **changes})
     for path, v in run.given().items():       # explicit: they win over the fixture's
@@ -147,6 +146,14 @@ def cifar10_jpeg() -> str:
         os.path.normpath(os.path.abspath(p)) for p in CIFAR10_JPEG_PLACES)))
 
 
+def fixture_data_dir(fixture: str, data_dir=None):
+    """``data_dir`` as given; for the CIFAR-10 fixture, None is the JPEG copy beside a
+    checkout (the only fixture whose data has no default place of its own)."""
+    if data_dir is None and fixture == "cifar10":
+        return cifar10_jpeg()
+    return data_dir
+
+
 DATA_HELP = """Fashion-MNIST was not found{where}.
 Get it in one of three ways:
   1. Debian/Ubuntu:  sudo apt-get install -y dataset-fashion-mnist
@@ -166,7 +173,7 @@ def load_fixture_data(data_dir=None, download: bool = False, fixture: str = "fas
         if download:
             raise UsageError("--download is for the Fashion-MNIST fixture; the CIFAR-10 "
                              "fixture reads an image folder given by --data-dir")
-        return load_dataset(CIFAR10_FIXTURE["dataset"], data_dir or cifar10_jpeg())
+        return load_dataset(CIFAR10_FIXTURE["dataset"], fixture_data_dir(fixture, data_dir))
     try:
         return load_dataset(CO_FIXTURE["dataset"], data_dir, download=download)
     except (FileNotFoundError, OSError) as e:
@@ -338,8 +345,7 @@ def run_demo(out_dir: str = "runs/demo", data_dir=None, download: bool = False,
     jobs = jobs or max(1, min(len(methods) + rollback, cores))
     threads = threads or max(1, cores // jobs)
     if data is None:
-        if fixture == "cifar10" and data_dir is None:
-            data_dir = cifar10_jpeg()
+        data_dir = fixture_data_dir(fixture, data_dir)
         data = load_fixture_data(data_dir, download, fixture)
         worker_data = None
     else:
