@@ -407,7 +407,9 @@ def legacy_settings(flat: dict[str, Any]) -> RunConfig:
     keep.setdefault("method", "n-aaer")           # aaer 0.1's TrainConfig default
     cfg = from_flat(keep, source=Source("aaer 0.1 config.json", Source.RECORDED))
     for path, s, v in cfg.items():
-        if v is UNSET and path != "method.options":
+        if v is not UNSET:
+            s.check(v)                  # e.g. a method since renamed: refused by name
+        elif path != "method.options":
             cfg.set(path, s.default, Source("default (not in an aaer 0.1 config.json)",
                                             Source.OLDER_RUN))
     complete_method(cfg)

@@ -209,7 +209,8 @@ def test_a_run_directory_of_aaer_0_1_loads(tmp_path):
 
 @pytest.mark.parametrize("text, problem", [("{", "is not valid JSON"), ("[1, 2]", "JSON list"),
                                            ('{"format": "aaer-run/9"}', "unknown format"),
-                                           ('{"epochs": "many"}', "--epochs 'many'")])
+                                           ('{"epochs": "many"}', "--epochs 'many'"),
+                                           ('{"method": "aaer-v0"}', "unknown --method 'aaer-v0'")])
 def test_a_damaged_config_json_is_named_with_what_to_do(tmp_path, text, problem):
     from aaer.errors import DamagedFile
     from aaer.runs import RunDir
