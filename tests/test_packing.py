@@ -96,41 +96,13 @@ def test_k_runs_per_gpu_are_pinned_to_it(tmp_path, monkeypatch):
     assert [e["cuda_visible_devices"] for e in envs] == ["0", "0", "1"]
 
 
-class FakeJob:
-    def __init__(self, i):
-        self.job_id = f"7_{i}"
-        self.paths = type("P", (), {"stdout": f"/x/%j_{i}.out"})()
-
-
-class FakeSubmitit:
-    """submitit's executor as far as SlurmExecutor.submit uses it: batch() and submit()."""
-
-    def __init__(self):
-        self.submitted = []
-
-    def batch(self):
-        import contextlib
-        return contextlib.nullcontext()
-
-    def submit(self, fn):
-        self.submitted.append(fn)
-        return FakeJob(len(self.submitted) - 1)
-
-
-def test_slurm_packs_k_runs_into_one_job(tmp_path, monkeypatch):
+def test_slurm_packs_k_runs_into_one_job():
+    """Which runs share a job and what a packed job asks for (the queue itself:
+    tests/test_slurm.py, test_runs_per_gpu_packs_k_runs_into_one_job_of_the_queue)."""
     runs = rp.build_runs("co-fixture", seeds=1)[:5]           # 5 runs
-    fake = FakeSubmitit()
-    slurm = ex.SlurmExecutor(ex.SlurmSettings(runs_per_gpu=2, cpus_per_run=3, gpus_per_run=1))
-    monkeypatch.setattr(slurm, "_executor", lambda out_dir: fake)
-    monkeypatch.setattr(slurm, "active", lambda out_dir: {})
-    counts = slurm.submit(runs, str(tmp_path), log=lambda m: None)
-    assert counts["submitted"] == 5
-    assert [type(j).__name__ for j in fake.submitted] == ["PackedJob"] * 3
-    assert [[t.run_name for t in j.jobs] for j in fake.submitted] == \
+    assert [[r.name for r in p] for p in ex.packs(runs, 2)] == \
         [[r.name for r in runs[i:i + 2]] for i in (0, 2, 4)]
-    assert all(t.threads == 3 for j in fake.submitted for t in j.jobs)
-    jobs = json.loads((tmp_path / "slurm" / "jobs.json").read_text())
-    assert [jobs[r.name]["job_id"] for r in runs] == ["7_0", "7_0", "7_1", "7_1", "7_2"]
+    slurm = ex.SlurmExecutor(ex.SlurmSettings(runs_per_gpu=2, cpus_per_run=3, gpus_per_run=1))
     params = slurm.parameters()            # one run's GPU, the CPUs of the K runs
     assert params["gpus_per_node"] == 1 and params["cpus_per_task"] == 6
     one = ex.SlurmExecutor(ex.SlurmSettings(cpus_per_run=3))

@@ -107,6 +107,34 @@ def test_a_tiny_suite_through_the_queue_equals_the_local_run(slurm, data, tmp_pa
     assert len(lines) == 4 and all(" finished " in line and " job " in line for line in lines)
 
 
+@pytest.mark.timeout(600)
+def test_runs_per_gpu_packs_k_runs_into_one_job_of_the_queue(slurm, data, tmp_path, capsys):
+    """--runs-per-gpu 2: two jobs of two runs each, every job asking for the CPUs of its two
+    runs; each run trains as it does alone (one thread), so the weights equal the local's."""
+    suite = suite_file(tmp_path / "grid.json", ["rs-fgsm", "rs-aaer"], 2, 32)
+    base = ["reproduce", str(suite), "--seeds", "2", "--data-dir", str(data)]
+    assert main(base + ["--out", str(tmp_path / "local"), "--jobs", "2"]) == 0
+    assert main(base + ["--out", str(tmp_path / "packed"), "--runs-per-gpu", "2"] +
+                SLURM_FLAGS + ["--wait"]) == 0
+    out = capsys.readouterr().out
+    assert "slurm: 4 submitted" in out and "runs: 4 ok, 0 failed" in out
+    jobs = json.loads((tmp_path / "packed" / "slurm" / "jobs.json").read_text())
+    by_job = {}
+    for name, j in jobs.items():
+        by_job.setdefault(j["job_id"], []).append(name)
+    assert sorted(len(v) for v in by_job.values()) == [2, 2], by_job
+    for job in by_job:                  # the sbatch script submitit wrote for the job
+        script = next((tmp_path / "packed" / "slurm").glob(f"{job.split('_')[0]}*/"
+                                                            "*submission.sh"))
+        assert "#SBATCH --cpus-per-task=2" in script.read_text()
+        assert "--gpus-per-node" not in script.read_text()
+    assert numbers(tmp_path / "packed") == numbers(tmp_path / "local")
+    for name in jobs:
+        a = torch.load(tmp_path / "packed" / name / "model.pt", weights_only=True)
+        b = torch.load(tmp_path / "local" / name / "model.pt", weights_only=True)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
 def _wait(cond, timeout, what):
     t0 = time.time()
     while not cond():
