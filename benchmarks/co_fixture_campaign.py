@@ -14,7 +14,8 @@ last probe is a CO candidate, so a twin starts only for a warn run that did eith
 table marks the others "="). ``jobs`` runs at a time with cores/jobs torch threads each;
 killed and started again, it skips finished runs and resumes interrupted ones. Each run's
 CPU seconds (user + system, from os.wait4: a measure a loaded machine does not inflate as
-much as the wall clock) go to <run>.usage.json beside its log.
+much as the wall clock) go to <run>.usage.json beside its log; a resumed run's are its last
+process's alone, marked "resumed", and the tables leave them out.
 
 Order: per seed of the first five, the five methods' warn runs, each rollback twin as soon
 as its warn run has finished; the N-AAER lamda3 3.0 grid (seeds 0-4); the other seeds;
@@ -127,15 +128,16 @@ def main() -> int:
     while queue or twins or running:
         while len(running) < a.jobs and (twins or queue):
             d, argv, kind = twins.pop(0) if twins else queue.pop(0)
-            if os.path.exists(os.path.join(d, "checkpoint.pt")):
+            resumed = os.path.exists(os.path.join(d, "checkpoint.pt"))
+            if resumed:
                 argv = [*aaer, "train", "--resume", d]
             os.makedirs(os.path.dirname(d), exist_ok=True)
             log = open(d + ".log", "ab")
             running[d] = (subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env),
-                          kind, time.time(), log)
+                          kind, time.time(), log, resumed)
             say(f"start {kind[0]} {os.path.basename(d)}")
         time.sleep(2)
-        for d, (proc, kind, t0, log) in list(running.items()):
+        for d, (proc, kind, t0, log, resumed) in list(running.items()):
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid == 0:
                 continue
@@ -144,7 +146,8 @@ def main() -> int:
             log.close()
             with open(d + ".usage.json", "w") as f:
                 json.dump({"wall_s": round(time.time() - t0, 1),
-                           "cpu_s": round(usage.ru_utime + usage.ru_stime, 1)}, f)
+                           "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+                           "resumed": resumed}, f)     # resumed: this process's part only
             ok = proc.returncode == 0
             say(f"{'done' if ok else f'FAILED (exit {proc.returncode}, see {d}.log)'} "
                 f"{kind[0]} {os.path.basename(d)} ({time.time() - t0:.0f} s)")

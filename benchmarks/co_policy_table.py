@@ -69,12 +69,14 @@ def read(suite_dir: str) -> dict[tuple[str, int], dict]:
 
 
 def _cpu_seconds(run_dir: str):
-    """The run's process CPU seconds, when co_fixture_campaign.py recorded them."""
+    """The run's process CPU seconds, when co_fixture_campaign.py recorded them (not for a
+    resumed run: its record holds the last process's share alone)."""
     try:
         with open(run_dir + ".usage.json") as f:
-            return json.load(f).get("cpu_s")
+            usage = json.load(f)
     except FileNotFoundError:
         return None
+    return None if usage.get("resumed") else usage.get("cpu_s")
 
 
 def cells(rows, key, fmt):

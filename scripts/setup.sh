@@ -13,6 +13,6 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   # Set AAER_TORCH to e.g. "torch" on a GPU machine to take the default build instead.
   "$VENV/bin/python" -m pip install -q "${AAER_TORCH:-torch==2.13.0}"
 fi
-if ! "$VENV/bin/python" -c "import aaer, pytest, pytest_timeout, scipy, PIL, matplotlib, tqdm, safetensors, tensorboard, wandb, submitit, yaml, playwright" 2>/dev/null; then
+if ! "$VENV/bin/python" -c "import aaer, pytest, pytest_timeout, xdist, scipy, PIL, matplotlib, tqdm, safetensors, tensorboard, wandb, submitit, yaml, playwright" 2>/dev/null; then
   "$VENV/bin/python" -m pip install -q -e "$ROOT[dev]"
 fi

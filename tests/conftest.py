@@ -8,7 +8,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# under pytest-xdist (CI runs two workers on its two cores) a worker has one core
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER")
+                      else min(2, torch.get_num_threads()))
 
 from tests.helpers.tiny import TinyNet  # noqa: E402  (after ROOT is on sys.path)
 

@@ -22,7 +22,8 @@ from aaer.cli import main
 from tests.helpers.files import write_idx_set
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-pytestmark = pytest.mark.slow
+# one cluster (the module's fixture) for the module's tests: under pytest-xdist they share a worker
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 SLURM_FLAGS = ["--executor", "slurm", "--slurm-gpus-per-run", "0", "--slurm-cpus-per-run", "1"]
 
 
