@@ -39,7 +39,6 @@ from aaer.config.settings import UNSET, Source
 from aaer.errors import DamagedFile, MissingFile, UsageError
 from aaer.io import (append_jsonl, atomic_torch_save, atomic_write_bytes, atomic_write_json,
                      fsync_dir, read_json, read_jsonl)
-from aaer.methods import METHODS
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -407,11 +406,10 @@ def legacy_settings(flat: dict[str, Any]) -> RunConfig:
     keep = {k: v for k, v in flat.items() if k not in BUILT_KEYS}
     keep.setdefault("method", "n-aaer")           # aaer 0.1's TrainConfig default
     cfg = from_flat(keep, source=Source("aaer 0.1 config.json", Source.RECORDED))
-    name = cfg.get("method.name")
-    if name not in METHODS:             # e.g. a method since renamed: refused by name
-        raise UsageError(f"unknown --method {name!r}; valid: {', '.join(METHODS)}")
     for path, s, v in cfg.items():
-        if v is UNSET and path != "method.options":
+        if path == "method.name":       # before it is built: a method since renamed is
+            s.check(v)                  # refused by the schema's own check
+        elif v is UNSET and path != "method.options":
             cfg.set(path, s.default, Source("default (not in an aaer 0.1 config.json)",
                                             Source.OLDER_RUN))
     complete_method(cfg)
